@@ -1,0 +1,132 @@
+"""Crash-safe file writes: write to a temporary name, fsync, rename over the final name.
+
+A reader therefore sees either the previous complete file or the new complete file, never
+a half-written one, whatever moment a process is killed (kill -9 included). Temporary
+names end in `.tmp` so that cleanup code can recognise and delete leftovers.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
+TMP_SUFFIX = ".tmp"
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename inside `path` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(final_path: str) -> Iterator[str]:
+    """Yield a temporary path next to `final_path`; on success fsync it and rename it into place.
+
+    On an exception the temporary file is removed and `final_path` is untouched.
+    """
+    directory = os.path.dirname(os.path.abspath(final_path)) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(final_path) + ".", suffix=TMP_SUFFIX, dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        fsync_file(tmp)
+        os.replace(tmp, final_path)
+        fsync_dir(directory)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(final_dir: str) -> Iterator[str]:
+    """Yield a temporary directory next to `final_dir`; on success fsync its files and swap it in.
+
+    An existing `final_dir` is replaced: it is first renamed to `<final>.old.tmp`, the new
+    one renamed into place, then the old one deleted, so a kill at any moment leaves either
+    the old or the new directory under the final name (plus `.tmp` leftovers to clean).
+    """
+    parent = os.path.dirname(os.path.abspath(final_dir)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(final_dir) + ".", suffix=TMP_SUFFIX, dir=parent)
+    try:
+        yield tmp
+        for root, _, files in os.walk(tmp):
+            for name in files:
+                fsync_file(os.path.join(root, name))
+            fsync_dir(root)
+        old = None
+        if os.path.exists(final_dir):
+            old = final_dir.rstrip("/") + ".old" + TMP_SUFFIX
+            if os.path.exists(old):
+                shutil.rmtree(old)
+            os.replace(final_dir, old)
+        os.replace(tmp, final_dir)
+        fsync_dir(parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def recover_dir(final_dir: str) -> bool:
+    """After a kill inside `atomic_dir`'s swap, put the previous directory back under its name.
+
+    Returns True when something was recovered. Call before reading a directory that is
+    written with `atomic_dir` (checkpoints).
+    """
+    old = final_dir.rstrip("/") + ".old" + TMP_SUFFIX
+    if not os.path.exists(final_dir) and os.path.isdir(old):
+        os.replace(old, final_dir)
+        fsync_dir(os.path.dirname(os.path.abspath(final_dir)) or ".")
+        return True
+    return False
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def atomic_write_json(path: str, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def remove_tmp_leftovers(directory: str) -> list[str]:
+    """Delete `*.tmp` files/dirs left in `directory` by a killed writer; return what was removed."""
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for name in os.listdir(directory):
+        if name.endswith(TMP_SUFFIX):
+            p = os.path.join(directory, name)
+            if os.path.isdir(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(p)
+            removed.append(p)
+    return removed

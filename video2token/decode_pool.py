@@ -1,0 +1,157 @@
+"""Decode videos in worker processes, with a per-video deadline.
+
+Decoders hang or crash on some broken files (decord is known to), so each worker process
+decodes one video at a time; a worker that misses its deadline is killed, one that dies is
+noticed through its sentinel, and in both cases the video is reported as failed and a
+fresh worker takes its place. Decoding thereby overlaps encoding in the parent process.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@dataclass
+class DecodeResult:
+    key: Any
+    frames: np.ndarray | None      # (T, H, W, 3) uint8 on success
+    timestamps: np.ndarray | None  # (T,) float64 on success
+    stage: str = "ok"              # ok | decode | timeout | crash
+    reason: str = ""
+
+
+def _worker_main(conn, read_kwargs: dict) -> None:
+    # One decoder thread per worker: the parent's encoder wants the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from .video import read_video  # imported here: the worker is a fresh (spawned) process
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        key, path = task
+        try:
+            frames, ts = read_video(path, **read_kwargs)
+            conn.send((key, frames, ts, "ok", ""))
+        except Exception as e:  # reported per video; the job goes on
+            conn.send((key, None, None, "decode", f"{type(e).__name__}: {e}"))
+
+
+def read_inline(path: str, read_kwargs: dict, key: Any = None) -> DecodeResult:
+    from .video import read_video
+    try:
+        frames, ts = read_video(path, **read_kwargs)
+        return DecodeResult(key, frames, ts)
+    except Exception as e:
+        return DecodeResult(key, None, None, "decode", f"{type(e).__name__}: {e}")
+
+
+class DecodePool:
+    """`for result in pool.imap(tasks)`: results in completion order, failures included."""
+
+    def __init__(self, num_workers: int, read_kwargs: dict, timeout: float):
+        if num_workers < 1:
+            raise ValueError("DecodePool needs at least one worker (use read_inline for none)")
+        self.read_kwargs = dict(read_kwargs)
+        self.timeout = float(timeout)
+        self._ctx = mp.get_context("spawn")
+        self._workers = [self._spawn() for _ in range(num_workers)]
+
+    def _spawn(self):
+        parent, child = self._ctx.Pipe()
+        p = self._ctx.Process(target=_worker_main, args=(child, self.read_kwargs), daemon=True)
+        p.start()
+        child.close()
+        return {"proc": p, "conn": parent, "task": None, "since": 0.0}
+
+    def _replace(self, i: int) -> None:
+        w = self._workers[i]
+        if w["proc"].is_alive():
+            w["proc"].kill()
+        w["proc"].join(timeout=5)
+        w["conn"].close()
+        self._workers[i] = self._spawn()
+
+    def imap(self, tasks: Iterator[tuple[Any, str]]) -> Iterator[DecodeResult]:
+        tasks = iter(tasks)
+        exhausted = False
+        while True:
+            for w in self._workers:  # keep every worker busy
+                if w["task"] is None and not exhausted:
+                    nxt = next(tasks, None)
+                    if nxt is None:
+                        exhausted = True
+                        break
+                    w["conn"].send(nxt)
+                    w["task"], w["since"] = nxt, time.monotonic()
+            busy = [i for i, w in enumerate(self._workers) if w["task"] is not None]
+            if not busy:
+                return
+            now = time.monotonic()
+            wait_for = max(0.0, min(self._workers[i]["since"] + self.timeout - now for i in busy))
+            handles = {}
+            for i in busy:
+                handles[self._workers[i]["conn"]] = i
+                handles[self._workers[i]["proc"].sentinel] = i
+            ready = wait(list(handles), timeout=wait_for + 0.01)
+            done = set()
+            for h in ready:
+                i = handles[h]
+                if i in done:
+                    continue
+                w = self._workers[i]
+                key, path = w["task"]
+                if h is w["conn"] or w["conn"].poll():
+                    try:
+                        k, frames, ts, stage, reason = w["conn"].recv()
+                    except (EOFError, OSError):
+                        code = w["proc"].exitcode
+                        w["task"] = None
+                        self._replace(i)
+                        done.add(i)
+                        yield DecodeResult(key, None, None, "crash", f"decoder process died (exit code {code})")
+                        continue
+                    w["task"] = None
+                    done.add(i)
+                    yield DecodeResult(k, frames, ts, stage, reason)
+                else:  # sentinel fired without a message: the worker died mid-video
+                    code = w["proc"].exitcode
+                    w["task"] = None
+                    self._replace(i)
+                    done.add(i)
+                    yield DecodeResult(key, None, None, "crash", f"decoder process died (exit code {code})")
+            now = time.monotonic()
+            for i, w in enumerate(self._workers):
+                if i not in done and w["task"] is not None and now - w["since"] > self.timeout:
+                    key, path = w["task"]
+                    w["task"] = None
+                    self._replace(i)
+                    yield DecodeResult(key, None, None, "timeout",
+                                       f"decoding took longer than {self.timeout:g} s; worker killed")
+
+    def close(self) -> None:
+        for w in self._workers:
+            try:
+                w["conn"].send(None)
+            except (OSError, BrokenPipeError):
+                pass
+        for w in self._workers:
+            w["proc"].join(timeout=2)
+            if w["proc"].is_alive():
+                w["proc"].kill()
+                w["proc"].join(timeout=2)
+            w["conn"].close()
+
+    def __enter__(self) -> "DecodePool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,284 @@
+"""Extraction job: videos -> frames at a fixed FPS -> VQ codes -> an HDF5 token store.
+
+    python -m video2token.extract --video-root data/videos/ucf101 \
+        --anno data/annotations/ucf101/ucf101_train_split_1_videos.txt \
+        --output data/video_tokens/dalle_ucf101_train_split1_fps2_hflip0_128center128 \
+        --fps 2 --frame-shorter-side 128 --crop-size 128 --crop-type center \
+        --tokenizer dalle --tokenizer-path weights/dalle
+
+Decoding runs in worker processes (a video that hangs or crashes its decoder is killed
+after --timeout and logged) while the parent encodes fixed-size batches. Work is committed
+in small atomic part files: after a kill -9, rerunning the same command continues and ends
+with a store bit-identical to an uninterrupted run. Many machines split one job with
+--shard-id/--num-shards, or RANK/WORLD_SIZE (torchrun, DeepSpeed) or SLURM_PROCID/SLURM_NTASKS.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .annotations import AnnotationError, read_annotations
+from .batcher import FrameBatcher
+from .decode_pool import DecodePool, read_inline
+from .store import MAX_VOCAB, ShardWriter, StoreError, VideoRecord, check_codes_fit
+from .tokenizers import KINDS, TokenizerError, load_tokenizer
+
+CROP_TYPES = ("top", "center", "bottom", "none")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    video_root: str
+    anno: tuple[str, ...]
+    output: str
+    fps: float
+    frame_shorter_side: int
+    crop_size: int
+    crop_type: str = "center"
+    hflip: bool = False
+    tokenizer: str = "dalle"
+    tokenizer_path: str = ""
+    anno_format: str = "auto"
+    decoder: str = "auto"
+    batch_size: int = 16
+    num_workers: int = 2
+    timeout: float = 600.0
+    shard_id: int = 0
+    num_shards: int = 1
+    overwrite: bool = False
+    commit_every: int = 64
+    commit_seconds: float = 60.0
+    device: str | None = None
+    progress: bool = True
+
+
+def shard_from_env(env=os.environ) -> tuple[int, int]:
+    """(shard id, number of shards) from the launcher's environment, (0, 1) when there is none."""
+    for rank_key, size_key in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"),
+                               ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")):
+        if rank_key in env and size_key in env:
+            return int(env[rank_key]), int(env[size_key])
+    return 0, 1
+
+
+def shard_range(n_items: int, shard_id: int, num_shards: int) -> range:
+    """Contiguous blocks, so the shards read in order equal the unsharded store."""
+    return range(n_items * shard_id // num_shards, n_items * (shard_id + 1) // num_shards)
+
+
+def _store_meta(cfg: ExtractConfig, tok, label_names, anno_format: str, num_listed: int) -> dict:
+    return {
+        "tokenizer": tok.describe(),
+        "fps": cfg.fps,
+        "frame_shorter_side": cfg.frame_shorter_side,
+        "crop_size": cfg.crop_size,
+        "crop_type": cfg.crop_type,
+        "hflip": bool(cfg.hflip),
+        "decoder": cfg.decoder,
+        "video_root": os.path.abspath(cfg.video_root),
+        "annotations": [os.path.abspath(a) for a in cfg.anno],
+        "anno_format": anno_format,
+        "label_names": label_names,
+        "num_listed": num_listed,
+        "code_dtype": "int16",
+    }
+
+
+def _trim_to_stride(frames: np.ndarray, stride: int) -> np.ndarray:
+    """crop type "none": centre-trim each side to a multiple of the tokenizer stride."""
+    _, h, w, _ = frames.shape
+    h2, w2 = h - h % stride, w - w % stride
+    y, x = (h - h2) // 2, (w - w2) // 2
+    return frames[:, y:y + h2, x:x + w2]
+
+
+def run(cfg: ExtractConfig) -> dict:
+    """Run (or resume) one shard of an extraction; return the summary dict."""
+    t_start = time.monotonic()
+    if cfg.crop_type not in CROP_TYPES:
+        raise ValueError(f"--crop-type must be one of {CROP_TYPES}, got {cfg.crop_type!r}")
+    if cfg.fps <= 0:
+        raise ValueError(f"--fps must be positive, got {cfg.fps}")
+    if cfg.crop_type != "none" and cfg.crop_size > cfg.frame_shorter_side:
+        raise ValueError(f"--crop-size {cfg.crop_size} is larger than --frame-shorter-side {cfg.frame_shorter_side}")
+    ann = read_annotations(list(cfg.anno), cfg.video_root, fmt=cfg.anno_format)
+    tok = load_tokenizer(cfg.tokenizer, cfg.tokenizer_path, device=cfg.device, batch_size=cfg.batch_size)
+    if tok.vocab_size > MAX_VOCAB:
+        raise StoreError(f"tokenizer vocabulary {tok.vocab_size} does not fit the stored dtype int16 (max {MAX_VOCAB})")
+    side = cfg.crop_size if cfg.crop_type != "none" else cfg.frame_shorter_side
+    if side % tok.downsample:
+        raise ValueError(f"frame size {side} is not a multiple of the tokenizer stride {tok.downsample}")
+
+    meta = _store_meta(cfg, tok, ann.label_names, ann.format, len(ann.items))
+    writer = ShardWriter(cfg.output, meta, cfg.shard_id, cfg.num_shards, overwrite=cfg.overwrite)
+    shard_items = [(k, ann.items[k]) for k in shard_range(len(ann.items), cfg.shard_id, cfg.num_shards)]
+    summary = {"store": os.path.abspath(cfg.output), "shard": f"{cfg.shard_id}/{cfg.num_shards}",
+               "listed": len(shard_items), "stored": 0, "skipped": collections.Counter(), "frames": 0,
+               "resumed_from": len(writer.done), "already_complete": writer.complete}
+    if writer.complete:
+        path, failures = writer.finalize()
+        summary["skipped"].update(f["stage"] for f in failures)
+        return _finish(summary, t_start, 0)
+
+    if cfg.shard_id == 0:  # annotation problems are logged once, by the first shard
+        for j, sk in enumerate(ann.skipped):
+            idx = -1 - j
+            if idx not in writer.done:
+                writer.add_failure(idx, sk.video_id, sk.source, "annotation", sk.reason)
+    todo = [(k, it) for k, it in shard_items if k not in writer.done]
+    read_kwargs = dict(fps=cfg.fps, shorter_side=cfg.frame_shorter_side, crop_size=cfg.crop_size,
+                       crop_type=cfg.crop_type, hflip=cfg.hflip,
+                       decoder=None if cfg.decoder == "auto" else cfg.decoder)
+
+    def encode(batch: np.ndarray) -> np.ndarray:
+        return tok.encode(batch)
+
+    batcher = FrameBatcher(encode, cfg.batch_size)
+    bar = _progress(len(shard_items), len(shard_items) - len(todo), cfg.progress and cfg.shard_id == 0)
+    last_commit = time.monotonic()
+    encode_time = 0.0
+
+    def store_ready(results) -> None:
+        nonlocal last_commit
+        for k, item, codes in results:
+            frames_ts = item[1]
+            writer.add(VideoRecord(k, item[0].video_id, item[0].label,
+                                   check_codes_fit(codes, tok.vocab_size, item[0].path), frames_ts))
+            summary["stored"] += 1
+            summary["frames"] += codes.shape[0]
+            bar.update(1)
+        if writer.pending >= cfg.commit_every or time.monotonic() - last_commit > cfg.commit_seconds:
+            writer.commit()
+            last_commit = time.monotonic()
+
+    def handle(res) -> None:
+        nonlocal encode_time
+        k = res.key
+        it = ann.items[k]
+        if res.stage != "ok":
+            writer.add_failure(k, it.video_id, it.path, res.stage, res.reason)
+            summary["skipped"][res.stage] += 1
+            bar.update(1)
+            return
+        frames = res.frames if cfg.crop_type != "none" else _trim_to_stride(res.frames, tok.downsample)
+        batcher.add(k, frames, (it, res.timestamps))
+        t0 = time.monotonic()
+        store_ready(batcher.ready())
+        encode_time += time.monotonic() - t0
+        bar.set_postfix(fps=f"{summary['frames'] / max(time.monotonic() - t_start, 1e-9):.1f}")
+
+    tasks = ((k, it.path) for k, it in todo)
+    try:
+        if cfg.num_workers > 0:
+            with DecodePool(cfg.num_workers, read_kwargs, cfg.timeout) as pool:
+                for res in pool.imap(tasks):
+                    handle(res)
+        else:
+            for k, path in tasks:
+                handle(read_inline(path, read_kwargs, key=k))
+        t0 = time.monotonic()
+        store_ready(batcher.flush())
+        encode_time += time.monotonic() - t0
+        writer.commit()
+    finally:
+        bar.close()
+    _, failures = writer.finalize()
+    summary["skipped"] = collections.Counter(f["stage"] for f in failures)
+    summary["encode_seconds"] = round(encode_time, 2)
+    return _finish(summary, t_start, summary["frames"])
+
+
+def _finish(summary: dict, t_start: float, frames_this_run: int) -> dict:
+    wall = time.monotonic() - t_start
+    summary["seconds"] = round(wall, 2)
+    summary["frames_per_s"] = round(frames_this_run / wall, 2) if wall > 0 else 0.0
+    summary["skipped"] = dict(summary["skipped"])
+    return summary
+
+
+class _NoBar:
+    def update(self, n=1): pass
+    def set_postfix(self, **kw): pass
+    def close(self): pass
+
+
+def _progress(total: int, initial: int, show: bool):
+    if not show:
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit="video", desc="extract", dynamic_ncols=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m video2token.extract", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--video-root", required=True, help="directory the annotation paths are relative to")
+    p.add_argument("--anno", nargs="+", required=True,
+                   help="annotation file(s): MMAction2 list, UCF101/HMDB51 split files, SSv2/Diving48 JSON, "
+                        "Kinetics CSV, or a directory of videos (format from --anno-format)")
+    p.add_argument("--anno-format", default="auto",
+                   choices=["auto", "list", "ucf101", "hmdb51", "ssv2", "kinetics", "diving48", "folder"])
+    p.add_argument("--output", required=True, help="token store directory to create (or resume)")
+    p.add_argument("--fps", type=float, required=True, help="frames sampled per second of video")
+    p.add_argument("--frame-shorter-side", type=int, required=True, help="resize the shorter side to this (px)")
+    p.add_argument("--crop-size", type=int, required=True, help="square crop size (px)")
+    p.add_argument("--crop-type", default="center", choices=CROP_TYPES,
+                   help="where the square crop sits along the long side; 'none' keeps the resized frame "
+                        "(trimmed to a multiple of the tokenizer stride)")
+    p.add_argument("--hflip", action="store_true", help="flip frames horizontally")
+    p.add_argument("--tokenizer", default="dalle", choices=KINDS)
+    p.add_argument("--tokenizer-path", required=True,
+                   help="dalle: encoder.pkl, a directory with it, or a URL; vqvae: a trained tokenizer directory")
+    p.add_argument("--decoder", default="auto", choices=["auto", "av", "decord"],
+                   help="video decoder; auto picks per container (see the README)")
+    p.add_argument("--batch-size", type=int, default=16, help="frames per encoder call")
+    p.add_argument("--num-workers", type=int, default=2, help="decoding processes (0: decode in this process, no timeout)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds before a video's decoder is killed")
+    p.add_argument("--shard-id", type=int, default=None, help="this job's shard (default: RANK / SLURM_PROCID, else 0)")
+    p.add_argument("--num-shards", type=int, default=None, help="number of shards (default: WORLD_SIZE / SLURM_NTASKS, else 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store (or shard) made earlier")
+    p.add_argument("--commit-every", type=int, default=64, help="videos per committed part (resume granularity)")
+    p.add_argument("--device", default=None, help="torch device for the tokenizer (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    if (a.shard_id is None) != (a.num_shards is None):
+        print("error: give both --shard-id and --num-shards, or neither", file=sys.stderr)
+        return 2
+    shard_id, num_shards = (a.shard_id, a.num_shards) if a.shard_id is not None else shard_from_env()
+    cfg = ExtractConfig(
+        video_root=a.video_root, anno=tuple(a.anno), output=a.output, fps=a.fps,
+        frame_shorter_side=a.frame_shorter_side, crop_size=a.crop_size, crop_type=a.crop_type,
+        hflip=a.hflip, tokenizer=a.tokenizer, tokenizer_path=a.tokenizer_path, anno_format=a.anno_format,
+        decoder=a.decoder, batch_size=a.batch_size, num_workers=a.num_workers, timeout=a.timeout,
+        shard_id=shard_id, num_shards=num_shards, overwrite=a.overwrite, commit_every=a.commit_every,
+        device=a.device, progress=not a.no_progress)
+    try:
+        summary = run(cfg)
+    except (StoreError, AnnotationError, TokenizerError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(_format_summary(summary))
+    return 0
+
+
+def _format_summary(s: dict) -> str:
+    if s.get("already_complete"):
+        return f"shard {s['shard']} of {s['store']} is already complete; nothing to do (use --overwrite to redo it)"
+    skipped = ", ".join(f"{k}: {v}" for k, v in sorted(s["skipped"].items())) or "none"
+    return (f"done: {s['stored']} videos stored this run ({s['resumed_from']} already done before), "
+            f"{s['frames']} frames in {s['seconds']} s = {s['frames_per_s']} frames/s; skipped: {skipped}; "
+            f"store: {s['store']} (shard {s['shard']}); errors: see errors*.jsonl there")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
