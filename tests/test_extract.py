@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def test_good_videos_become_a_store(video_root, tiny_vqvae, tmp_path):
 def test_bad_inputs_are_skipped_with_reasons(video_root, tiny_vqvae, tmp_path):
     root = tmp_path / "root"
     os.makedirs(root / "bad")
-    os.symlink(video_root / "good", root / "good")
+    shutil.copytree(video_root / "good", root / "good")
     (root / "bad" / "empty.mp4").write_bytes(b"")
     good = (video_root / "good" / "v3.mp4").read_bytes()
     (root / "bad" / "truncated.mp4").write_bytes(good[: len(good) // 3])
@@ -135,22 +136,26 @@ def test_bad_inputs_are_skipped_with_reasons(video_root, tiny_vqvae, tmp_path):
     assert summary["stored"] == 4 and sum(summary["skipped"].values()) == len(errors)
 
 
-def test_hanging_decoder_is_killed_and_the_job_goes_on(video_root, tiny_vqvae, tmp_path):
+def test_hanging_or_crashing_decoder_is_killed_and_the_job_goes_on(video_root, tiny_vqvae, tmp_path):
     root = tmp_path / "root"
-    os.makedirs(root)
-    os.symlink(video_root / "good", root / "good")
-    os.mkfifo(root / "hang.mp4")  # opening a FIFO with no writer blocks forever: a real hang
-    anno = _list(tmp_path, ["good/v0.mp4 0", "hang.mp4 1", "good/v1.mp4 1"])
+    shutil.copytree(video_root / "good", root / "good")
+    shutil.copy(video_root / "good" / "v2.mp4", root / "hang.mp4")
+    shutil.copy(video_root / "good" / "v3.mp4", root / "crash.mp4")
+    anno = _list(tmp_path, ["good/v0.mp4 0", "hang.mp4 1", "crash.mp4 1", "good/v1.mp4 1"])
     t0 = time.monotonic()
-    summary = run(_cfg(root, anno, tmp_path / "store", tiny_vqvae, num_workers=2, timeout=3))
-    assert time.monotonic() - t0 < 60
-    assert summary["skipped"] == {"timeout": 1}
+    summary = run(_cfg(root, anno, tmp_path / "store", tiny_vqvae, num_workers=2, timeout=4,
+                       reader="tests.faulty_decoder:read_video"))
+    assert time.monotonic() - t0 < 90
+    assert summary["skipped"] == {"timeout": 1, "crash": 1}
     assert TokenStore(str(tmp_path / "store")).video_ids == ["good/v0.mp4", "good/v1.mp4"]
+    with open(tmp_path / "store" / "errors.jsonl") as f:
+        errors = {os.path.basename(e["path"]): e for e in map(json.loads, f)}
+    assert "killed" in errors["hang.mp4"]["reason"] and "exit code -11" in errors["crash.mp4"]["reason"]
 
 
-def _cli(args, **kw):
-    return subprocess.run([sys.executable, "-m", "video2token.extract", *args], env=ENV, capture_output=True,
-                          text=True, timeout=300, **kw)
+def _cli(args, env=None):
+    return subprocess.run([sys.executable, "-m", "video2token.extract", *args], env=env or ENV, capture_output=True,
+                          text=True, timeout=300)
 
 
 def _cli_args(root, anno, out, tok, *extra):

@@ -7,6 +7,7 @@ fresh worker takes its place. Decoding thereby overlaps encoding in the parent p
 """
 from __future__ import annotations
 
+import importlib
 import multiprocessing as mp
 import os
 import time
@@ -26,10 +27,20 @@ class DecodeResult:
     reason: str = ""
 
 
-def _worker_main(conn, read_kwargs: dict) -> None:
+DEFAULT_READER = "video2token.video:read_video"
+
+
+def _import_reader(spec: str):
+    """"module:function" -> the function (lets tests inject a decoder that hangs or crashes)."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _worker_main(conn, read_kwargs: dict, reader: str) -> None:
     # One decoder thread per worker: the parent's encoder wants the cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from .video import read_video  # imported here: the worker is a fresh (spawned) process
+    read_video = _import_reader(reader)  # imported here: the worker is a fresh (spawned) process
+    conn.send("ready")  # deadlines start only once imports are done (slow on a loaded machine)
     while True:
         try:
             task = conn.recv()
@@ -45,8 +56,8 @@ def _worker_main(conn, read_kwargs: dict) -> None:
             conn.send((key, None, None, "decode", f"{type(e).__name__}: {e}"))
 
 
-def read_inline(path: str, read_kwargs: dict, key: Any = None) -> DecodeResult:
-    from .video import read_video
+def read_inline(path: str, read_kwargs: dict, key: Any = None, reader: str = DEFAULT_READER) -> DecodeResult:
+    read_video = _import_reader(reader)
     try:
         frames, ts = read_video(path, **read_kwargs)
         return DecodeResult(key, frames, ts)
@@ -57,20 +68,28 @@ def read_inline(path: str, read_kwargs: dict, key: Any = None) -> DecodeResult:
 class DecodePool:
     """`for result in pool.imap(tasks)`: results in completion order, failures included."""
 
-    def __init__(self, num_workers: int, read_kwargs: dict, timeout: float):
+    def __init__(self, num_workers: int, read_kwargs: dict, timeout: float, reader: str = DEFAULT_READER):
         if num_workers < 1:
             raise ValueError("DecodePool needs at least one worker (use read_inline for none)")
+        self.reader = reader
         self.read_kwargs = dict(read_kwargs)
         self.timeout = float(timeout)
         self._ctx = mp.get_context("spawn")
         self._workers = [self._spawn() for _ in range(num_workers)]
+        for w in self._workers:
+            self._await_ready(w)
 
     def _spawn(self):
         parent, child = self._ctx.Pipe()
-        p = self._ctx.Process(target=_worker_main, args=(child, self.read_kwargs), daemon=True)
+        p = self._ctx.Process(target=_worker_main, args=(child, self.read_kwargs, self.reader), daemon=True)
         p.start()
         child.close()
         return {"proc": p, "conn": parent, "task": None, "since": 0.0}
+
+    @staticmethod
+    def _await_ready(w, timeout: float = 300.0) -> None:
+        if not w["conn"].poll(timeout) or w["conn"].recv() != "ready":
+            raise RuntimeError(f"decode worker did not start within {timeout:g} s (exit code {w['proc'].exitcode})")
 
     def _replace(self, i: int) -> None:
         w = self._workers[i]
@@ -79,6 +98,15 @@ class DecodePool:
         w["proc"].join(timeout=5)
         w["conn"].close()
         self._workers[i] = self._spawn()
+        self._await_ready(self._workers[i])
+
+    def _crashed(self, i: int, key: Any) -> DecodeResult:
+        w = self._workers[i]
+        w["proc"].join(timeout=5)  # reap it, so the exit code (e.g. -11 for SIGSEGV) is known
+        code = w["proc"].exitcode
+        w["task"] = None
+        self._replace(i)
+        return DecodeResult(key, None, None, "crash", f"decoder process died (exit code {code})")
 
     def imap(self, tasks: Iterator[tuple[Any, str]]) -> Iterator[DecodeResult]:
         tasks = iter(tasks)
@@ -113,21 +141,15 @@ class DecodePool:
                     try:
                         k, frames, ts, stage, reason = w["conn"].recv()
                     except (EOFError, OSError):
-                        code = w["proc"].exitcode
-                        w["task"] = None
-                        self._replace(i)
                         done.add(i)
-                        yield DecodeResult(key, None, None, "crash", f"decoder process died (exit code {code})")
+                        yield self._crashed(i, key)
                         continue
                     w["task"] = None
                     done.add(i)
                     yield DecodeResult(k, frames, ts, stage, reason)
                 else:  # sentinel fired without a message: the worker died mid-video
-                    code = w["proc"].exitcode
-                    w["task"] = None
-                    self._replace(i)
                     done.add(i)
-                    yield DecodeResult(key, None, None, "crash", f"decoder process died (exit code {code})")
+                    yield self._crashed(i, key)
             now = time.monotonic()
             for i, w in enumerate(self._workers):
                 if i not in done and w["task"] is not None and now - w["since"] > self.timeout:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .annotations import AnnotationError, read_annotations
 from .batcher import FrameBatcher
-from .decode_pool import DecodePool, read_inline
+from .decode_pool import DEFAULT_READER, DecodePool, read_inline
 from .store import MAX_VOCAB, ShardWriter, StoreError, VideoRecord, check_codes_fit
 from .tokenizers import KINDS, TokenizerError, load_tokenizer
 
@@ -56,6 +56,8 @@ class ExtractConfig:
     commit_seconds: float = 60.0
     device: str | None = None
     progress: bool = True
+    #: "module:function" with read_video's signature, run in the decode workers
+    reader: str = DEFAULT_READER
 
 
 def shard_from_env(env=os.environ) -> tuple[int, int]:
@@ -176,12 +178,12 @@ def run(cfg: ExtractConfig) -> dict:
     tasks = ((k, it.path) for k, it in todo)
     try:
         if cfg.num_workers > 0:
-            with DecodePool(cfg.num_workers, read_kwargs, cfg.timeout) as pool:
+            with DecodePool(cfg.num_workers, read_kwargs, cfg.timeout, cfg.reader) as pool:
                 for res in pool.imap(tasks):
                     handle(res)
         else:
             for k, path in tasks:
-                handle(read_inline(path, read_kwargs, key=k))
+                handle(read_inline(path, read_kwargs, key=k, reader=cfg.reader))
         t0 = time.monotonic()
         store_ready(batcher.flush())
         encode_time += time.monotonic() - t0
@@ -223,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="annotation file(s): MMAction2 list, UCF101/HMDB51 split files, SSv2/Diving48 JSON, "
                         "Kinetics CSV, or a directory of videos (format from --anno-format)")
     p.add_argument("--anno-format", default="auto",
-                   choices=["auto", "list", "ucf101", "hmdb51", "ssv2", "kinetics", "diving48", "folder"])
+                   help="auto, list, ucf101, hmdb51, ssv2, kinetics, diving48 or folder, with options after a "
+                        "colon, e.g. 'hmdb51:subset=train,split=1' (see video2token/annotations.py)")
     p.add_argument("--output", required=True, help="token store directory to create (or resume)")
     p.add_argument("--fps", type=float, required=True, help="frames sampled per second of video")
     p.add_argument("--frame-shorter-side", type=int, required=True, help="resize the shorter side to this (px)")

@@ -106,7 +106,7 @@ def _write_shard_file(path: str, records: list[VideoRecord], failures: list[dict
     # track_times=False and a fixed libver keep the bytes identical across identical runs.
     with h5py.File(path, "w", libver=("v110", "v110"), track_order=False) as f:
         codes = f.create_dataset("codes", shape=(total,), dtype=CODE_DTYPE,
-                                 chunks=(min(_CHUNK, max(total, 1)),), track_times=False)
+                                 chunks=(min(_CHUNK, total),) if total else None, track_times=False)
         pos = 0
         for r in records:
             flat = np.ascontiguousarray(r.codes, dtype=CODE_DTYPE).reshape(-1)

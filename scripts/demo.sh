@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The pipeline end to end on generated demo videos, on any machine (CPU is enough).
+# Each step skips work already done, so a rerun after an interruption continues.
+#   bash scripts/demo.sh            (what `make demo` runs)
+# Outputs: data/demo/ (videos, lists), snap/demo/ (tokenizer, token stores, report).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+DATA=${DEMO_DATA:-data/demo}
+SNAP=${DEMO_SNAP:-snap/demo}
+SIZE=64; FPS=4
+mkdir -p "$SNAP"
+step() { echo; echo "=== [$(date +%H:%M:%S)] $*"; }
+T0=$(date +%s)
+
+step "1/4 synthetic videos -> $DATA"
+if [ ! -f "$DATA/.done" ]; then
+  $PY -m video2token.synthetic --out "$DATA" --num-pool 200 --num-train 64 --num-val 64 --size $SIZE --fps 8 --seconds 3 --seed 0
+  touch "$DATA/.done"
+else echo "already there"; fi
+
+step "2/4 train the small VQ-VAE tokenizer -> $SNAP/tokenizer"
+$PY -m video2token.train_tokenizer --video-root "$DATA" --anno "$DATA/pretrain_videos.txt" \
+    --fps $FPS --frame-size $SIZE --vocab-size 512 --steps ${DEMO_TOKENIZER_STEPS:-1500} \
+    --output "$SNAP/tokenizer" --resume
+
+step "3/4 extract token stores"
+for split in pretrain motion_train motion_val; do
+  out="$SNAP/tokens/vqvae_demo_${split}_fps${FPS}_hflip0_${SIZE}center${SIZE}"
+  $PY -m video2token.extract --video-root "$DATA" --anno "$DATA/${split}_videos.txt" --output "$out" \
+      --fps $FPS --frame-shorter-side $SIZE --crop-size $SIZE --crop-type center \
+      --tokenizer vqvae --tokenizer-path "$SNAP/tokenizer" --batch-size 64 --num-workers 2 \
+    || { echo "extraction of $split failed"; exit 1; }
+done
+
+step "4/4 inspect and visualize"
+$PY -m video2token.inspect "$SNAP/tokens/vqvae_demo_motion_val_fps${FPS}_hflip0_${SIZE}center${SIZE}"
+first=$($PY -c "from video2token.store import TokenStore; print(TokenStore('$SNAP/tokens/vqvae_demo_motion_val_fps${FPS}_hflip0_${SIZE}center${SIZE}').video_ids[0])")
+$PY -m video2token.visualize "$SNAP/tokens/vqvae_demo_motion_val_fps${FPS}_hflip0_${SIZE}center${SIZE}" "$first" --out "$SNAP/reconstruction.png"
+
+echo; echo "demo finished in $(( $(date +%s) - T0 )) s; pictures in $SNAP/"

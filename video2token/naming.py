@@ -1,0 +1,43 @@
+"""Token-store directory names, as the original VIMPAC extraction script wrote them.
+
+`{tokenizer}_{dataset}_{split}_fps{F}_hflip{h}_{S}{crop}{C}`, e.g.
+`dalle_ucf101_train_split1_fps2_hflip0_128center128`. `video2token/scripts/extract_tokens.sh`
+builds the same string in bash; a test keeps the two in agreement.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+CROP_TYPES = ("top", "center", "bottom")
+
+# names become one path component; "_" is allowed (split names like train_split1)
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def format_fps(fps: float | int | str) -> str:
+    """2 -> "2", 2.0 -> "2", 0.5 -> "0.5": the canonical spelling the shell script requires."""
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        raise ValueError(f"fps must be a positive number, got {fps!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def store_name(tokenizer: str, dataset: str, split: str, fps: float | int | str, hflip: bool | int,
+               shorter_side: int, crop_type: str, crop_size: int) -> str:
+    """The directory name of the token store for one extraction setting."""
+    for what, value in (("tokenizer", tokenizer), ("dataset", dataset), ("split", split)):
+        if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+            raise ValueError(f"{what} must be a name of letters, digits, '_', '.', '-', got {value!r}")
+    if hflip not in (0, 1):  # True/False compare equal to 1/0
+        raise ValueError(f"hflip must be 0/1 or a bool, got {hflip!r}")
+    for what, value in (("shorter_side", shorter_side), ("crop_size", crop_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{what} must be a positive int, got {value!r}")
+    if crop_type not in CROP_TYPES:
+        raise ValueError(f"crop_type must be one of {CROP_TYPES}, got {crop_type!r}")
+    return (f"{tokenizer}_{dataset}_{split}_fps{format_fps(fps)}_hflip{int(hflip)}_"
+            f"{shorter_side}{crop_type}{crop_size}")

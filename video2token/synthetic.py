@@ -1,0 +1,258 @@
+"""Seeded synthetic video dataset: moving shapes over smooth backgrounds, as real H.264 files.
+
+Stands in for UCF101-style data in tests and the CPU demo. Each video shows one object moving
+in a straight line over a static, smooth background (solid / linear gradient / radial gradient /
+soft low-frequency texture). There is no per-frame pixel noise on purpose: noise makes VQ tokens
+flicker between frames, which hid the learning signal in an earlier prototype (SPEC.md).
+
+Two label sets per labelled video:
+- "motion" (temporal): direction of motion, left / right / up / down; any single frame is
+  ambiguous (the start position is random), only the change over time decides it.
+- "shape" (spatial): circle / square / triangle / diamond, decidable from one frame.
+
+Layout written under `root` (MMAction2-style lists, `relpath label` or `relpath` per line):
+
+    root/
+      videos/pool/pool_000000.mp4 ...       unlabelled pre-training pool
+      videos/train/train_000000.mp4 ...
+      videos/val/val_000000.mp4 ...
+      pretrain_videos.txt                   relpath
+      motion_train_videos.txt               relpath label
+      motion_val_videos.txt
+      shape_train_videos.txt
+      shape_val_videos.txt
+      labels_motion.txt                     one class name per line, line i = label i
+      labels_shape.txt
+
+CLI: python -m video2token.synthetic --out DIR [--num-pool N --num-train N --num-val N
+     --size S --fps F --seconds D --seed S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from video2token.videowriter import write_video
+
+MOTIONS = ("left", "right", "up", "down")
+SHAPES = ("circle", "square", "triangle", "diamond")
+BACKGROUNDS = ("solid", "linear", "radial", "texture")
+# (dx, dy) per motion class, image coordinates (y grows downwards).
+_DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+_SPLIT_IDS = {"pool": 0, "train": 1, "val": 2}
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """Everything needed to render one video; drawn from a per-video RNG."""
+
+    motion: int  # index into MOTIONS
+    shape: int  # index into SHAPES
+    background: str
+    bg_colors: tuple[tuple[float, float, float], tuple[float, float, float]]
+    bg_param: float  # gradient angle (radians) or texture phase
+    obj_color: tuple[float, float, float]
+    radius: float  # pixels
+    start: tuple[float, float]  # (x, y) pixels
+    speed: float  # pixels per second
+
+
+@dataclass(frozen=True)
+class SyntheticDataset:
+    root: Path
+    pretrain_list: Path
+    train_lists: dict[str, Path]  # label set -> list file
+    val_lists: dict[str, Path]
+    label_files: dict[str, Path]
+
+
+def _random_color(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(0.0, 1.0, size=3)
+
+
+def draw_spec(rng: np.random.Generator, *, motion: int, shape: int, size: int, seconds: float) -> VideoSpec:
+    """Random appearance for given labels; the path stays inside the frame for the whole video."""
+    radius = rng.uniform(0.12, 0.2) * size
+    # Travel about 40-60% of the frame so the direction is obvious but the object stays visible.
+    distance = rng.uniform(0.4, 0.6) * (size - 2 * radius)
+    dx, dy = _DIRECTIONS[MOTIONS[motion]]
+    margin = radius + 1
+    lo_x = margin + max(0.0, -dx) * distance
+    hi_x = size - margin - max(0.0, dx) * distance
+    lo_y = margin + max(0.0, -dy) * distance
+    hi_y = size - margin - max(0.0, dy) * distance
+    start = (float(rng.uniform(lo_x, hi_x)), float(rng.uniform(lo_y, hi_y)))
+    c0, c1 = _random_color(rng), _random_color(rng)
+    # Object colour far from the background's mean so its outline survives tokenization.
+    obj = _random_color(rng)
+    for _ in range(20):
+        if np.abs(obj - (c0 + c1) / 2).sum() > 0.9:
+            break
+        obj = _random_color(rng)
+    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    return VideoSpec(
+        motion=motion,
+        shape=shape,
+        background=background,
+        bg_colors=(tuple(c0.tolist()), tuple(c1.tolist())),
+        bg_param=float(rng.uniform(0, 2 * np.pi)),
+        obj_color=tuple(obj.tolist()),
+        radius=float(radius),
+        start=start,
+        speed=float(distance / seconds),
+    )
+
+
+def render_background(spec: VideoSpec, size: int) -> np.ndarray:
+    """Static background (size, size, 3) float32 in [0, 1]."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(1, size - 1)  # (S, S) each
+    c0, c1 = (np.asarray(c, dtype=np.float32) for c in spec.bg_colors)
+    if spec.background == "solid":
+        w = np.zeros_like(xx)
+    elif spec.background == "linear":
+        w = (np.cos(spec.bg_param) * (xx - 0.5) + np.sin(spec.bg_param) * (yy - 0.5)) / np.sqrt(2) + 0.5
+    elif spec.background == "radial":
+        cx, cy = 0.5 + 0.3 * np.cos(spec.bg_param), 0.5 + 0.3 * np.sin(spec.bg_param)
+        w = np.clip(np.hypot(xx - cx, yy - cy) / 1.2, 0, 1)
+    else:  # soft texture: two low-frequency waves, smooth at the token scale
+        w = 0.5 + 0.25 * np.sin(2 * np.pi * (1.5 * xx + spec.bg_param)) + 0.25 * np.cos(2 * np.pi * (1.2 * yy - spec.bg_param))
+    return (c0 * (1 - w[..., None]) + c1 * w[..., None]).astype(np.float32)
+
+
+def _coverage(shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: float) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] from a signed distance with a 1-pixel ramp."""
+    dx, dy = xx - cx, yy - cy
+    if shape == "circle":
+        sd = np.hypot(dx, dy) - r
+    elif shape == "square":
+        sd = np.maximum(np.abs(dx), np.abs(dy)) - 0.85 * r
+    elif shape == "diamond":
+        sd = (np.abs(dx) + np.abs(dy)) / np.sqrt(2) - 0.8 * r
+    else:  # upright triangle: apex r above the centre, flat base r / 2 below it
+        sd = np.maximum((np.sqrt(3.0) * np.abs(dx) - dy) / 2 - 0.5 * r, dy - 0.5 * r)
+    return np.clip(0.5 - sd, 0.0, 1.0)
+
+
+def render_video(spec: VideoSpec, *, size: int, fps: float, seconds: float) -> np.ndarray:
+    """Frames (T, size, size, 3) uint8, T = round(fps * seconds)."""
+    n_frames = max(1, round(fps * seconds))
+    background = render_background(spec, size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    dx, dy = _DIRECTIONS[MOTIONS[spec.motion]]
+    color = np.asarray(spec.obj_color, dtype=np.float32)
+    frames = np.empty((n_frames, size, size, 3), dtype=np.uint8)
+    for i in range(n_frames):
+        travelled = spec.speed * i / fps
+        cx, cy = spec.start[0] + dx * travelled, spec.start[1] + dy * travelled
+        alpha = _coverage(SHAPES[spec.shape], xx, yy, cx, cy, spec.radius)[..., None]
+        frames[i] = np.round((background * (1 - alpha) + color * alpha) * 255).astype(np.uint8)
+    return frames
+
+
+def balanced_label(seed: int, split: str, label_set: int, index: int, n_classes: int) -> int:
+    """Label of video `index`: each run of n_classes videos is a fresh permutation of the classes.
+
+    Any prefix of a split is balanced (class counts within 1), and the label of video i does
+    not depend on how many videos the split has, so growing a split keeps earlier videos.
+    """
+    block, offset = divmod(index, n_classes)
+    perm = np.random.default_rng([seed, _SPLIT_IDS[split], label_set, block, 1 << 20]).permutation(n_classes)
+    return int(perm[offset])
+
+
+def make_dataset(
+    root: str | Path,
+    *,
+    num_pool: int = 200,
+    num_train: int = 80,
+    num_val: int = 40,
+    size: int = 64,
+    fps: float = 8.0,
+    seconds: float = 2.0,
+    seed: int = 0,
+    crf: int = 18,
+    show_progress: bool = True,
+) -> SyntheticDataset:
+    """Render and encode the dataset under `root` (see the module docstring for the layout).
+
+    Video i of a split depends only on (seed, split, i): growing a count keeps earlier videos.
+    Labels are balanced per split for both label sets (independently shuffled). The rendered
+    frames and the lists are exactly reproducible; the H.264 bytes can differ by a few pixel
+    levels between runs in one process (see videowriter.write_video).
+    """
+    if size < 16:
+        raise ValueError(f"size must be >= 16 pixels, got {size}")
+    if fps <= 0 or seconds <= 0:
+        raise ValueError(f"fps and seconds must be > 0, got fps={fps}, seconds={seconds}")
+    if min(num_pool, num_train, num_val) < 0:
+        raise ValueError("video counts must be >= 0")
+    root = Path(root)
+    t0 = time.perf_counter()
+    jobs = []  # (split, index, motion, shape)
+    for split, count in (("pool", num_pool), ("train", num_train), ("val", num_val)):
+        for i in range(count):
+            motion = balanced_label(seed, split, 0, i, len(MOTIONS))
+            jobs.append((split, i, motion, balanced_label(seed, split, 1, i, len(SHAPES))))
+
+    rows: dict[str, list[str]] = {"pool": [], "train": [], "val": []}
+    labels: dict[str, list[tuple[int, int]]] = {"train": [], "val": []}
+    for split, i, motion, shape in tqdm(jobs, desc="synthetic videos", disable=not show_progress):
+        rng = np.random.default_rng([seed, _SPLIT_IDS[split], i])
+        spec = draw_spec(rng, motion=motion, shape=shape, size=size, seconds=seconds)
+        frames = render_video(spec, size=size, fps=fps, seconds=seconds)
+        relpath = f"videos/{split}/{split}_{i:06d}.mp4"
+        # Short GOP keeps seeking cheap; tiny frames gain nothing from encoder threads.
+        write_video(root / relpath, frames, fps, codec="libx264", crf=crf, options={"g": str(max(1, round(fps)))}, threads=1)
+        rows[split].append(relpath)
+        if split != "pool":
+            labels[split].append((motion, shape))
+
+    pretrain_list = root / "pretrain_videos.txt"
+    pretrain_list.write_text("".join(f"{r}\n" for r in rows["pool"]))
+    train_lists, val_lists, label_files = {}, {}, {}
+    for set_index, (name, classes) in enumerate((("motion", MOTIONS), ("shape", SHAPES))):
+        label_files[name] = root / f"labels_{name}.txt"
+        label_files[name].write_text("".join(f"{c}\n" for c in classes))
+        for split, out in (("train", train_lists), ("val", val_lists)):
+            out[name] = root / f"{name}_{split}_videos.txt"
+            out[name].write_text("".join(f"{r} {lab[set_index]}\n" for r, lab in zip(rows[split], labels[split])))
+    print(
+        f"synthetic: {len(jobs)} videos ({num_pool} pool, {num_train} train, {num_val} val), "
+        f"{size}x{size} px, {fps:g} fps, {seconds:g} s, seed {seed} -> {root} in {time.perf_counter() - t0:.1f} s"
+    )
+    return SyntheticDataset(
+        root=root, pretrain_list=pretrain_list, train_lists=train_lists, val_lists=val_lists, label_files=label_files
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--num-pool", type=int, default=200, help="unlabelled pre-training videos")
+    parser.add_argument("--num-train", type=int, default=80, help="labelled training videos")
+    parser.add_argument("--num-val", type=int, default=40, help="labelled validation videos")
+    parser.add_argument("--size", type=int, default=64, help="frame size in pixels (square)")
+    parser.add_argument("--fps", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=2.0, help="duration of each video")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    make_dataset(
+        args.out,
+        num_pool=args.num_pool,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        size=args.size,
+        fps=args.fps,
+        seconds=args.seconds,
+        seed=args.seed,
+    )
+
+
+if __name__ == "__main__":
+    main()
