@@ -27,4 +27,4 @@ test:
 	$(PY) -m pytest -q tests
 
 bench:
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(ONLY)

@@ -58,10 +58,8 @@ def make_vqvae(path: str) -> str:
     from video2token.tokenizers.vqvae import save_vqvae
     from video2token.vqvae import VQVAE, VQVAEConfig
     torch.manual_seed(0)
-    cfg = VQVAEConfig(vocab_size=512, downsample=8)
-    model = VQVAE(cfg).eval()
-    model.quantizer.initted.fill_(True) if hasattr(model.quantizer, "initted") else None
-    save_vqvae(model, path)
+    # default architecture, random weights (no k-means init: the codebook is used as drawn)
+    save_vqvae(VQVAE(VQVAEConfig(vocab_size=512, downsample=8, kmeans_init=False)).eval(), path)
     return path
 
 
