@@ -21,14 +21,16 @@ if [ ! -f "$DATA/.done" ]; then
 else echo "already there"; fi
 
 step "2/4 train the small VQ-VAE tokenizer -> $SNAP/tokenizer"
-$PY -m video2token.train_tokenizer --video-root "$DATA" --anno "$DATA/pretrain_videos.txt" \
-    --fps $FPS --frame-size $SIZE --vocab-size 512 --steps ${DEMO_TOKENIZER_STEPS:-1500} \
+# --resume: continues an interrupted run, and is a no-op for a finished one
+$PY -m video2token.train_tokenizer --video-root "$DATA" --anno "$DATA/pretrain_videos.txt" "$DATA/motion_train_videos.txt" \
+    --fps 8 --frame-size $SIZE --vocab-size 512 --steps ${DEMO_TOKENIZER_STEPS:-1200} \
     --output "$SNAP/tokenizer" --resume
 
 step "3/4 extract token stores"
 for split in pretrain motion_train motion_val; do
   out="$SNAP/tokens/vqvae_demo_${split}_fps${FPS}_hflip0_${SIZE}center${SIZE}"
-  $PY -m video2token.extract --video-root "$DATA" --anno "$DATA/${split}_videos.txt" --output "$out" \
+  names=""; case $split in motion_*) names="--label-names $DATA/labels_motion.txt";; esac
+  $PY -m video2token.extract --video-root "$DATA" --anno "$DATA/${split}_videos.txt" --output "$out" $names \
       --fps $FPS --frame-shorter-side $SIZE --crop-size $SIZE --crop-type center \
       --tokenizer vqvae --tokenizer-path "$SNAP/tokenizer" --batch-size 64 --num-workers 2 \
     || { echo "extraction of $split failed"; exit 1; }

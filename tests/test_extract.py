@@ -246,3 +246,18 @@ def test_inspect_reports_summary_and_problems(video_root, tiny_vqvae, tmp_path):
     r = subprocess.run([sys.executable, "-m", "video2token.inspect", str(out)], env=ENV, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 1 and "unfinished" in r.stdout
+
+
+def test_label_names_file_names_classes_and_refuses_unknown_labels(video_root, tiny_vqvae, tmp_path):
+    anno = _list(tmp_path, ["good/v0.mp4 0", "good/v1.mp4 2", "good/v2.mp4 7"])
+    names = _list(tmp_path, ["walk", "run", "jump"], name="classes.txt")
+    summary = run(_cfg(video_root, anno, tmp_path / "store", tiny_vqvae, label_names=names))
+    s = TokenStore(str(tmp_path / "store"))
+    assert s.label_names == ["walk", "run", "jump"] and s.video_ids == ["good/v0.mp4", "good/v1.mp4"]
+    assert summary["skipped"] == {"annotation": 1}
+    with open(tmp_path / "store" / "errors.jsonl") as f:
+        (err,) = [json.loads(line) for line in f]
+    assert "list.txt:3" in err["path"] and "label" in err["reason"]
+    bad = _list(tmp_path, ["walk", "", "jump"], name="bad.txt")
+    with pytest.raises(ValueError, match="bad.txt:2"):
+        run(_cfg(video_root, anno, tmp_path / "store2", tiny_vqvae, label_names=bad))

@@ -45,6 +45,8 @@ class ExtractConfig:
     tokenizer: str = "dalle"
     tokenizer_path: str = ""
     anno_format: str = "auto"
+    #: a file with one class name per line (line i = label i), for formats that carry none
+    label_names: str | None = None
     decoder: str = "auto"
     batch_size: int = 16
     num_workers: int = 2
@@ -58,6 +60,23 @@ class ExtractConfig:
     progress: bool = True
     #: "module:function" with read_video's signature, run in the decode workers
     reader: str = DEFAULT_READER
+
+
+def read_label_names(path: str) -> list[str]:
+    """One class name per line, line i = label i (blank lines are an error: they would shift labels)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise ValueError(f"--label-names {path}: {e.strerror}") from e
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            raise ValueError(f"{path}:{i}: empty class name")
+    if len(set(lines)) != len(lines):
+        raise ValueError(f"{path}: duplicate class names")
+    return [line.strip() for line in lines]
 
 
 def shard_from_env(env=os.environ) -> tuple[int, int]:
@@ -109,7 +128,8 @@ def run(cfg: ExtractConfig) -> dict:
         raise ValueError(f"--fps must be positive, got {cfg.fps}")
     if cfg.crop_type != "none" and cfg.crop_size > cfg.frame_shorter_side:
         raise ValueError(f"--crop-size {cfg.crop_size} is larger than --frame-shorter-side {cfg.frame_shorter_side}")
-    ann = read_annotations(list(cfg.anno), cfg.video_root, fmt=cfg.anno_format)
+    ann = read_annotations(list(cfg.anno), cfg.video_root, fmt=cfg.anno_format,
+                           label_names=read_label_names(cfg.label_names) if cfg.label_names else None)
     tok = load_tokenizer(cfg.tokenizer, cfg.tokenizer_path, device=cfg.device, batch_size=cfg.batch_size)
     if tok.vocab_size > MAX_VOCAB:
         raise StoreError(f"tokenizer vocabulary {tok.vocab_size} does not fit the stored dtype int16 (max {MAX_VOCAB})")
@@ -173,7 +193,7 @@ def run(cfg: ExtractConfig) -> dict:
         t0 = time.monotonic()
         store_ready(batcher.ready())
         encode_time += time.monotonic() - t0
-        bar.set_postfix(fps=f"{summary['frames'] / max(time.monotonic() - t_start, 1e-9):.1f}")
+        bar.set_postfix(fps=f"{summary['frames'] / max(time.monotonic() - t_start, 1e-9):.1f}", refresh=False)
 
     tasks = ((k, it.path) for k, it in todo)
     try:
@@ -214,7 +234,7 @@ def _progress(total: int, initial: int, show: bool):
     if not show:
         return _NoBar()
     from tqdm import tqdm
-    return tqdm(total=total, initial=initial, unit="video", desc="extract", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, unit="video", desc="extract", dynamic_ncols=True, mininterval=1.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anno-format", default="auto",
                    help="auto, list, ucf101, hmdb51, ssv2, kinetics, diving48 or folder, with options after a "
                         "colon, e.g. 'hmdb51:subset=train,split=1' (see video2token/annotations.py)")
+    p.add_argument("--label-names", default=None,
+                   help="file with one class name per line (line i = label i) for lists that carry only indices; "
+                        "labels outside it are skipped as unknown")
     p.add_argument("--output", required=True, help="token store directory to create (or resume)")
     p.add_argument("--fps", type=float, required=True, help="frames sampled per second of video")
     p.add_argument("--frame-shorter-side", type=int, required=True, help="resize the shorter side to this (px)")
@@ -262,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         video_root=a.video_root, anno=tuple(a.anno), output=a.output, fps=a.fps,
         frame_shorter_side=a.frame_shorter_side, crop_size=a.crop_size, crop_type=a.crop_type,
         hflip=a.hflip, tokenizer=a.tokenizer, tokenizer_path=a.tokenizer_path, anno_format=a.anno_format,
+        label_names=a.label_names,
         decoder=a.decoder, batch_size=a.batch_size, num_workers=a.num_workers, timeout=a.timeout,
         shard_id=shard_id, num_shards=num_shards, overwrite=a.overwrite, commit_every=a.commit_every,
         device=a.device, progress=not a.no_progress)
