@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# VIMPAC final pre-training, stage 1 of 2 (paper table 4, "pre-train final"): Large-half
+# (24x1024), T=10 clips at 128 px, lr 3e-4, warm-up 0.05, batch 1024, on a 100-epoch schedule
+# of which this run trains the first 90 (--interval 90); large_frame256cont.sh trains the last
+# 10 at 256 px into the same $SNAP_ROOT/large output, continuing the schedule and optimizer.
+#
+#   bash scripts/pretrain/large.sh 0,1,2,3 [extra flags]   # GPUs 0-3 (deepspeed launcher)
+#   bash scripts/pretrain/large.sh cpu:2 [extra flags]     # 2 CPU ranks (gloo)
+#
+# Extra flags come last and win (e.g. --train-tokens STORE --bs-per-gpu 8). The script and
+# the command line are copied to $SNAP_ROOT/large/ (default snap/pretrain) and the log is teed there.
+set -euo pipefail
+NAME=large
+DEVICES=${1:?"usage: bash $0 GPU_IDS|cpu:N [extra flags]   (e.g. 0,1,2,3 or cpu:2)"}
+shift
+cd "$(dirname "$0")/../.."
+SNAP_ROOT=${SNAP_ROOT:-snap/pretrain}
+OUTPUT=$SNAP_ROOT/$NAME
+PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+PORT=${MASTER_PORT:-$((29500 + RANDOM % 1000))}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if [[ $DEVICES == cpu:* ]]; then
+    RANKS=${DEVICES#cpu:}
+    export DS_ACCELERATOR=cpu
+    if [[ $RANKS == 1 ]]; then
+        LAUNCH=("$PYTHON" -m vimpac.pretrain)
+    else  # the deepspeed launcher runs N local CPU processes when asked for N "GPUs"
+        LAUNCH=("$PYTHON" -m deepspeed.launcher.runner --num_nodes 1 --num_gpus "$RANKS" --master_port "$PORT"
+                --module vimpac.pretrain)
+    fi
+else
+    LAUNCH=("$PYTHON" -m deepspeed.launcher.runner --include "localhost:$DEVICES" --master_port "$PORT"
+            --module vimpac.pretrain)
+fi
+
+ARGS=(
+    --dataset-name howto100m --frame-size 128 --clip-len 10 --frame-rate 1
+    --config large_half --model "efflayoutT,H|W" --pos-emb hw_separation
+    --mlm-weight 1.0 --nce-weight 1.0 --nce-proj-layers 3 --nce-proj-hid-dim 4096
+    --mask-blocks 5
+    --lr 3e-4 --beta1 0.9 --beta2 0.98 --weight-decay 0.05 --clip-grad-norm 1.0
+    --lr-scheduler linear --warm-up 0.05 --epochs 100 --interval 90
+    --batch-size 1024 --bs-per-gpu 16 --bf16 --zero-stage 1
+    --num-workers 4 --save-steps 2000 --output "$OUTPUT"
+)
+
+mkdir -p "$OUTPUT"
+cp "$0" "$OUTPUT/run.sh"
+printf '%q ' "${LAUNCH[@]}" "${ARGS[@]}" "$@" > "$OUTPUT/command.sh"
+echo >> "$OUTPUT/command.sh"
+"${LAUNCH[@]}" "${ARGS[@]}" "$@" 2>&1 | tee -a "$OUTPUT/log.log"

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# VIMPAC analysis pre-training (paper table 4, "pre-train analysis"): Small model (6x512),
+# T=5 clips at 128 px (16x16 DALL-E codes), 10 epochs, lr 1e-3, warm-up 0.1, batch 1024.
+#
+#   bash scripts/pretrain/small.sh 0,1,2,3 [extra flags]   # GPUs 0-3 (deepspeed launcher)
+#   bash scripts/pretrain/small.sh cpu:2 [extra flags]     # 2 CPU ranks (gloo)
+#
+# Extra flags come last and win (e.g. --train-tokens STORE --bs-per-gpu 8). The script and
+# the command line are copied to $SNAP_ROOT/small/ (default snap/pretrain) and the log is teed there.
+set -euo pipefail
+NAME=small
+DEVICES=${1:?"usage: bash $0 GPU_IDS|cpu:N [extra flags]   (e.g. 0,1,2,3 or cpu:2)"}
+shift
+cd "$(dirname "$0")/../.."
+SNAP_ROOT=${SNAP_ROOT:-snap/pretrain}
+OUTPUT=$SNAP_ROOT/$NAME
+PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+PORT=${MASTER_PORT:-$((29500 + RANDOM % 1000))}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if [[ $DEVICES == cpu:* ]]; then
+    RANKS=${DEVICES#cpu:}
+    export DS_ACCELERATOR=cpu
+    if [[ $RANKS == 1 ]]; then
+        LAUNCH=("$PYTHON" -m vimpac.pretrain)
+    else  # the deepspeed launcher runs N local CPU processes when asked for N "GPUs"
+        LAUNCH=("$PYTHON" -m deepspeed.launcher.runner --num_nodes 1 --num_gpus "$RANKS" --master_port "$PORT"
+                --module vimpac.pretrain)
+    fi
+else
+    LAUNCH=("$PYTHON" -m deepspeed.launcher.runner --include "localhost:$DEVICES" --master_port "$PORT"
+            --module vimpac.pretrain)
+fi
+
+ARGS=(
+    --dataset-name howto100m --frame-size 128 --clip-len 5 --frame-rate 1
+    --config small --model "efflayoutT,H|W" --pos-emb hw_separation
+    --mlm-weight 1.0 --nce-weight 1.0 --nce-proj-layers 2 --nce-proj-hid-dim 2048
+    --mask-blocks 5
+    --lr 1e-3 --beta1 0.9 --beta2 0.98 --weight-decay 0.05 --clip-grad-norm 1.0
+    --lr-scheduler linear --warm-up 0.1 --epochs 10
+    --batch-size 1024 --bs-per-gpu 32 --bf16
+    --num-workers 4 --save-steps 2000 --output "$OUTPUT"
+)
+
+mkdir -p "$OUTPUT"
+cp "$0" "$OUTPUT/run.sh"
+printf '%q ' "${LAUNCH[@]}" "${ARGS[@]}" "$@" > "$OUTPUT/command.sh"
+echo >> "$OUTPUT/command.sh"
+"${LAUNCH[@]}" "${ARGS[@]}" "$@" 2>&1 | tee -a "$OUTPUT/log.log"

@@ -1,0 +1,127 @@
+"""Labelled clips for VIMPAC fine-tuning (Tan et al., 2021, section 4.1): random training views, multi-clip test views.
+
+Training: per (epoch, video) a random extracted view (store) and a uniformly random clip start.
+Test: `num_clips` uniform temporal clips from every test view (crop), later averaged by
+`vimpac.evaluate`. Clips take every `frame_rate`-th stored frame (sub-sampling a 16-FPS store);
+videos shorter than a clip are padded with whole [PAD] frames.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from video2token.store import TokenStore
+
+from .data import DataError, check_compatible_stores
+from .special_tokens import SpecialTokens
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    clip_len: int        # T frames per clip
+    frame_rate: int = 1  # every frame_rate-th stored frame
+
+    def __post_init__(self) -> None:
+        if self.clip_len < 1 or self.frame_rate < 1:
+            raise ValueError(f"--clip-len and --frame-rate must be >= 1, got {self.clip_len}, {self.frame_rate}")
+
+    @property
+    def span(self) -> int:
+        """Stored frames covered by one clip."""
+        return (self.clip_len - 1) * self.frame_rate + 1
+
+
+def uniform_starts(num_frames: int, span: int, num_clips: int) -> list[int]:
+    """Starts of `num_clips` clips whose centres split the video evenly (1 clip: the middle)."""
+    if num_clips < 1:
+        raise ValueError(f"--num-test-clips must be >= 1, got {num_clips}")
+    last = max(num_frames - span, 0)
+    return [int(round(last * (i + 0.5) / num_clips)) for i in range(num_clips)]
+
+
+def cut_clip(codes: np.ndarray, start: int, clip: ClipSpec, pad_id: int) -> np.ndarray:
+    """codes (F, h, w) of a whole video -> (T, h, w) int64, [PAD] frames after a short video's end."""
+    out = codes[start:start + clip.span:clip.frame_rate].astype(np.int64)
+    if out.shape[0] < clip.clip_len:
+        pad = np.full((clip.clip_len - out.shape[0], *codes.shape[1:]), pad_id, dtype=np.int64)
+        out = np.concatenate([out, pad])
+    return out
+
+
+def check_labels(stores: Sequence[TokenStore], num_classes: int, what: str) -> None:
+    for s in stores[:1]:  # views share videos and labels (check_compatible_stores)
+        bad = np.flatnonzero((s.labels < 0) | (s.labels >= num_classes))
+        if bad.size:
+            k = int(bad[0])
+            raise DataError(f"{what}: {s.path}: video {s.video_ids[k]!r} has label {int(s.labels[k])}, outside "
+                            f"[0, {num_classes}) ({bad.size} such videos); unlabelled or wrong label map?")
+
+
+class _Clips(Dataset):
+    def __init__(self, stores: Sequence[TokenStore], clip: ClipSpec, *, what: str):
+        self.stores = list(stores)
+        self.vocab_size, self.grid = check_compatible_stores(self.stores, what)
+        self.pad_id = SpecialTokens.from_vocab_size(self.vocab_size).pad
+        self.clip = clip
+        self.num_frames = self.stores[0].num_frames
+        self.labels = self.stores[0].labels
+        self.video_ids = self.stores[0].video_ids
+
+    def __len__(self) -> int:
+        return len(self.stores[0])
+
+    def _read(self, store: TokenStore, k: int, start: int) -> np.ndarray:
+        codes, _ = store.read_at(k, frames=slice(start, start + self.clip.span))
+        if tuple(codes.shape[1:]) != tuple(self.grid):
+            raise DataError(f"{store.path}: video {store.video_ids[k]!r} has a {codes.shape[1:]} code map, "
+                            f"expected {self.grid}")
+        return cut_clip(codes, 0, self.clip, self.pad_id)
+
+
+class TrainClips(_Clips):
+    """Key (epoch, k) -> codes (T, h, w) long, label () long, index () long, view () long.
+
+    The view and start come from (seed, epoch, k) only, so a resumed epoch replays the same samples.
+    """
+
+    def __init__(self, stores: Sequence[TokenStore], clip: ClipSpec, *, seed: int, what: str = "--train-tokens"):
+        super().__init__(stores, clip, what=what)
+        self.seed = int(seed)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, k = (0, key) if isinstance(key, (int, np.integer)) else key
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch), int(k)]))
+        view = int(rng.integers(len(self.stores)))
+        last = max(int(self.num_frames[k]) - self.clip.span, 0)
+        start = int(rng.integers(0, last + 1))
+        codes = self._read(self.stores[view], int(k), start)
+        return {"codes": torch.from_numpy(codes), "label": torch.tensor(int(self.labels[k])),
+                "index": torch.tensor(int(k)), "view": torch.tensor(view)}
+
+
+class TestClips(_Clips):
+    """k -> codes (V*C, T, h, w) long (views x uniform clips, view-major), label () long, index () long."""
+
+    def __init__(self, stores: Sequence[TokenStore], clip: ClipSpec, *, num_clips: int, what: str = "--valid-tokens"):
+        super().__init__(stores, clip, what=what)
+        uniform_starts(1, 1, num_clips)  # validates num_clips
+        self.num_clips = int(num_clips)
+
+    @property
+    def num_crops(self) -> int:
+        return len(self.stores)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        k = int(k)
+        starts = uniform_starts(int(self.num_frames[k]), self.clip.span, self.num_clips)
+        clips = [self._read(s, k, st) for s in self.stores for st in starts]
+        return {"codes": torch.from_numpy(np.stack(clips)), "label": torch.tensor(int(self.labels[k])),
+                "index": torch.tensor(k)}
+
+
+def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}

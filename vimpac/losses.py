@@ -1,0 +1,92 @@
+"""Pre-training losses of VIMPAC (Tan et al., 2021): masked-token cross-entropy and symmetric InfoNCE.
+
+InfoNCE follows SimCLR/CLIP-style cross-rank negatives: each rank scores its own queries
+against the clips of the whole global batch (`all_gather_with_grad`), so the mean of the
+per-rank losses equals the single-process loss on the concatenated batch, and after the
+usual data-parallel gradient averaging the gradients match too. This file and the trainer
+are the only places that touch torch.distributed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (M, V) at the masked positions, targets (M,) codes -> (mean cross-entropy, accuracy).
+
+    With no masked position the loss is a graph-connected zero (backward still works).
+    """
+    if logits.dim() != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(f"expected logits (M, V) and targets (M,), got {tuple(logits.shape)} and {tuple(targets.shape)}")
+    if logits.shape[0] == 0:
+        zero = logits.sum() * 0.0
+        return zero.float(), zero.detach().float()
+    loss = F.cross_entropy(logits.float(), targets)
+    with torch.no_grad():
+        acc = (logits.argmax(dim=-1) == targets).float().mean()
+    return loss, acc
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:  # type: ignore[override]
+        ctx.group = group
+        ctx.rank = dist.get_rank(group)
+        ctx.batch = x.shape[0]
+        world = dist.get_world_size(group)
+        out = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(out, x.contiguous(), group=group)
+        return torch.cat(out, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        grad = grad.contiguous()
+        # every rank's loss used every slice: the gradient of my slice is the sum over ranks
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        start = ctx.rank * ctx.batch
+        return grad[start:start + ctx.batch], None
+
+
+def all_gather_with_grad(x: torch.Tensor, group=None) -> tuple[torch.Tensor, int]:
+    """x (B, ...) on each rank -> (concatenation over ranks (W*B, ...), offset of this rank's rows).
+
+    All ranks must pass the same B. Without an initialised process group: (x, 0).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+        return x, 0
+    return _AllGatherWithGrad.apply(x, group), dist.get_rank(group) * x.shape[0]
+
+
+@dataclass
+class InfoNCEOutput:
+    loss: torch.Tensor  # () symmetric InfoNCE x temperature, over this rank's queries
+    acc: torch.Tensor   # () fraction of queries whose positive scores highest (both directions)
+
+
+def symmetric_infonce(z_a: torch.Tensor, z_b: torch.Tensor, *, temperature: float = 0.2, group=None) -> InfoNCEOutput:
+    """z_a, z_b (B, d): projections of two clips per video (row i of each from video i).
+
+    Each query in z_a scores against every z_b in the global batch (and vice versa); the
+    positive is the same video. Loss = (CE_ab + CE_ba) / 2 * temperature.
+    """
+    if z_a.shape != z_b.shape or z_a.dim() != 2:
+        raise ValueError(f"z_a and z_b must both be (B, d), got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z_a = F.normalize(z_a.float(), dim=-1)
+    z_b = F.normalize(z_b.float(), dim=-1)
+    all_a, offset = all_gather_with_grad(z_a, group)
+    all_b, _ = all_gather_with_grad(z_b, group)
+    target = torch.arange(z_a.shape[0], device=z_a.device) + offset
+    logits_ab = z_a @ all_b.t() / temperature  # (B, W*B)
+    logits_ba = z_b @ all_a.t() / temperature
+    loss = (F.cross_entropy(logits_ab, target) + F.cross_entropy(logits_ba, target)) / 2 * temperature
+    with torch.no_grad():
+        acc = ((logits_ab.argmax(-1) == target).float().mean() + (logits_ba.argmax(-1) == target).float().mean()) / 2
+    return InfoNCEOutput(loss=loss, acc=acc)
