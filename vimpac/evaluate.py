@@ -77,7 +77,7 @@ def confusion_matrix(scores: np.ndarray, labels: np.ndarray, num_classes: int) -
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, *, batch_size: int = 8, precision: str = "fp32", chunk: int = 32,
              max_videos: int | None = None, progress: bool = False, desc: str = "eval") -> EvalResult:
-    """Scores of every video of a `finetune_data.TestClips` dataset (model in eval mode for the call)."""
+    """Scores of every video of a `finetune_data.EvalClips` dataset (model in eval mode for the call)."""
     from torch.utils.data import DataLoader
 
     from .finetune_data import collate

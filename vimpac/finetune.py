@@ -28,8 +28,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from video2token.store import TokenStore
-
 from . import datasets as base_registry
 from . import finetune_registry
 from .checkpoint import (CheckpointError, gather_optimizer_state, load_checkpoint, restore_optimizer_state,
@@ -39,7 +37,7 @@ from .data import DataError, EpochBatchSampler, check_compatible_stores
 from .engine import (SCHEDULES, EngineError, LRSchedule, autocast_context, build_ds_config, build_optimizer,
                      build_scheduler, check_precision, init_distributed, init_engine, load_overrides, plan_batches)
 from .evaluate import EvalResult, class_names, evaluate, write_reports
-from .finetune_data import ClipSpec, TestClips, TrainClips, check_labels, collate
+from .finetune_data import ClipSpec, EvalClips, TrainClips, check_labels, collate
 from .metrics import MetricsLogger, plot_curves
 from .modeling import VimpacForClassification
 from .pos_embed import PosEmbedShapeError, adapt_pos_embeds
@@ -89,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--lr-scheduler", choices=SCHEDULES, default="linear")
     o.add_argument("--warm-up", type=float, default=0.1)
     o.add_argument("--epochs", type=int, default=None, help="default: the dataset's (paper table 4), else 50")
+    o.add_argument("--interval", type=int, default=None, help="stop this run after N epochs (continue with --resume)")
     o.add_argument("--batch-size", type=int, default=128, help="global batch (videos per optimizer step)")
     o.add_argument("--bs-per-gpu", type=int, default=16)
     o.add_argument("--bf16", dest="precision", action="store_const", const="bf16", default="fp32")
@@ -216,6 +215,8 @@ class Finetuner:
                                  world_size=int(os.environ.get("WORLD_SIZE", "1")))
         self.dist = init_distributed()
         self.main = self.dist.is_main
+        seed_everything(a.seed)  # same initial weights on every rank
+        self.model = self._build_model(resume)
         micro_per_epoch = len(self.train_set) // (self.plan.micro_batch * self.plan.world_size)
         self.steps_per_epoch = micro_per_epoch // self.plan.accumulation
         if self.steps_per_epoch < 1:
@@ -224,8 +225,6 @@ class Finetuner:
         self.sampler = EpochBatchSampler(len(self.train_set), micro_batch=self.plan.micro_batch,
                                          world_size=self.plan.world_size, rank=self.dist.rank, seed=a.seed,
                                          micro_steps_per_epoch=self.steps_per_epoch * self.plan.accumulation)
-        seed_everything(a.seed)
-        self.model = self._build_model(resume)
         if a.linear_probe:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
@@ -259,8 +258,8 @@ class Finetuner:
         a = self.a
         if a.dataset_name == "custom" or a.train_tokens:
             if not a.valid_tokens or (not a.train_tokens and not a.eval_only):
-                raise TrainError("--dataset-name custom needs --train-tokens STORE [VIEW ...] and --valid-tokens "
-                                 "STORE [CROP ...]")
+                raise TrainError("give both --train-tokens STORE [VIEW ...] and --valid-tokens STORE [CROP ...] "
+                                 "(--eval-only: --valid-tokens only), or a registered --dataset-name with --frame-size")
             return a.train_tokens or [], a.valid_tokens
         if a.frame_size is None:
             raise TrainError("--dataset-name needs --frame-size (the stores' names include it)")
@@ -323,9 +322,9 @@ class Finetuner:
         self.train_set = TrainClips(self.train_stores, clip, seed=self.a.seed) if self.train_stores else None
         self.valid_set = self.test_set(self.a.num_test_clips)
 
-    def test_set(self, num_clips: int) -> TestClips:
+    def test_set(self, num_clips: int) -> EvalClips:
         try:
-            return TestClips(self.valid_stores, self.clip, num_clips=num_clips)
+            return EvalClips(self.valid_stores, self.clip, num_clips=num_clips)
         except ValueError as e:
             raise TrainError(str(e)) from None
 
@@ -428,18 +427,33 @@ class Finetuner:
         moments = None
         if full:
             moments, st.adam_step = gather_optimizer_state(self.engine)
+        model_state = self.engine.module.state_dict()
+        if self.a.precision == "fp16":  # the module holds fp16 copies; save the fp32 masters (collective)
+            from deepspeed.utils import safe_get_full_fp32_param
+
+            for name, p in self.engine.module.named_parameters():
+                if p.requires_grad:
+                    model_state[name] = safe_get_full_fp32_param(p)
+        rngs = [rng_state()]
+        if self.dist.world_size > 1:
+            rngs = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(rngs, rng_state())
         if not self.main:
+            if self.dist.world_size > 1:
+                torch.distributed.barrier()
             return
         train_config = {**{k: v for k, v in vars(self.a).items()}, "task": self.task()}
         if result is not None:
             train_config["eval"] = result
-        trainer_state = {**st.__dict__, "rng": [rng_state()]} if full else None
+        trainer_state = {**st.__dict__, "rng": rngs} if full else None
         try:
-            save_checkpoint(directory, model_state=self.engine.module.state_dict(), model_config=self.model.cfg,
+            save_checkpoint(directory, model_state=model_state, model_config=self.model.cfg,
                             train_config=train_config, step=st.step, epoch=st.epoch, optimizer_state=moments,
                             trainer_state=trainer_state)
         except CheckpointError as e:
             raise TrainError(str(e)) from None
+        if self.dist.world_size > 1:
+            torch.distributed.barrier()  # other ranks read nothing until the checkpoint is complete
 
     def _loader(self):
         from torch.utils.data import DataLoader
@@ -459,19 +473,20 @@ class Finetuner:
     def fit(self) -> dict[str, Any]:
         a, st, plan = self.a, self.state, self.plan
         bar = None
-        total = (self.epochs - st.epoch) * self.steps_per_epoch - st.samples_in_epoch // plan.global_batch
+        end_epoch = self.epochs if a.interval is None else min(self.epochs, st.epoch + a.interval)
+        total = (end_epoch - st.epoch) * self.steps_per_epoch - st.samples_in_epoch // plan.global_batch
         if self.main and a.tqdm:
             from tqdm import tqdm
 
             bar = tqdm(total=total, unit="step", desc="finetune", dynamic_ncols=True)
         self.log(f"[finetune] {len(self.train_set)} train videos x {len(self.train_stores)} view(s), "
                  f"{len(self.valid_set)} test videos x {len(self.valid_stores)} crop(s), {self.num_classes} classes; "
-                 f"{self.steps_per_epoch} steps/epoch of {plan.global_batch}; epochs {st.epoch}->{self.epochs}"
+                 f"{self.steps_per_epoch} steps/epoch of {plan.global_batch}; epochs {st.epoch}->{end_epoch} of {self.epochs}"
                  f"{' (linear probe)' if a.linear_probe else ''}")
         t0, steps_run = time.time(), 0
         last_eval: EvalResult | None = None
         module = self.engine.module
-        while st.epoch < self.epochs:
+        while st.epoch < end_epoch:
             g = plan.micro_batch * plan.world_size
             self.sampler.set_position(st.epoch, st.samples_in_epoch // g)
             loss_sum, correct, seen, window = 0.0, 0, 0, 0
@@ -487,7 +502,7 @@ class Finetuner:
                                      f"--fp32, then --resume from {self.ckpt_dir}")
                 self.engine.backward(loss)
                 window += 1
-                loss_sum += float(loss) * len(labels)
+                loss_sum += float(loss.detach()) * len(labels)
                 correct += int((logits.argmax(-1) == labels).sum())
                 seen += len(labels)
                 boundary = window == plan.accumulation

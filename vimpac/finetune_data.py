@@ -103,7 +103,7 @@ class TrainClips(_Clips):
                 "index": torch.tensor(int(k)), "view": torch.tensor(view)}
 
 
-class TestClips(_Clips):
+class EvalClips(_Clips):
     """k -> codes (V*C, T, h, w) long (views x uniform clips, view-major), label () long, index () long."""
 
     def __init__(self, stores: Sequence[TokenStore], clip: ClipSpec, *, num_clips: int, what: str = "--valid-tokens"):

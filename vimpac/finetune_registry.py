@@ -66,7 +66,7 @@ _SPECS: dict[str, FinetuneSpec] = {s.name: s for s in (
     FinetuneSpec("ucf101", num_classes=101, num_splits=3, flip=True, fps=2.0, epochs=50),
     FinetuneSpec("hmdb51", num_classes=51, num_splits=3, flip=True, fps=4.0, epochs=50),
     FinetuneSpec("ssv2", num_classes=174, num_splits=1, flip=False, fps=4.0, epochs=22),
-    FinetuneSpec("diving48", num_classes=48, num_splits=1, flip=True, fps=4.0, epochs=50),
+    FinetuneSpec("diving48", num_classes=48, num_splits=1, flip=True, fps=4.0, epochs=50, valid_split="test"),
     FinetuneSpec("kinetics400", num_classes=400, num_splits=1, flip=True, fps=2.0, epochs=30),
 )}
 

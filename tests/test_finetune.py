@@ -1,0 +1,273 @@
+"""Tests of `python -m vimpac.finetune`, multi-clip evaluation and the vocabulary / shape surgery (tiny CPU models)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from store_factory import make_store  # noqa: E402
+
+from vimpac.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from vimpac.config import named_config  # noqa: E402
+from vimpac.evaluate import clip_probs, evaluate, topk_accuracy  # noqa: E402
+from vimpac.finetune import remap_vocab  # noqa: E402
+from vimpac.finetune_data import ClipSpec, EvalClips, TrainClips, uniform_starts  # noqa: E402
+from vimpac.finetune_registry import get_finetune_spec  # noqa: E402
+from vimpac.metrics import read_metrics  # noqa: E402
+from vimpac.modeling import VimpacForClassification, VimpacForPretraining  # noqa: E402
+from video2token.store import TokenStore  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(layers=2, hid_dim=32, heads=2, head_dim=16, mlp_dim=64, nce_proj_hid_dim=32, vocab_size=32, clip_len=4,
+            grid_h=4, grid_w=4)
+FAST = ["--num-workers", "0", "--no-tqdm", "--batch-size", "8", "--bs-per-gpu", "4", "--lr", "1e-3",
+        "--eval-batch-size", "4", "--seed", "1"]
+
+
+def save_pretrained(path: str, **overrides) -> str:
+    torch.manual_seed(0)
+    cfg = named_config("small", **{**TINY, **overrides})
+    model = VimpacForPretraining(cfg)
+    return save_checkpoint(path, model_state=model.state_dict(), model_config=cfg, train_config={}, step=1, epoch=1)
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=ROOT, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return subprocess.run([sys.executable, "-m", "vimpac.finetune", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ft")
+    return {
+        "pre": save_pretrained(str(d / "pre" / "last")),
+        # two views of the same 16 labelled videos (3 classes), and a 4x4-code test store
+        "train": [make_store(str(d / "train_a"), num_videos=16, seed=0),
+                  make_store(str(d / "train_b"), num_videos=16, seed=0, hflip=True)],
+        "valid": [make_store(str(d / "valid"), num_videos=6, seed=1)],
+        # 8x8 codes (twice the frame size of pre-training)
+        "train8": [make_store(str(d / "train8"), num_videos=8, grid=8, seed=2)],
+        "valid8": [make_store(str(d / "valid8"), num_videos=4, grid=8, seed=3)],
+        "dir": d,
+    }
+
+
+@pytest.fixture(scope="module")
+def finetuned(data):
+    out = str(data["dir"] / "out")
+    ok(run(["--load", data["pre"], "--train-tokens", *data["train"], "--valid-tokens", *data["valid"],
+            "--output", out, "--epochs", "2", "--num-test-clips", "2", "--last-test-clips", "1,3", *FAST]))
+    return out
+
+
+def test_finetune_writes_results_reports_and_checkpoints(finetuned):
+    res = json.load(open(os.path.join(finetuned, "results.json")))
+    for key in ("final", "best"):
+        assert 0 <= res[key]["top1"] <= res[key]["top5"] <= 100
+    assert res["final"]["num_test_clips"] == 2 and res["final"]["num_crops"] == 1 and res["final"]["num_videos"] == 6
+    assert set(res["last_test_clips"]) == {"1", "3"}
+    assert res["last_test_clips"]["3"]["num_test_clips"] == 3
+    rows = [r for r in read_metrics(os.path.join(finetuned, "metrics.jsonl")) if r["split"] == "train"]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # 16 videos / batch 8 = 2 steps x 2 epochs
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    with open(os.path.join(finetuned, "per_class_accuracy.csv")) as f:
+        per_class = list(csv.DictReader(f))
+    assert [int(r["class"]) for r in per_class] == [0, 1, 2] and sum(int(r["videos"]) for r in per_class) == 6
+    with open(os.path.join(finetuned, "predictions.csv")) as f:
+        preds = list(csv.DictReader(f))
+    assert len(preds) == 6 and preds[0]["video_id"] == "vid_0000.mp4" and "score3" in preds[0]
+    assert abs(sum(float(preds[0][f"score{i}"]) for i in (1, 2, 3)) - 1) < 1e-4  # 3 classes: top-3 = all
+    with open(os.path.join(finetuned, "confusion_matrix.png"), "rb") as f:
+        assert f.read(4) == b"\x89PNG"
+    best = load_checkpoint(os.path.join(finetuned, "best"), weights_only=True)
+    assert best.config["train"]["task"]["num_classes"] == 3 and "head.fc.weight" in best.model_state
+    last = load_checkpoint(os.path.join(finetuned, "last"))
+    assert last.trainer_state["epoch"] == 2 and last.trainer_state["step"] == 4
+    # the classifier moved away from its zero init; the backbone kept the pre-trained shape
+    assert last.model_state["head.fc.weight"].abs().sum() > 0
+    assert last.model_state["backbone.embeddings.pos_h"].shape == (4, 32)
+
+
+def test_eval_only_reproduces_best_checkpoint_numbers(finetuned, data, tmp_path):
+    out = str(tmp_path / "eval")
+    ok(run(["--eval-only", "--load", os.path.join(finetuned, "best"), "--valid-tokens", *data["valid"],
+            "--output", out, "--num-test-clips", "2", *FAST]))
+    res = json.load(open(os.path.join(out, "results.json")))
+    best = load_checkpoint(os.path.join(finetuned, "best"), weights_only=True).config["train"]["eval"]
+    assert res["final"]["top1"] == pytest.approx(best["top1"]) and res["final"]["top5"] == pytest.approx(best["top5"])
+
+
+def test_different_shape_resamples_and_its_absence_is_a_clear_error(data, tmp_path):
+    args = ["--load", data["pre"], "--train-tokens", *data["train8"], "--valid-tokens", *data["valid8"],
+            "--clip-len", "6", "--epochs", "1", "--num-test-clips", "1", *FAST]
+    proc = run(args + ["--output", str(tmp_path / "no_flag")])
+    assert proc.returncode == 2
+    assert "--different-shape" in proc.stderr and "T=4, 4x4" in proc.stderr and "T=6, 8x8" in proc.stderr
+    out = str(tmp_path / "flag")
+    ok(run(args + ["--output", out, "--different-shape"]))
+    ck = load_checkpoint(os.path.join(out, "last"))
+    assert ck.model_config.clip_len == 6 and (ck.model_config.grid_h, ck.model_config.grid_w) == (8, 8)
+    assert ck.model_state["backbone.embeddings.pos_t"].shape == (6, 32)
+    assert ck.model_state["backbone.embeddings.pos_w"].shape == (8, 32)
+    assert os.path.exists(os.path.join(out, "results.json"))
+
+
+def test_linear_probe_keeps_the_backbone_frozen(data, tmp_path):
+    out = str(tmp_path / "probe")
+    ok(run(["--load", data["pre"], "--train-tokens", *data["train"], "--valid-tokens", *data["valid"],
+            "--output", out, "--epochs", "1", "--num-test-clips", "1", "--linear-probe", "--dropout", "0", *FAST]))
+    pre = load_checkpoint(data["pre"], weights_only=True).model_state
+    ft = load_checkpoint(os.path.join(out, "last")).model_state
+    assert all(torch.equal(ft[k], pre[k]) for k in ft if k.startswith("backbone."))
+    assert ft["head.fc.weight"].abs().sum() > 0
+
+
+def test_multi_clip_scores_are_the_mean_of_single_clip_scores(data):
+    torch.manual_seed(0)
+    model = VimpacForClassification(named_config("small", **TINY, dropout=0.0), num_classes=3).eval()
+    torch.nn.init.normal_(model.head.fc.weight)  # a zero head would give equal scores everywhere
+    stores = [TokenStore(p) for p in data["train"]]  # two crops
+    clip = ClipSpec(clip_len=4, frame_rate=2)
+    multi = evaluate(model, EvalClips(stores, clip, num_clips=3), batch_size=2)
+    assert multi.num_clips == 3 and multi.num_crops == 2
+    for k in range(len(stores[0])):
+        singles = []
+        for s in stores:
+            codes, _ = s.read_at(k)
+            for start in uniform_starts(int(codes.shape[0]), clip.span, 3):
+                one = EvalClips([s], clip, num_clips=1)
+                clip_codes = torch.from_numpy(one._read(s, k, start))[None, None]  # (1, 1, T, h, w)
+                singles.append(clip_probs(model, clip_codes)[0, 0])
+        expect = torch.stack(singles).mean(0).numpy()
+        np.testing.assert_allclose(multi.scores[k], expect, rtol=1e-5, atol=1e-6)
+    assert multi.top1 == topk_accuracy(multi.scores, multi.labels, 1)
+
+
+def test_uniform_starts_and_training_views():
+    assert uniform_starts(10, 4, 1) == [3]
+    assert uniform_starts(13, 4, 3) == [2, 4, 8]  # last start 9: centres of three equal thirds
+    assert uniform_starts(3, 4, 2) == [0, 0]  # shorter than a clip: both start at 0, [PAD] after
+    starts = uniform_starts(101, 1, 10)
+    assert starts == sorted(starts) and starts[0] > 0 and starts[-1] < 100
+    with pytest.raises(ValueError, match="--num-test-clips"):
+        uniform_starts(10, 4, 0)
+    ucf, ssv2 = get_finetune_spec("ucf101"), get_finetune_spec("ssv2")
+    assert len(ucf.train_views(128)) == 12 and {v.shorter_side for v in ucf.train_views(128)} == {128, 160}
+    assert len(ssv2.train_views(128)) == 6 and not any(v.hflip for v in ssv2.train_views(128))
+    assert [v.crop_type for v in ssv2.test_views(128)] == ["center"] and len(ucf.test_views(128)) == 3
+    assert ucf.split_names(2) == ("train_split2", "val_split2")
+    with pytest.raises(ValueError, match="--split-id 4"):
+        ucf.split_names(4)
+
+
+def test_train_clips_pad_short_videos_and_subsample(data):
+    store = TokenStore(data["train"][0])
+    ds = TrainClips([store], ClipSpec(clip_len=8, frame_rate=2), seed=0)
+    k = int(np.argmin(store.num_frames))  # 6..12 frames: a span of 15 never fits
+    s = ds[(0, k)]
+    pad = store.vocab_size + 1
+    n_real = (int(store.num_frames[k]) + 1) // 2
+    assert s["codes"].shape == (8, 4, 4) and (s["codes"][n_real:] == pad).all() and (s["codes"][:n_real] < pad).all()
+    full, label = store.read_at(k)
+    assert torch.equal(s["codes"][:n_real], torch.from_numpy(full[::2].astype(np.int64))) and s["label"] == label
+
+
+def test_vocabulary_remap_keeps_codes_and_moves_special_tokens():
+    old_v, new_v, extra = 32, 40, 8  # 3 specials + 5 spares after the codes
+    table = torch.arange((old_v + extra) * 2, dtype=torch.float32).view(old_v + extra, 2)
+    grown = remap_vocab(table, old_v, new_v, std=0.02)
+    assert grown.shape == (new_v + extra, 2)
+    assert torch.equal(grown[:old_v], table[:old_v]) and torch.equal(grown[new_v:], table[old_v:])
+    shrunk = remap_vocab(table, old_v, 16, std=0.02)
+    assert torch.equal(shrunk[:16], table[:16]) and torch.equal(shrunk[16:], table[old_v:])
+
+
+def test_bad_labels_and_missing_load_are_clear_errors(data, tmp_path):
+    proc = run(["--train-tokens", *data["train"], "--valid-tokens", *data["valid"], "--output", str(tmp_path / "x"),
+                *FAST])
+    assert proc.returncode == 2 and "--load" in proc.stderr
+    proc = run(["--load", data["pre"], "--dataset-name", "ucf101", "--frame-size", "32", "--data-root",
+                str(tmp_path / "nothing"), "--output", str(tmp_path / "y"), *FAST])
+    assert proc.returncode == 2 and "train_split1" in proc.stderr and "--train-tokens" in proc.stderr
+
+
+def test_interval_then_resume_reproduces_the_uninterrupted_run(finetuned, data, tmp_path):
+    from safetensors.torch import load_file
+
+    out = str(tmp_path / "resumed")
+    args = ["--load", data["pre"], "--train-tokens", *data["train"], "--valid-tokens", *data["valid"], "--output", out,
+            "--epochs", "2", "--num-test-clips", "2", *FAST]
+    ok(run(args + ["--interval", "1"]))
+    assert load_checkpoint(os.path.join(out, "last")).trainer_state["epoch"] == 1
+    proc = run(args)
+    assert proc.returncode == 2 and "--resume" in proc.stderr  # no silent overwrite of a run
+    ok(run(args + ["--resume"]))
+    ref = load_file(os.path.join(finetuned, "last", "model.safetensors"))
+    got = load_file(os.path.join(out, "last", "model.safetensors"))
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    steps = [r["step"] for r in read_metrics(os.path.join(out, "metrics.jsonl")) if r["split"] == "train"]
+    assert steps == [1, 2, 3, 4]
+
+
+def _class_store(path: str, *, num_videos: int, seed: int) -> str:
+    """Videos whose codes come from a class-specific third of the vocabulary: a learnable labelling."""
+    from store_factory import store_meta
+    from video2token.store import ShardWriter, VideoRecord
+
+    rng = np.random.default_rng(seed)
+    w = ShardWriter(path, store_meta(30, 32), shard_id=0, num_shards=1)
+    for i in range(num_videos):
+        label = i % 3
+        codes = rng.integers(10 * label, 10 * label + 10, size=(int(rng.integers(4, 9)), 4, 4)).astype(np.int16)
+        w.add(VideoRecord(source_index=i, video_id=f"v{i}", label=label, codes=codes,
+                          timestamps=np.arange(len(codes), dtype=np.float64) / 2))
+    w.finalize()
+    return path
+
+
+def test_finetuning_learns_a_learnable_labelling(data, tmp_path):
+    """Vocabulary shrink (32 -> 30 codes) on the way; the classifier must reach high accuracy in a few steps."""
+    train = _class_store(str(tmp_path / "train"), num_videos=24, seed=0)
+    valid = _class_store(str(tmp_path / "valid"), num_videos=6, seed=1)
+    out = str(tmp_path / "out")
+    text = ok(run(["--load", data["pre"], "--train-tokens", train, "--valid-tokens", valid, "--output", out,
+                   "--epochs", "5", "--eval-per-epochs", "5", "--num-test-clips", "1", "--lr-scheduler", "constant",
+                   "--warm-up", "0", *FAST, "--lr", "1e-2", "--batch-size", "4"]))  # 30 steps
+    assert "vocabulary 32 -> 30 codes" in text
+    res = json.load(open(os.path.join(out, "results.json")))
+    rows = [r for r in read_metrics(os.path.join(out, "metrics.jsonl")) if r["split"] == "train"]
+    first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-5:]])
+    assert last < first - 0.3, (first, last)
+    assert res["final"]["top1"] >= 80.0, res["final"]  # 6 test videos, chance 33%
+
+
+def test_registry_finds_the_extracted_views_of_a_split(tmp_path):
+    from vimpac.finetune_registry import store_paths
+
+    root = str(tmp_path)
+    for name in ("dalle_hmdb51_train_split2_fps4_hflip0_32center32", "dalle_hmdb51_train_split2_fps4_hflip1_40top32",
+                 "dalle_hmdb51_val_split2_fps4_hflip0_32center32"):
+        os.makedirs(os.path.join(root, name))
+    train = store_paths("hmdb51", "train", frame_size=32, split_id=2, root=root)
+    assert [os.path.basename(p) for p in train] == ["dalle_hmdb51_train_split2_fps4_hflip0_32center32",
+                                                   "dalle_hmdb51_train_split2_fps4_hflip1_40top32"]
+    assert len(store_paths("hmdb51", "valid", frame_size=32, split_id=2, root=root)) == 1
+    with pytest.raises(FileNotFoundError, match="val_split1.*--valid-tokens"):
+        store_paths("hmdb51", "valid", frame_size=32, split_id=1, root=root)
+    with pytest.raises(ValueError, match="custom"):
+        get_finetune_spec("nope")
