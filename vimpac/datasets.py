@@ -48,7 +48,7 @@ _REGISTRY: dict[str, DatasetSpec] = {s.name: s for s in (
     _spec("ucf101", "train_split1", "val_split1", 2.0),
     _spec("hmdb51", "train_split1", "val_split1", 2.0),
     _spec("ssv2", "train", "val", 2.0),
-    _spec("diving48", "train", "val", 2.0),
+    _spec("diving48", "train", "test", 2.0),
 )}
 
 

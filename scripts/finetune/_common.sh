@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Shared launcher of the fine-tuning scripts (sourced, not run): expects NAME, LOAD and the ARGS array.
+# Shared tail of the fine-tuning scripts (sourced, not run): expects NAME, LOAD and the ARGS array.
 #
 #   bash scripts/finetune/<script>.sh 0,1,2,3 [extra flags]   # GPUs 0-3 (deepspeed launcher)
 #   bash scripts/finetune/<script>.sh cpu:2 [extra flags]     # 2 CPU ranks (gloo); cpu:1 = plain python
@@ -9,32 +9,13 @@
 # (default snap/finetune) the output root. The script and command line are copied to the output
 # directory and the log is teed there.
 set -euo pipefail
+SCRIPT=$(realpath "$0")
 DEVICES=${1:?"usage: bash $0 GPU_IDS|cpu:N [extra flags]   (e.g. 0,1,2,3 or cpu:2)"}
 shift
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/launch.sh"
 SNAP_ROOT=${SNAP_ROOT:-snap/finetune}
 OUTPUT=$SNAP_ROOT/$NAME
 LOAD=${PRETRAIN:-$LOAD}
-PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-PORT=${MASTER_PORT:-$((29500 + RANDOM % 1000))}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-if [[ $DEVICES == cpu:* ]]; then
-    RANKS=${DEVICES#cpu:}
-    export DS_ACCELERATOR=cpu
-    if [[ $RANKS == 1 ]]; then
-        LAUNCH=("$PYTHON" -m vimpac.finetune)
-    else
-        LAUNCH=("$PYTHON" -m deepspeed.launcher.runner --num_nodes 1 --num_gpus "$RANKS" --master_port "$PORT"
-                --module vimpac.finetune)
-    fi
-else
-    LAUNCH=("$PYTHON" -m deepspeed.launcher.runner --include "localhost:$DEVICES" --master_port "$PORT"
-            --module vimpac.finetune)
-fi
+vimpac_launcher "$DEVICES" vimpac.finetune
 ARGS+=(--load "$LOAD" --output "$OUTPUT")
-
-mkdir -p "$OUTPUT"
-cp "$0" "$OUTPUT/run.sh"
-printf '%q ' "${LAUNCH[@]}" "${ARGS[@]}" "$@" > "$OUTPUT/command.sh"
-echo >> "$OUTPUT/command.sh"
-"${LAUNCH[@]}" "${ARGS[@]}" "$@" 2>&1 | tee -a "$OUTPUT/log.log"
+vimpac_run "$OUTPUT" "${ARGS[@]}" "$@"

@@ -10,28 +10,14 @@
 # Extra flags come last and win (e.g. --train-tokens STORE --bs-per-gpu 8). The script and
 # the command line are copied to $SNAP_ROOT/large/ (default snap/pretrain) and the log is teed there.
 set -euo pipefail
+SCRIPT=$(realpath "$0")
 NAME=large
 DEVICES=${1:?"usage: bash $0 GPU_IDS|cpu:N [extra flags]   (e.g. 0,1,2,3 or cpu:2)"}
 shift
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/../lib/launch.sh"
 SNAP_ROOT=${SNAP_ROOT:-snap/pretrain}
 OUTPUT=$SNAP_ROOT/$NAME
-PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-PORT=${MASTER_PORT:-$((29500 + RANDOM % 1000))}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-if [[ $DEVICES == cpu:* ]]; then
-    RANKS=${DEVICES#cpu:}
-    export DS_ACCELERATOR=cpu
-    if [[ $RANKS == 1 ]]; then
-        LAUNCH=("$PYTHON" -m vimpac.pretrain)
-    else  # the deepspeed launcher runs N local CPU processes when asked for N "GPUs"
-        LAUNCH=("$PYTHON" -m deepspeed.launcher.runner --num_nodes 1 --num_gpus "$RANKS" --master_port "$PORT"
-                --module vimpac.pretrain)
-    fi
-else
-    LAUNCH=("$PYTHON" -m deepspeed.launcher.runner --include "localhost:$DEVICES" --master_port "$PORT"
-            --module vimpac.pretrain)
-fi
+vimpac_launcher "$DEVICES" vimpac.pretrain
 
 ARGS=(
     --dataset-name howto100m --frame-size 128 --clip-len 10 --frame-rate 1
@@ -44,8 +30,4 @@ ARGS=(
     --num-workers 4 --save-steps 2000 --output "$OUTPUT"
 )
 
-mkdir -p "$OUTPUT"
-cp "$0" "$OUTPUT/run.sh"
-printf '%q ' "${LAUNCH[@]}" "${ARGS[@]}" "$@" > "$OUTPUT/command.sh"
-echo >> "$OUTPUT/command.sh"
-"${LAUNCH[@]}" "${ARGS[@]}" "$@" 2>&1 | tee -a "$OUTPUT/log.log"
+vimpac_run "$OUTPUT" "${ARGS[@]}" "$@"

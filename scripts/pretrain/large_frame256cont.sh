@@ -9,29 +9,15 @@
 # 32x32), AdamW state (moments of the tables interpolated with them), step, schedule and RNG.
 # Extra flags come last and win; this stage's log and script copy go to $SNAP_ROOT/large_frame256cont/.
 set -euo pipefail
+SCRIPT=$(realpath "$0")
 NAME=large_frame256cont
 DEVICES=${1:?"usage: bash $0 GPU_IDS|cpu:N [extra flags]   (e.g. 0,1,2,3 or cpu:2)"}
 shift
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/../lib/launch.sh"
 SNAP_ROOT=${SNAP_ROOT:-snap/pretrain}
 SNAP=$SNAP_ROOT/$NAME                # this stage's script copy and log
 OUTPUT=$SNAP_ROOT/large              # stage 1's run: checkpoint, metrics and schedule continue there
-PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-PORT=${MASTER_PORT:-$((29500 + RANDOM % 1000))}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-if [[ $DEVICES == cpu:* ]]; then
-    RANKS=${DEVICES#cpu:}
-    export DS_ACCELERATOR=cpu
-    if [[ $RANKS == 1 ]]; then
-        LAUNCH=("$PYTHON" -m vimpac.pretrain)
-    else  # the deepspeed launcher runs N local CPU processes when asked for N "GPUs"
-        LAUNCH=("$PYTHON" -m deepspeed.launcher.runner --num_nodes 1 --num_gpus "$RANKS" --master_port "$PORT"
-                --module vimpac.pretrain)
-    fi
-else
-    LAUNCH=("$PYTHON" -m deepspeed.launcher.runner --include "localhost:$DEVICES" --master_port "$PORT"
-            --module vimpac.pretrain)
-fi
+vimpac_launcher "$DEVICES" vimpac.pretrain
 
 ARGS=(
     --dataset-name howto100m --frame-size 256 --clip-len 10 --frame-rate 1
@@ -48,8 +34,4 @@ if [ ! -d "$OUTPUT/last" ]; then
     echo "error: no stage-1 checkpoint in $OUTPUT/last; run scripts/pretrain/large.sh first" >&2
     exit 2
 fi
-mkdir -p "$SNAP"
-cp "$0" "$SNAP/run.sh"
-printf '%q ' "${LAUNCH[@]}" "${ARGS[@]}" "$@" > "$SNAP/command.sh"
-echo >> "$SNAP/command.sh"
-"${LAUNCH[@]}" "${ARGS[@]}" "$@" 2>&1 | tee -a "$SNAP/log.log"
+vimpac_run "$SNAP" "${ARGS[@]}" "$@"
