@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from vimpac.config import ModelConfig, apply_halving, named_config, parse_layout
 from vimpac.masking import apply_mask, block_mask

@@ -211,8 +211,9 @@ def _row_attention(qkv_tok: torch.Tensor, qkv_cls: torch.Tensor, axes: str, pad:
     else:
         wsum = row_weight.sum(dim=1).clamp_min(1.0)  # a clip of only [PAD] frames: average nothing
         cls_out = torch.einsum("brgd,br->bgd", cls_rows, row_weight.to(cls_rows.dtype)) / wsum[:, None, None].to(cls_rows.dtype)
-    # (B, rows, g, L, hd) -> (B, *rows, g, *att, hd) -> (B, T, h, w, g, hd)
-    tok_out = out[:, :, :, 1:].reshape(b, *oth_sizes, g, *att_sizes, hd)
+    # (B, rows, g, L, hd) -> (B, *rows, g, *att, hd) -> (B, T, h, w, g, hd), all views: the
+    # caller's concatenation of the parts' heads is the only copy
+    tok_out = out[:, :, :, 1:].view(b, *oth_sizes, g, *att_sizes, hd)
     inv = [0] * 6
     for src, dst in enumerate([0, *oth, 4, *att, 5]):
         inv[dst] = src
