@@ -26,7 +26,7 @@ import numpy as np
 from .annotations import AnnotationError, read_annotations
 from .batcher import FrameBatcher
 from .decode_pool import DEFAULT_READER, DecodePool, read_inline
-from .store import MAX_VOCAB, ShardWriter, StoreError, VideoRecord, check_codes_fit
+from .store import MAX_VOCAB, ShardWriter, StoreError, VideoRecord
 from .tokenizers import KINDS, TokenizerError, load_tokenizer
 
 CROP_TYPES = ("top", "center", "bottom", "none")
@@ -158,20 +158,15 @@ def run(cfg: ExtractConfig) -> dict:
                        crop_type=cfg.crop_type, hflip=cfg.hflip,
                        decoder=None if cfg.decoder == "auto" else cfg.decoder)
 
-    def encode(batch: np.ndarray) -> np.ndarray:
-        return tok.encode(batch)
-
-    batcher = FrameBatcher(encode, cfg.batch_size)
+    batcher = FrameBatcher(tok.encode, cfg.batch_size)
     bar = _progress(len(shard_items), len(shard_items) - len(todo), cfg.progress and cfg.shard_id == 0)
     last_commit = time.monotonic()
     encode_time = 0.0
 
     def store_ready(results) -> None:
         nonlocal last_commit
-        for k, item, codes in results:
-            frames_ts = item[1]
-            writer.add(VideoRecord(k, item[0].video_id, item[0].label,
-                                   check_codes_fit(codes, tok.vocab_size, item[0].path), frames_ts))
+        for k, (it, timestamps), codes in results:
+            writer.add(VideoRecord(k, it.video_id, it.label, codes, timestamps))  # refuses codes that do not fit
             summary["stored"] += 1
             summary["frames"] += codes.shape[0]
             bar.update(1)
