@@ -13,26 +13,19 @@ checked against the one the fine-tuning stores were made with.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import sys
 from typing import Any
 
+from video2token.checksum import sha256_file
+
 from .checkpoint import CheckpointError, save_checkpoint
 from .finetune import RESULTS
 from .predict import Classifier, PredictError, check_tokenizer, load_classifier
 
 FILES = ("model.safetensors", "config.json", "labels.json", "tokenizer.json", "README.md")
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def find_results(checkpoint_path: str) -> dict[str, Any] | None:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checksum import sha256_file
 from .base import Tokenizer, TokenizerError
 from .safe_pickle import safe_torch_load
 
@@ -182,9 +183,9 @@ class DalleTokenizer(Tokenizer):
             enc_file = enc_file / "encoder.pkl"
         encoder = _load_pickled(enc_file, "Encoder")
         decoder = None if dec_file is None else _load_pickled(dec_file, "Decoder")
-        return cls(encoder, decoder=decoder, path=str(enc_file), sha256=_sha256(enc_file),
+        return cls(encoder, decoder=decoder, path=str(enc_file), sha256=sha256_file(enc_file),
                    decoder_path=None if dec_file is None else str(dec_file),
-                   decoder_sha256=None if dec_file is None else _sha256(dec_file), **common)
+                   decoder_sha256=None if dec_file is None else sha256_file(dec_file), **common)
 
     @classmethod
     def _load_converted(cls, directory: Path, dec_file: Path | None, **common: Any) -> "DalleTokenizer":
@@ -205,9 +206,9 @@ class DalleTokenizer(Tokenizer):
             dec_file = directory / "decoder.safetensors"
             decoder = _build_from_safetensors(Decoder, cfg["decoder"], DECODER_HPARAMS, dec_file, cfg_file, "decoder")
         enc_file = directory / "encoder.safetensors"
-        return cls(encoder, decoder=decoder, path=str(directory), sha256=_sha256(enc_file),
+        return cls(encoder, decoder=decoder, path=str(directory), sha256=sha256_file(enc_file),
                    decoder_path=None if dec_file is None else str(dec_file),
-                   decoder_sha256=None if dec_file is None else _sha256(dec_file),
+                   decoder_sha256=None if dec_file is None else sha256_file(dec_file),
                    extra={"source": cfg.get("source", {})}, **common)
 
     # --- the Tokenizer interface --------------------------------------------------------
@@ -313,14 +314,6 @@ def _fetch(url: str, cache_dir: Path) -> Path:
     return target
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _load_pickled(path: Path, kind: Literal["Encoder", "Decoder"]) -> nn.Module:
     from dall_e import Decoder, Encoder
     expected = Encoder if kind == "Encoder" else Decoder
@@ -367,7 +360,7 @@ def convert(encoder: str | Path, out: str | Path, *, decoder: str | Path | None 
     for section, src, kind, names in parts:
         module = _load_pickled(src, kind)
         cfg[section] = {k: int(getattr(module, k)) for k in names}
-        cfg["source"][f"{section}_sha256"] = _sha256(src)
+        cfg["source"][f"{section}_sha256"] = sha256_file(src)
         state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
         save_file(state, str(out / f"{section}.safetensors"))
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

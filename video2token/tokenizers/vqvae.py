@@ -14,7 +14,6 @@ every run, whatever the batch they come in.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from video2token.atomic import atomic_path, fsync_dir
+from video2token.checksum import sha256_file
 from video2token.vqvae import VQVAE, VQVAEConfig, frames_to_tensor, tensor_to_frames
 
 from .base import Tokenizer, TokenizerError
@@ -30,14 +30,6 @@ from .base import Tokenizer, TokenizerError
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PRECISIONS = ("bf16", "fp32")
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_vqvae(model: VQVAE, out_dir: str) -> None:
