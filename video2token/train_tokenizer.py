@@ -343,7 +343,7 @@ def train(*, model_cfg: VQVAEConfig, train_cfg: TrainConfig, data_cfg: DataConfi
     n_train = len(frames_t)
     last_eval: dict[str, float] = {}
     t_start = time.perf_counter() - elapsed
-    bar = tqdm(total=train_cfg.steps, initial=step, desc="train vqvae", unit="step", disable=not progress,
+    bar = tqdm(total=train_cfg.steps, initial=step, desc="train vqvae", unit="step", disable=not progress, mininterval=1.0,
                dynamic_ncols=True)
     metrics_file = open(metrics_path, "a", encoding="utf-8")
     try:
@@ -372,7 +372,7 @@ def train(*, model_cfg: VQVAEConfig, train_cfg: TrainConfig, data_cfg: DataConfi
                        "time": time.perf_counter() - t_start}
                 metrics_file.write(json.dumps(row) + "\n")
                 bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr']:.1f}", usage=f"{usage:.2f}",
-                                ppl=f"{ppl:.0f}", val=f"{last_eval.get('psnr', float('nan')):.1f}")
+                                ppl=f"{ppl:.0f}", val=f"{last_eval.get('psnr', float('nan')):.1f}", refresh=False)
             if len(val_frames) and (step % train_cfg.eval_every == 0 or step == train_cfg.steps):
                 last_eval = evaluate(model, val_frames, device=device, precision=train_cfg.precision)
                 metrics_file.write(json.dumps({"split": "val", "step": step, **last_eval,

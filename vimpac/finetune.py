@@ -478,7 +478,7 @@ class Finetuner:
         if self.main and a.tqdm:
             from tqdm import tqdm
 
-            bar = tqdm(total=total, unit="step", desc="finetune", dynamic_ncols=True)
+            bar = tqdm(total=total, unit="step", desc="finetune", dynamic_ncols=True, mininterval=1.0)
         self.log(f"[finetune] {len(self.train_set)} train videos x {len(self.train_stores)} view(s), "
                  f"{len(self.valid_set)} test videos x {len(self.valid_stores)} crop(s), {self.num_classes} classes; "
                  f"{self.steps_per_epoch} steps/epoch of {plan.global_batch}; epochs {st.epoch}->{end_epoch} of {self.epochs}"
@@ -517,7 +517,7 @@ class Finetuner:
                 steps_run += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
                 if st.step % a.log_steps == 0:
                     self.metrics.log("train", st.epoch, st.step, loss=loss_sum / seen, acc=correct / seen, lr=lr,
                                      grad_norm=grad_norm)

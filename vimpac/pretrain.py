@@ -584,7 +584,7 @@ class Trainer:
         if self.main and a.tqdm:
             from tqdm import tqdm
 
-            bar = tqdm(total=total_steps, unit="step", desc="pretrain", dynamic_ncols=True)
+            bar = tqdm(total=total_steps, unit="step", desc="pretrain", dynamic_ncols=True, mininterval=1.0)
         self.log(f"[pretrain] {len(self.train_set)} videos, {self.steps_per_epoch} steps/epoch of {plan.global_batch} "
                  f"videos ({plan.micro_batch} x {plan.accumulation} accumulation x {plan.world_size} ranks); "
                  f"epochs {st.epoch}->{end_epoch} of {a.epochs}, starting at step {st.step}")
@@ -657,7 +657,7 @@ class Trainer:
                     last_train = m or last_train
                     if bar is not None and m:
                         bar.set_postfix(mp=f"{m['mp_loss']:.3f}", acc=f"{m['mask_acc']:.3f}",
-                                        copy=f"{m['copy_acc']:.3f}", cl=f"{m['cl_loss']:.3f}")
+                                        copy=f"{m['copy_acc']:.3f}", cl=f"{m['cl_loss']:.3f}", refresh=False)
                 if window_bad and st.nonfinite_in_a_row >= a.max_nonfinite:
                     raise TrainError(f"stopping: {st.nonfinite_in_a_row} non-finite steps in a row (at step "
                                      f"{st.step}, --max-nonfinite {a.max_nonfinite}); the last checkpoint "
