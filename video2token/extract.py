@@ -1,4 +1,4 @@
-"""Extraction job: videos -> frames at a fixed FPS -> VQ codes -> an HDF5 token store.
+r"""Extraction job: videos -> frames at a fixed FPS -> VQ codes -> an HDF5 token store.
 
     python -m video2token.extract --video-root data/videos/ucf101 \
         --anno data/annotations/ucf101/ucf101_train_split_1_videos.txt \
@@ -28,8 +28,7 @@ from .batcher import FrameBatcher
 from .decode_pool import DEFAULT_READER, DecodePool, read_inline
 from .store import MAX_VOCAB, ShardWriter, StoreError, VideoRecord
 from .tokenizers import KINDS, TokenizerError, load_tokenizer
-
-CROP_TYPES = ("top", "center", "bottom", "none")
+from .video import CROP_TYPES
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ import numpy as np
 import torch
 
 CropType = Literal["top", "center", "bottom", "none"]
+#: where the square crop sits along the long side; "none" keeps the resized frame
+CROP_TYPES: tuple[str, ...] = ("top", "center", "bottom", "none")
 DecoderName = Literal["av", "decord"]
 
 # Default decoder per container suffix, chosen from benchmarks/decoders.py (benchmarks/README.md).
@@ -412,7 +414,7 @@ def resize_crop_flip(
     Crop: square of crop_size at the top / center / bottom of the long side (left / center /
     right for landscape frames), centered along the short side.
     """
-    if crop_type not in ("top", "center", "bottom", "none"):
+    if crop_type not in CROP_TYPES:
         raise ValueError(f"crop_type must be top, center, bottom or none, got {crop_type!r}")
     _, height, width, _ = frames.shape
     out = frames  # (T, H, W, 3)
@@ -471,7 +473,7 @@ def read_video(
         raise ValueError(f"{path}: fps must be a positive number, got {fps}")
     if shorter_side is not None and shorter_side <= 0:
         raise ValueError(f"{path}: shorter_side must be positive, got {shorter_side}")
-    if crop_type not in ("top", "center", "bottom", "none"):
+    if crop_type not in CROP_TYPES:
         raise ValueError(f"{path}: crop_type must be top, center, bottom or none, got {crop_type!r}")
     if crop_type != "none" and (crop_size is None or crop_size <= 0):
         raise ValueError(f"{path}: crop_type={crop_type!r} needs a positive crop_size, got {crop_size}")
