@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install demo demo-long test bench clean-demo
+.PHONY: install demo demo-ablation demo-long test bench
 
 install:
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,6 +22,14 @@ install:
 
 demo:
 	bash scripts/demo.sh
+
+# The same demo plus the ablation (block vs i.i.d. masking, MP-only vs MP+CL): ~25 min on 2 CPU cores.
+demo-ablation:
+	bash scripts/demo.sh --ablation
+
+# 4x the unlabelled pool and a longer tokenizer run (~40 min on 2 CPU cores, minutes on a GPU).
+demo-long:
+	bash scripts/demo.sh --profile long
 
 test:
 	$(PY) -m pytest -q tests

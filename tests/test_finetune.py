@@ -271,3 +271,21 @@ def test_registry_finds_the_extracted_views_of_a_split(tmp_path):
         store_paths("hmdb51", "valid", frame_size=32, split_id=1, root=root)
     with pytest.raises(ValueError, match="custom"):
         get_finetune_spec("nope")
+
+
+def test_from_scratch_keeps_the_architecture_but_not_the_weights(finetuned, data, tmp_path):
+    out = str(tmp_path / "scratch")
+    ok(run(["--load", data["pre"], "--train-tokens", *data["train"], "--valid-tokens", *data["valid"],
+            "--output", out, "--epochs", "1", "--num-test-clips", "1", "--from-scratch", *FAST]))
+    pre = load_checkpoint(data["pre"], weights_only=True)
+    scratch = load_checkpoint(os.path.join(out, "last"))
+    tuned = load_checkpoint(os.path.join(finetuned, "last"))  # same data, initialised from --load
+    assert (scratch.model_config.layers, scratch.model_config.hid_dim) == (pre.model_config.layers,
+                                                                           pre.model_config.hid_dim)
+    keys = [k for k in tuned.model_state if k.startswith("backbone.") and tuned.model_state[k].dim() == 2]
+    assert keys and all(scratch.model_state[k].shape == pre.model_state[k].shape for k in keys)
+    dist = lambda state: sum(float((state[k] - pre.model_state[k]).abs().mean()) for k in keys)  # noqa: E731
+    assert dist(scratch.model_state) > 10 * dist(tuned.model_state)
+    run_info = json.load(open(os.path.join(out, "results.json")))["run"]
+    assert run_info["init"] == "scratch" and run_info["train_videos"] == 16 and run_info["train_clips_per_s"] > 0
+    assert json.load(open(os.path.join(finetuned, "results.json")))["run"]["init"] == "pretrained"

@@ -278,3 +278,21 @@ def test_dataset_registry_paths_and_missing_store(tmp_path):
     datasets.register_dataset(datasets.DatasetSpec(name="mine_test", splits={"train": "all", "valid": None}),
                               replace=True)
     assert "mine_test" in datasets.dataset_names()
+
+
+def test_iid_masking_matches_the_block_ratio_without_blocks(tmp_path):
+    from vimpac.masking import expected_block_mask_ratio
+
+    store = TokenStore(make_store(str(tmp_path / "s"), num_videos=4, grid=8, frames=(8, 10), seed=0))
+    stats = {}
+    for kind in ("block", "iid"):
+        ds = ClipPairDataset([store], ClipSampling(clip_len=5, mask_blocks=3, masking=kind), seed=1)
+        masks = torch.stack([ds[(e, k)]["mask"] for e in range(40) for k in range(4)])  # (160, 2, 5, 8, 8)
+        # how often a masked position's next frame at the same place is masked too: blocks span time
+        both = (masks[..., 1:, :, :] & masks[..., :-1, :, :]).sum() / masks[..., :-1, :, :].sum()
+        stats[kind] = (float(masks.float().mean()), float(both))
+    expected = expected_block_mask_ratio((5, 8, 8), 3)
+    assert abs(stats["block"][0] - expected) < 0.03 and abs(stats["iid"][0] - expected) < 0.03
+    assert stats["iid"][1] < 0.3 < stats["block"][1]
+    with pytest.raises(ValueError, match="masking"):
+        ClipSampling(clip_len=5, masking="random")

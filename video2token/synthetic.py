@@ -21,6 +21,8 @@ Layout written under `root` (MMAction2-style lists, `relpath label` or `relpath`
       motion_val_videos.txt
       shape_train_videos.txt
       shape_val_videos.txt
+      motion_pool_videos.txt                the pool's hidden labels (supervised ceiling only)
+      shape_pool_videos.txt
       labels_motion.txt                     one class name per line, line i = label i
       labels_shape.txt
 
@@ -46,6 +48,12 @@ BACKGROUNDS = ("solid", "linear", "radial", "texture")
 # (dx, dy) per motion class, image coordinates (y grows downwards).
 _DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 _SPLIT_IDS = {"pool": 0, "train": 1, "val": 2}
+# Muted backgrounds and bright objects: the outline survives tokenization; few colours keep the
+# codes about geometry (shape, position) rather than about one video's colours.
+BG_PALETTE = ((0.16, 0.2, 0.3), (0.35, 0.33, 0.18), (0.36, 0.22, 0.16), (0.12, 0.3, 0.3), (0.38, 0.38, 0.4),
+              (0.3, 0.18, 0.34))
+OBJ_PALETTE = ((0.95, 0.25, 0.2), (0.95, 0.88, 0.25), (0.3, 0.9, 0.95), (0.96, 0.96, 0.96))
+NUM_BACKGROUNDS = 8
 
 
 @dataclass(frozen=True)
@@ -69,18 +77,37 @@ class SyntheticDataset:
     pretrain_list: Path
     train_lists: dict[str, Path]  # label set -> list file
     val_lists: dict[str, Path]
+    pool_lists: dict[str, Path]  # the pool's hidden labels: only for the all-labels supervised ceiling
     label_files: dict[str, Path]
 
 
-def _random_color(rng: np.random.Generator) -> np.ndarray:
-    return rng.uniform(0.0, 1.0, size=3)
+def background_designs(seed: int, count: int = NUM_BACKGROUNDS) -> list[tuple[str, tuple, float]]:
+    """`count` seeded backgrounds (kind, (colour0, colour1), angle/phase), each kind in turn.
+
+    Videos pick from this small shared set, so a background never identifies one video: a
+    contrastive positive pair (two clips of one video) must be matched by its object and motion.
+    """
+    rng = np.random.default_rng([seed, 1 << 21])
+    designs = []
+    for i in range(count):
+        c0, c1 = rng.choice(len(BG_PALETTE), size=2, replace=False)
+        designs.append((BACKGROUNDS[i % len(BACKGROUNDS)], (BG_PALETTE[c0], BG_PALETTE[c1]),
+                        float(rng.uniform(0, 2 * np.pi))))
+    return designs
 
 
-def draw_spec(rng: np.random.Generator, *, motion: int, shape: int, size: int, seconds: float) -> VideoSpec:
-    """Random appearance for given labels; the path stays inside the frame for the whole video."""
-    radius = rng.uniform(0.12, 0.2) * size
-    # Travel about 40-60% of the frame so the direction is obvious but the object stays visible.
-    distance = rng.uniform(0.4, 0.6) * (size - 2 * radius)
+def draw_spec(rng: np.random.Generator, *, motion: int, shape: int, size: int, seconds: float,
+              backgrounds: list[tuple[str, tuple, float]] | None = None) -> VideoSpec:
+    """Random appearance for given labels; the path stays inside the frame for the whole video.
+
+    The object is 3-4 tokens wide at stride 8 (so its outline, i.e. its shape, shows in the codes),
+    bright, from a small palette, over a darker background from `backgrounds` (default: seed 0's).
+    """
+    backgrounds = background_designs(0) if backgrounds is None else backgrounds
+    radius = rng.uniform(0.17, 0.24) * size
+    # Travel 70-100% of the free range: several tokens (stride 8) even within a short clip,
+    # so the direction shows in the codes, while the object stays fully visible.
+    distance = rng.uniform(0.7, 1.0) * (size - 2 * radius - 2)
     dx, dy = _DIRECTIONS[MOTIONS[motion]]
     margin = radius + 1
     lo_x = margin + max(0.0, -dx) * distance
@@ -88,21 +115,14 @@ def draw_spec(rng: np.random.Generator, *, motion: int, shape: int, size: int, s
     lo_y = margin + max(0.0, -dy) * distance
     hi_y = size - margin - max(0.0, dy) * distance
     start = (float(rng.uniform(lo_x, hi_x)), float(rng.uniform(lo_y, hi_y)))
-    c0, c1 = _random_color(rng), _random_color(rng)
-    # Object colour far from the background's mean so its outline survives tokenization.
-    obj = _random_color(rng)
-    for _ in range(20):
-        if np.abs(obj - (c0 + c1) / 2).sum() > 0.9:
-            break
-        obj = _random_color(rng)
-    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    kind, colors, param = backgrounds[int(rng.integers(len(backgrounds)))]
     return VideoSpec(
         motion=motion,
         shape=shape,
-        background=background,
-        bg_colors=(tuple(c0.tolist()), tuple(c1.tolist())),
-        bg_param=float(rng.uniform(0, 2 * np.pi)),
-        obj_color=tuple(obj.tolist()),
+        background=kind,
+        bg_colors=colors,
+        bg_param=param,
+        obj_color=OBJ_PALETTE[int(rng.integers(len(OBJ_PALETTE)))],
         radius=float(radius),
         start=start,
         speed=float(distance / seconds),
@@ -200,26 +220,26 @@ def make_dataset(
             motion = balanced_label(seed, split, 0, i, len(MOTIONS))
             jobs.append((split, i, motion, balanced_label(seed, split, 1, i, len(SHAPES))))
 
+    backgrounds = background_designs(seed)
     rows: dict[str, list[str]] = {"pool": [], "train": [], "val": []}
-    labels: dict[str, list[tuple[int, int]]] = {"train": [], "val": []}
+    labels: dict[str, list[tuple[int, int]]] = {"pool": [], "train": [], "val": []}
     for split, i, motion, shape in tqdm(jobs, desc="synthetic videos", disable=not show_progress):
         rng = np.random.default_rng([seed, _SPLIT_IDS[split], i])
-        spec = draw_spec(rng, motion=motion, shape=shape, size=size, seconds=seconds)
+        spec = draw_spec(rng, motion=motion, shape=shape, size=size, seconds=seconds, backgrounds=backgrounds)
         frames = render_video(spec, size=size, fps=fps, seconds=seconds)
         relpath = f"videos/{split}/{split}_{i:06d}.mp4"
         # Short GOP keeps seeking cheap; tiny frames gain nothing from encoder threads.
         write_video(root / relpath, frames, fps, codec="libx264", crf=crf, options={"g": str(max(1, round(fps)))}, threads=1)
         rows[split].append(relpath)
-        if split != "pool":
-            labels[split].append((motion, shape))
+        labels[split].append((motion, shape))
 
     pretrain_list = root / "pretrain_videos.txt"
     pretrain_list.write_text("".join(f"{r}\n" for r in rows["pool"]))
-    train_lists, val_lists, label_files = {}, {}, {}
+    train_lists, val_lists, pool_lists, label_files = {}, {}, {}, {}
     for set_index, (name, classes) in enumerate((("motion", MOTIONS), ("shape", SHAPES))):
         label_files[name] = root / f"labels_{name}.txt"
         label_files[name].write_text("".join(f"{c}\n" for c in classes))
-        for split, out in (("train", train_lists), ("val", val_lists)):
+        for split, out in (("train", train_lists), ("val", val_lists), ("pool", pool_lists)):
             out[name] = root / f"{name}_{split}_videos.txt"
             out[name].write_text("".join(f"{r} {lab[set_index]}\n" for r, lab in zip(rows[split], labels[split])))
     print(
@@ -227,7 +247,8 @@ def make_dataset(
         f"{size}x{size} px, {fps:g} fps, {seconds:g} s, seed {seed} -> {root} in {time.perf_counter() - t0:.1f} s"
     )
     return SyntheticDataset(
-        root=root, pretrain_list=pretrain_list, train_lists=train_lists, val_lists=val_lists, label_files=label_files
+        root=root, pretrain_list=pretrain_list, train_lists=train_lists, val_lists=val_lists, pool_lists=pool_lists,
+        label_files=label_files,
     )
 
 
@@ -241,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fps", type=float, default=8.0)
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of each video")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--crf", type=int, default=18, help="H.264 quality (lower: fewer artefacts, bigger files)")
     args = parser.parse_args(argv)
     make_dataset(
         args.out,
@@ -251,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         fps=args.fps,
         seconds=args.seconds,
         seed=args.seed,
+        crf=args.crf,
     )
 
 

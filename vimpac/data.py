@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from video2token.store import TokenStore
 
-from .masking import apply_mask, block_mask
+from .masking import apply_mask, block_mask, expected_block_mask_ratio, iid_mask
 from .special_tokens import SpecialTokens
 
 
@@ -48,6 +48,9 @@ def check_compatible_stores(stores: Sequence[TokenStore], what: str) -> tuple[in
     return first.vocab_size, grid  # type: ignore[return-value]
 
 
+MASKINGS = ("block", "iid")
+
+
 @dataclass(frozen=True)
 class ClipSampling:
     """How clips are cut from a video and masked."""
@@ -57,10 +60,13 @@ class ClipSampling:
     relevance_range: int | None = None   # max distance between the two clips' starts (stored frames); None: any
     mask_blocks: int = 5                 # block-mask cuboids per clip
     mask_rand_replace: bool = False      # BERT 80/10/10 instead of always [MASK]
+    masking: str = "block"               # "block" cuboids, or "iid" positions at the same expected ratio
 
     def __post_init__(self) -> None:
         if self.clip_len < 1 or self.frame_rate < 1 or self.mask_blocks < 0:
             raise ValueError(f"clip_len and frame_rate must be >= 1 and mask_blocks >= 0, got {self}")
+        if self.masking not in MASKINGS:
+            raise ValueError(f"masking must be one of {MASKINGS}, got {self.masking!r}")
         if self.relevance_range is not None and self.relevance_range < 0:
             raise ValueError(f"relevance_range must be >= 0 or None, got {self.relevance_range}")
 
@@ -127,7 +133,11 @@ class ClipPairDataset(Dataset):
         store = self.stores[view]
         starts = sample_starts(int(self.num_frames[k]), self.sampling, rng)
         codes = torch.from_numpy(np.stack([self._read_clip(store, k, s) for s in starts]))  # (2, T, h, w)
-        mask = block_mask(codes.shape, self.sampling.mask_blocks, generator=gen)
+        if self.sampling.masking == "iid":  # the ablation baseline: same expected ratio, no spatio-temporal blocks
+            ratio = expected_block_mask_ratio(codes.shape, self.sampling.mask_blocks)
+            mask = iid_mask(codes.shape, ratio, generator=gen)
+        else:
+            mask = block_mask(codes.shape, self.sampling.mask_blocks, generator=gen)
         codes_in, mask = apply_mask(codes, mask, self.special, bert_style=self.sampling.mask_rand_replace,
                                     generator=gen)
         return {"codes": codes, "codes_in": codes_in, "mask": mask, "index": torch.tensor(k),

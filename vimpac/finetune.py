@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow another --clip-len / --frame-size than pre-training (interpolates positional tables)")
     m.add_argument("--dropout", type=float, default=0.1, help="backbone dropout (the classifier has none)")
     m.add_argument("--linear-probe", action="store_true", help="freeze the backbone, train the classifier only")
+    m.add_argument("--from-scratch", action="store_true",
+                   help="the same architecture as --load, randomly initialised (the no-pre-training baseline)")
     m.add_argument("--grad-checkpointing", action="store_true")
 
     o = p.add_argument_group("optimisation")
@@ -368,6 +370,10 @@ class Finetuner:
         cfg = src_cfg.replace(vocab_size=self.vocab_size, clip_len=clip_len, grid_h=self.grid[0], grid_w=self.grid[1],
                               dropout=a.dropout, grad_checkpointing=a.grad_checkpointing)
         model = VimpacForClassification(cfg, num_classes=self.num_classes)
+        if a.from_scratch:
+            self.log(f"[finetune] architecture of {path}, random initial weights (--from-scratch); "
+                     f"{self.num_classes}-class classifier")
+            return model
         state, notes = classifier_state(src_state, src_cfg, model, different_shape=a.different_shape,
                                         keep_head=False, where=f"--load {path}")
         model.load_state_dict(state)
@@ -483,7 +489,7 @@ class Finetuner:
                  f"{len(self.valid_set)} test videos x {len(self.valid_stores)} crop(s), {self.num_classes} classes; "
                  f"{self.steps_per_epoch} steps/epoch of {plan.global_batch}; epochs {st.epoch}->{end_epoch} of {self.epochs}"
                  f"{' (linear probe)' if a.linear_probe else ''}")
-        t0, steps_run = time.time(), 0
+        t0, steps_run, eval_seconds = time.time(), 0, 0.0
         last_eval: EvalResult | None = None
         module = self.engine.module
         while st.epoch < end_epoch:
@@ -525,7 +531,9 @@ class Finetuner:
             st.epoch += 1
             st.samples_in_epoch = 0
             if a.eval_per_epochs and (st.epoch % a.eval_per_epochs == 0 or st.epoch == self.epochs):
+                t_eval = time.time()
                 last_eval = self.evaluate()
+                eval_seconds += time.time() - t_eval
                 self.metrics.log("valid", st.epoch, st.step, top1=last_eval.top1, top5=last_eval.top5)
                 self.log(f"[finetune] epoch {st.epoch}: valid top-1 {last_eval.top1:.2f} top-5 {last_eval.top5:.2f} "
                          f"({last_eval.num_clips} clips x {last_eval.num_crops} crops, {len(last_eval.labels)} videos)")
@@ -537,8 +545,14 @@ class Finetuner:
             bar.close()
         if last_eval is None:  # resumed at the very end, or evaluation switched off
             last_eval = self.evaluate()
-        summary = self.finish(last_eval)
-        summary.update(steps=st.step, steps_this_run=steps_run, seconds=round(time.time() - t0, 1))
+        seconds = time.time() - t0
+        train_seconds = max(seconds - eval_seconds, 1e-9)
+        run = {"init": "scratch" if a.from_scratch else ("linear_probe" if a.linear_probe else "pretrained"),
+               "load": a.load, "seed": a.seed, "train_videos": len(self.train_set), "epochs": self.epochs,
+               "steps": st.step, "steps_this_run": steps_run, "seconds": round(seconds, 1),
+               "train_clips_per_s": round(steps_run * plan.global_batch / train_seconds, 2)}
+        summary = self.finish(last_eval, run)
+        summary.update(steps=st.step, steps_this_run=steps_run, seconds=round(seconds, 1))
         self.metrics.close()
         if self.main:
             try:
@@ -548,10 +562,12 @@ class Finetuner:
                 pass
         return summary
 
-    def finish(self, final: EvalResult) -> dict[str, Any]:
-        """Reports of the final model, extra clip counts, and results.json (final + best)."""
+    def finish(self, final: EvalResult, run: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Reports of the final model, extra clip counts, and results.json (final + best + this run's facts)."""
         st = self.state
         results: dict[str, Any] = {"final": final.summary()}
+        if run is not None:
+            results["run"] = run
         if st.best_epoch >= 0:
             results["best"] = {"top1": st.best_top1, "top5": st.best_top5, "epoch": st.best_epoch,
                                "num_test_clips": final.num_clips, "num_crops": final.num_crops}

@@ -37,7 +37,8 @@ from .checkpoint import (CheckpointError, gather_optimizer_state, load_checkpoin
                          save_checkpoint)
 from .config import CONFIG_NAMES, POS_EMB_KINDS, ModelConfig, named_config
 from .copy_baseline import copy_baseline_accuracy
-from .data import ClipPairDataset, ClipSampling, DataError, EpochBatchSampler, check_compatible_stores, collate_pairs
+from .data import (MASKINGS, ClipPairDataset, ClipSampling, DataError, EpochBatchSampler, check_compatible_stores,
+                   collate_pairs)
 from .engine import (SCHEDULES, EngineError, LRSchedule, autocast_context, build_ds_config,
                      build_optimizer, build_scheduler, check_precision, init_distributed, init_engine,
                      load_overrides, plan_batches)
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nce-relevance-range", type=int, default=-1,
                    help="max distance (stored frames) between a video's two clips; -1: anywhere (the paper's best)")
     d.add_argument("--mask-blocks", type=int, default=5, help="block-mask cuboids per clip (5: ~15%% at T=5, 16x16)")
+    d.add_argument("--masking", choices=MASKINGS, default="block",
+                   help="block: --mask-blocks cuboids (the paper); iid: single positions at the same expected ratio")
     d.add_argument("--mask-rand-replace", action="store_true", help="BERT 80/10/10 replacement of masked tokens")
     d.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank")
 
@@ -447,7 +450,8 @@ class Trainer:
                                     f"{grid} map, valid stores {v_vocab} codes on a {v_grid} map")
             relevance = None if a.nce_relevance_range < 0 else a.nce_relevance_range
             sampling = ClipSampling(clip_len=a.clip_len, frame_rate=a.frame_rate, relevance_range=relevance,
-                                    mask_blocks=a.mask_blocks, mask_rand_replace=a.mask_rand_replace)
+                                    mask_blocks=a.mask_blocks, mask_rand_replace=a.mask_rand_replace,
+                                    masking=a.masking)
         except (DataError, ValueError) as e:
             raise TrainError(str(e)) from None
         check_frame_size(self.train_stores + self.valid_stores, a.frame_size, "stores")

@@ -1,0 +1,458 @@
+"""`make demo`: the whole pipeline on generated videos, with the method's effect measured.
+
+    python -m vimpac.demo                     # ~12 min on a 2-core CPU: data -> report
+    python -m vimpac.demo --ablation          # also block vs i.i.d. masking, MP-only vs MP+CL
+    python -m vimpac.demo --profile long      # bigger pool, longer pre-training (~1 hour on CPU)
+
+Steps (each skips work already done, so a rerun after an interruption continues):
+ 1. synthetic videos (video2token.synthetic): an unlabelled pool, 64 labelled train videos,
+    160 val videos; two label sets, motion direction (temporal) and object shape (spatial);
+ 2. the small VQ-VAE tokenizer (video2token.train_tokenizer);
+ 3. token stores (video2token.extract), then inspect + a reconstruction PNG;
+ 4. pre-training of a tiny VIMPAC model (vimpac.pretrain: block masking + contrastive);
+ 5. fine-tuning (vimpac.finetune) from the pre-trained weights and, with the same budget, from
+    scratch, on both label sets, several seeds; plus the all-labels supervised ceiling;
+ 6. the report: a table on the terminal and `OUT/report.md` with its PNGs (vimpac.demo_report).
+
+Every step is a subprocess of the CLIs a researcher would run by hand; their commands and logs
+are in `OUT/logs/`. This module imports neither torch nor the model, so its own memory stays small.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from tqdm import tqdm
+
+TASKS = ("motion", "shape")
+INITS = ("pretrained", "scratch")
+
+
+@dataclass(frozen=True)
+class PretrainVariant:
+    """One pre-training run of the ablation (the main run is `block_mp_cl`)."""
+
+    name: str
+    title: str
+    args: tuple[str, ...] = ()
+
+
+VARIANTS = {
+    "block_mp_cl": PretrainVariant("block_mp_cl", "block masking, MP + CL (VIMPAC)"),
+    "iid_mp_cl": PretrainVariant("iid_mp_cl", "i.i.d. masking, MP + CL", ("--masking", "iid")),
+    "block_mp": PretrainVariant("block_mp", "block masking, MP only", ("--nce-weight", "0")),
+}
+MAIN_VARIANT = "block_mp_cl"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Every size and hyper-parameter of the demo; `PROFILES` holds the named ones."""
+
+    # data (video2token.synthetic)
+    num_pool: int = 400
+    num_train: int = 64
+    num_val: int = 160
+    size: int = 64
+    render_fps: float = 8.0
+    seconds: float = 2.0
+    data_seed: int = 0
+    crf: int = 12                   # H.264 quality: compression noise makes tokens flicker between frames
+    # tokenizer
+    vocab_size: int = 256
+    tokenizer_steps: int = 400
+    # stores
+    fps: float = 4.0
+    # model + pre-training
+    clip_len: int = 5
+    layers: int = 2
+    hid_dim: int = 128
+    heads: int = 2
+    mask_blocks: int = 3
+    pretrain_epochs: int = 20
+    pretrain_batch: int = 32
+    pretrain_lr: float = 1e-3
+    # fine-tuning (identical for pre-trained and scratch)
+    finetune_epochs: int = 12
+    finetune_batch: int = 16
+    finetune_lr: float = 1e-3
+    ceiling_epochs: int = 4
+    test_clips: int = 2
+    seeds: tuple[int, ...] = (1, 2, 3)
+
+    def data_args(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("num_pool", "num_train", "num_val", "size", "render_fps", "seconds",
+                                              "data_seed", "crf")}
+
+
+PROFILES = {
+    "default": DemoConfig(),
+    # More unlabelled videos and 4x the pre-training: for a GPU or an hour of CPU.
+    "long": DemoConfig(num_pool=1600, tokenizer_steps=1000, pretrain_epochs=24),
+    # Seconds-scale run of every step, for tests.
+    "smoke": DemoConfig(num_pool=24, num_train=8, num_val=8, size=32, seconds=1.5, vocab_size=32,
+                        tokenizer_steps=6, layers=1, hid_dim=32, heads=2, mask_blocks=2, pretrain_epochs=1,
+                        pretrain_batch=8, finetune_epochs=1, finetune_batch=4, ceiling_epochs=1, test_clips=1,
+                        seeds=(1,)),
+}
+
+
+@dataclass
+class StepRecord:
+    """What the report shows per step: wall time, peak memory of its processes, throughput."""
+
+    name: str
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    skipped: bool = False
+    throughput: str = ""
+
+
+@dataclass
+class Demo:
+    cfg: DemoConfig
+    data: Path
+    out: Path
+    python: str = sys.executable
+    jobs: int = 2
+    ablation: bool = False
+    steps: list[StepRecord] = field(default_factory=list)
+
+    # -- paths
+    @property
+    def logs(self) -> Path:
+        return self.out / "logs"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.out / "tokenizer"
+
+    def store(self, split: str) -> Path:
+        c = self.cfg
+        return self.out / "tokens" / f"vqvae_demo_{split}_fps{c.fps:g}_hflip0_{c.size}center{c.size}"
+
+    def pretrain_dir(self, variant: str) -> Path:
+        return self.out / "pretrain" if variant == MAIN_VARIANT else self.out / "ablation" / variant
+
+    def finetune_dir(self, name: str) -> Path:
+        return self.out / "finetune" / name
+
+    # -- running
+    def _env(self, threads: int | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = str(threads)
+        return env
+
+    def run(self, name: str, argv: Sequence[str], *, quiet: bool = False, threads: int | None = None) -> float:
+        """Run one CLI to completion; returns its peak RSS in MB. Output goes to the terminal (progress bars)
+        and, for quiet runs, only to `logs/NAME.log`."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"{name}.log"
+        cmd = [self.python, *argv]
+        with open(log, "w", encoding="utf-8") as f:
+            f.write("$ " + shlex.join(cmd) + "\n")
+            f.flush()
+            proc = subprocess.Popen(cmd, env=self._env(threads), stdout=f if quiet else None,
+                                    stderr=subprocess.STDOUT if quiet else None)
+            _, status, usage = os.wait4(proc.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise DemoError(f"step {name!r} failed with exit code {code}: {shlex.join(cmd)}"
+                            + (f"\n  its log: {log}\n" + _tail(log) if quiet else ""))
+        return usage.ru_maxrss / 1024
+
+    def run_parallel(self, jobs: list[tuple[str, list[str]]], desc: str) -> float:
+        """Run quiet jobs `self.jobs` at a time, one thread each (tiny models use one core best).
+
+        Returns the peak memory bound: the sum of the `self.jobs` largest peak RSS values (MB).
+        """
+        pending, running, peaks = list(jobs), {}, []
+        bar = tqdm(total=len(jobs), desc=desc, unit="run", dynamic_ncols=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            while pending or running:
+                while pending and len(running) < self.jobs:
+                    name, argv = pending.pop(0)
+                    log = self.logs / f"{name}.log"
+                    f = open(log, "w", encoding="utf-8")
+                    cmd = [self.python, *argv]
+                    f.write("$ " + shlex.join(cmd) + "\n")
+                    f.flush()
+                    proc = subprocess.Popen(cmd, env=self._env(threads=1), stdout=f, stderr=subprocess.STDOUT)
+                    running[proc.pid] = (name, proc, f, log)
+                pid, status, usage = os.wait4(-1, 0)
+                if pid not in running:
+                    continue
+                name, proc, f, log = running.pop(pid)
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                f.close()
+                peaks.append(usage.ru_maxrss / 1024)
+                if proc.returncode != 0:
+                    raise DemoError(f"run {name!r} failed with exit code {proc.returncode}; its log: {log}\n"
+                                    + _tail(log))
+                bar.update(1)
+                bar.set_postfix_str(name, refresh=False)
+        finally:
+            bar.close()
+            for name, proc, f, _ in running.values():  # an error elsewhere: stop the siblings
+                proc.kill()
+                proc.wait()
+                f.close()
+        return sum(sorted(peaks)[-self.jobs:])
+
+    @contextlib.contextmanager
+    def step(self, name: str, title: str):
+        """Announce a step; once it finishes, append its record to OUT/steps.jsonl (the report's timings)."""
+        record = StepRecord(name)
+        self.steps.append(record)
+        print(f"\n=== [{time.strftime('%H:%M:%S')}] {title}", flush=True)
+        yield record
+        with open(self.out / "steps.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(dataclasses.asdict(record)) + "\n")
+
+    # -- the steps
+    def make_data(self) -> None:
+        with self.step("data", f"1/6 synthetic videos -> {self.data}") as rec:
+            t0 = time.time()
+            marker = self.data / ".done"
+            wanted = self.cfg.data_args()
+            if marker.is_file():
+                have = json.loads(marker.read_text())
+                if have != wanted:
+                    raise DemoError(f"{self.data} holds demo videos made with {have}, this run wants {wanted}; "
+                                    f"remove {self.data} or pass another --data")
+                rec.skipped = True
+                print("already there")
+                return
+            c = self.cfg
+            rec.peak_rss_mb = self.run("data", ["-m", "video2token.synthetic", "--out", str(self.data),
+                                                "--num-pool", str(c.num_pool), "--num-train", str(c.num_train),
+                                                "--num-val", str(c.num_val), "--size", str(c.size),
+                                                "--fps", str(c.render_fps), "--seconds", str(c.seconds),
+                                                "--seed", str(c.data_seed), "--crf", str(c.crf)])
+            marker.write_text(json.dumps(wanted))
+            rec.seconds = time.time() - t0
+            n = c.num_pool + c.num_train + c.num_val
+            rec.throughput = f"{n / rec.seconds:.0f} videos/s"
+
+    def train_tokenizer(self) -> None:
+        with self.step("tokenizer", f"2/6 train the small VQ-VAE tokenizer -> {self.tokenizer}") as rec:
+            if (self.tokenizer / "model.safetensors").is_file() and (self.tokenizer / "samples.png").is_file():
+                rec.skipped = True
+                print("already trained")
+                return
+            c, t0 = self.cfg, time.time()
+            # --resume continues an interrupted run (kill -9 safe)
+            rec.peak_rss_mb = self.run("tokenizer", [
+                "-m", "video2token.train_tokenizer", "--video-root", str(self.data),
+                "--anno", str(self.data / "pretrain_videos.txt"), "--fps", f"{c.render_fps:g}",
+                "--frame-size", str(c.size), "--vocab-size", str(c.vocab_size), "--steps", str(c.tokenizer_steps),
+                "--output", str(self.tokenizer), "--resume"])
+            rec.seconds = time.time() - t0
+            rec.throughput = f"{c.tokenizer_steps / rec.seconds:.1f} steps/s"
+
+    def store_splits(self) -> list[tuple[str, str, str | None]]:
+        """(store split, list file stem, label set) for every store the demo reads."""
+        splits = [("pretrain", "pretrain", None)]
+        for task in TASKS:
+            splits += [(f"{task}_{s}", f"{task}_{s}", task) for s in ("train", "val", "pool")]
+        return splits
+
+    def extract(self) -> None:
+        with self.step("stores", "3/6 extract token stores, inspect, reconstruction PNG") as rec:
+            t0, videos, jobs, c = time.time(), 0, [], self.cfg
+            for split, stem, task in self.store_splits():
+                out = self.store(split)
+                if _store_complete(out):
+                    continue
+                argv = ["-m", "video2token.extract", "--video-root", str(self.data),
+                        "--anno", str(self.data / f"{stem}_videos.txt"), "--output", str(out),
+                        "--fps", f"{c.fps:g}", "--frame-shorter-side", str(c.size), "--crop-size", str(c.size),
+                        "--crop-type", "center", "--tokenizer", "vqvae", "--tokenizer-path", str(self.tokenizer),
+                        "--batch-size", "64", "--num-workers", "1", "--no-progress"]
+                if task is not None:
+                    argv += ["--label-names", str(self.data / f"labels_{task}.txt")]
+                jobs.append((f"extract_{split}", argv))
+                videos += _list_length(self.data / f"{stem}_videos.txt")
+            # small stores: start-up dominates, so two extractions at a time beat one with two threads
+            peak = self.run_parallel(jobs, "token stores") if jobs else 0.0
+            val = self.store("motion_val")
+            if not (self.out / "reconstruction.png").is_file():
+                first = (self.data / "motion_val_videos.txt").read_text(encoding="utf-8").split()[0]
+                peak = max(peak, self.run("inspect", ["-m", "video2token.inspect", str(val)]))
+                peak = max(peak, self.run("visualize", ["-m", "video2token.visualize", str(val), first,
+                                                        "--out", str(self.out / "reconstruction.png")]))
+            rec.seconds, rec.peak_rss_mb = time.time() - t0, peak
+            rec.skipped = not jobs
+            rec.throughput = f"{videos / rec.seconds:.1f} videos/s" if videos else ""
+
+    def pretrain_args(self, variant: PretrainVariant) -> list[str]:
+        c, out = self.cfg, self.pretrain_dir(variant.name)
+        argv = ["-m", "vimpac.pretrain", "--train-tokens", str(self.store("pretrain")),
+                "--valid-tokens", str(self.store("motion_val")), "--clip-len", str(c.clip_len),
+                "--frame-size", str(c.size), "--layers", str(c.layers), "--hid-dim", str(c.hid_dim),
+                "--heads", str(c.heads), "--mask-blocks", str(c.mask_blocks), "--epochs", str(c.pretrain_epochs),
+                "--batch-size", str(c.pretrain_batch), "--bs-per-gpu", str(c.pretrain_batch),
+                "--lr", f"{c.pretrain_lr:g}", "--warm-up", "0.1", "--bf16", "--num-workers", "1",
+                "--eval-per-epochs", str(max(1, c.pretrain_epochs // 6)), "--eval-max-batches", "8",
+                "--log-steps", "5", "--output", str(out), *variant.args]
+        if (out / "last").is_dir():
+            argv.append("--resume")
+        return argv
+
+    def pretrain(self, variant: PretrainVariant, number: str) -> None:
+        with self.step(f"pretrain:{variant.name}", f"{number} pre-train a tiny VIMPAC model " f"({variant.title}) -> {self.pretrain_dir(variant.name)}") as rec:
+            summary = _read_json(self.pretrain_dir(variant.name) / "summary.json")
+            if summary and summary.get("epoch", 0) >= summary.get("epochs", 1):
+                rec.skipped = True
+                print("already pre-trained")
+            else:
+                t0 = time.time()
+                rec.peak_rss_mb = self.run(f"pretrain_{variant.name}", self.pretrain_args(variant))
+                rec.seconds = time.time() - t0
+                summary = _read_json(self.pretrain_dir(variant.name) / "summary.json") or {}
+            if summary.get("videos_per_s"):
+                rec.throughput = f"{summary['videos_per_s']:.1f} videos/s (2 clips each)"
+
+    def finetune_runs(self, variants: Sequence[str]) -> list[tuple[str, list[str]]]:
+        """(run name, argv) of every fine-tuning run not finished yet."""
+        c, runs = self.cfg, []
+        for task in TASKS:
+            plan = [(f"{task}_{v}_s{seed}", v, "train", False, seed, c.finetune_epochs)
+                    for v in variants for seed in c.seeds]
+            plan += [(f"{task}_scratch_s{seed}", MAIN_VARIANT, "train", True, seed, c.finetune_epochs)
+                     for seed in c.seeds]
+            plan.append((f"{task}_all_labels", MAIN_VARIANT, "pool", False, c.seeds[0], c.ceiling_epochs))
+            if self.ablation:
+                plan.append((f"{task}_all_labels_scratch", MAIN_VARIANT, "pool", True, c.seeds[0], c.ceiling_epochs))
+            for name, variant, train, scratch, seed, epochs in plan:
+                out = self.finetune_dir(name)
+                if _read_json(out / "results.json"):
+                    continue
+                argv = ["-m", "vimpac.finetune", "--load", str(self.pretrain_dir(variant) / "last"),
+                        "--train-tokens", str(self.store(f"{task}_{train}")),
+                        "--valid-tokens", str(self.store(f"{task}_val")), "--epochs", str(epochs),
+                        "--batch-size", str(c.finetune_batch), "--bs-per-gpu", str(c.finetune_batch),
+                        "--lr", f"{c.finetune_lr:g}", "--warm-up", "0.1", "--bf16", "--num-workers", "0",
+                        "--num-test-clips", str(c.test_clips), "--eval-per-epochs", str(max(1, epochs // 4)),
+                        "--eval-batch-size", "32", "--seed", str(seed), "--no-tqdm", "--output", str(out)]
+                if scratch:
+                    argv.append("--from-scratch")
+                if (out / "last").is_dir():
+                    argv.append("--resume")
+                runs.append((name, argv))
+        return runs
+
+    def finetune(self, variants: Sequence[str]) -> None:
+        with self.step("finetune", f"5/6 fine-tune: pre-trained vs scratch, {len(self.cfg.seeds)} seeds, " f"both label sets, + all-labels ceiling ({self.jobs} runs at a time)") as rec:
+            runs = self.finetune_runs(variants)
+            if not runs:
+                rec.skipped = True
+                print("all runs finished")
+                return
+            t0 = time.time()
+            rec.peak_rss_mb = self.run_parallel(runs, "fine-tune runs")
+            rec.seconds = time.time() - t0
+            rec.throughput = f"{len(runs)} runs"
+
+    def report(self, variants: Sequence[str]) -> str:
+        from .demo_report import write_report
+
+        print(f"\n=== [{time.strftime('%H:%M:%S')}] 6/6 report -> {self.out / 'report.md'}", flush=True)
+        table = write_report(self, variants)
+        print(table)
+        return table
+
+    def main(self) -> None:
+        t0 = time.time()
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "demo_config.json").write_text(json.dumps(dataclasses.asdict(self.cfg), indent=2))
+        variants = list(VARIANTS) if self.ablation else [MAIN_VARIANT]
+        self.make_data()
+        self.train_tokenizer()
+        self.extract()
+        for i, v in enumerate(variants):
+            self.pretrain(VARIANTS[v], "4/6" if len(variants) == 1 else f"4/6 ({i + 1}/{len(variants)})")
+        self.finetune(variants)
+        self.report(variants)
+        print(f"\ndemo finished in {time.time() - t0:.0f} s; report: {self.out / 'report.md'}")
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _store_complete(path: Path) -> bool:
+    """Every shard of the store is committed (a shard file appears only once all its videos are in)."""
+    shards = sorted(path.glob("shard-*-of-*.h5"))
+    if not (path / "meta.json").is_file() or not shards:
+        return False
+    total = int(shards[0].stem.rsplit("-of-", 1)[1])
+    return len(shards) == total
+
+
+def _list_length(path: Path) -> int:
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vimpac.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", choices=tuple(PROFILES), default="default",
+                   help="default: ~12 min on 2 CPU cores; long: 4x the unlabelled pool (~1 hour); smoke: seconds")
+    p.add_argument("--data", type=Path, default=None, help="video directory (default data/demo, data/demo_PROFILE)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default snap/demo, snap/demo_PROFILE)")
+    p.add_argument("--ablation", action="store_true",
+                   help="also pre-train with i.i.d. masking and without the contrastive loss, same table")
+    p.add_argument("--jobs", type=int, default=2, help="fine-tuning runs at a time (one thread each)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="fine-tuning seeds (default 1 2 3)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    cfg = PROFILES[a.profile]
+    if a.seeds:
+        cfg = dataclasses.replace(cfg, seeds=tuple(a.seeds))
+    suffix = "" if a.profile == "default" else f"_{a.profile}"
+    demo = Demo(cfg=cfg, data=a.data or Path(f"data/demo{suffix}"), out=a.out or Path(f"snap/demo{suffix}"),
+                jobs=max(1, a.jobs), ablation=a.ablation)
+    try:
+        demo.main()
+    except DemoError as e:
+        print(f"\ndemo: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ndemo: interrupted; run it again to continue where it stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
