@@ -69,8 +69,9 @@ class DemoConfig:
     data_seed: int = 0
     crf: int = 12                   # H.264 quality: compression noise makes tokens flicker between frames
     # tokenizer
-    vocab_size: int = 256
+    vocab_size: int = 128
     tokenizer_steps: int = 400
+    tokenizer_augment: str = "flip"  # "full" adds RGB permutations: colour-blind codes after a short run
     # stores
     fps: float = 4.0
     # model + pre-training
@@ -79,14 +80,14 @@ class DemoConfig:
     hid_dim: int = 128
     heads: int = 2
     mask_blocks: int = 3
-    pretrain_epochs: int = 20
+    pretrain_epochs: int = 24
     pretrain_batch: int = 32
     pretrain_lr: float = 1e-3
     # fine-tuning (identical for pre-trained and scratch)
-    finetune_epochs: int = 12
+    finetune_epochs: int = 20
     finetune_batch: int = 16
     finetune_lr: float = 1e-3
-    ceiling_epochs: int = 4
+    ceiling_epochs: int = 8
     test_clips: int = 2
     seeds: tuple[int, ...] = (1, 2, 3)
 
@@ -230,7 +231,7 @@ class Demo:
             marker = self.data / ".done"
             wanted = self.cfg.data_args()
             if marker.is_file():
-                have = json.loads(marker.read_text())
+                have = _read_json(marker)
                 if have != wanted:
                     raise DemoError(f"{self.data} holds demo videos made with {have}, this run wants {wanted}; "
                                     f"remove {self.data} or pass another --data")
@@ -260,7 +261,7 @@ class Demo:
                 "-m", "video2token.train_tokenizer", "--video-root", str(self.data),
                 "--anno", str(self.data / "pretrain_videos.txt"), "--fps", f"{c.render_fps:g}",
                 "--frame-size", str(c.size), "--vocab-size", str(c.vocab_size), "--steps", str(c.tokenizer_steps),
-                "--output", str(self.tokenizer), "--resume"])
+                "--augment", c.tokenizer_augment, "--output", str(self.tokenizer), "--resume"])
             rec.seconds = time.time() - t0
             rec.throughput = f"{c.tokenizer_steps / rec.seconds:.1f} steps/s"
 
@@ -366,7 +367,11 @@ class Demo:
             t0 = time.time()
             rec.peak_rss_mb = self.run_parallel(runs, "fine-tune runs")
             rec.seconds = time.time() - t0
-            rec.throughput = f"{len(runs)} runs"
+            speeds = [((_read_json(self.finetune_dir(name) / "results.json") or {}).get("run") or {})
+                      .get("train_clips_per_s") for name, _ in runs]
+            speeds = [v for v in speeds if v]
+            rec.throughput = f"{len(runs)} runs" + (f", {sum(speeds) / len(speeds):.0f} train clips/s each "
+                                                    f"(1 thread)" if speeds else "")
 
     def report(self, variants: Sequence[str]) -> str:
         from .demo_report import write_report

@@ -38,6 +38,7 @@ from .engine import (SCHEDULES, EngineError, LRSchedule, autocast_context, build
                      build_scheduler, check_precision, init_distributed, init_engine, load_overrides, plan_batches)
 from .evaluate import EvalResult, class_names, evaluate, write_reports
 from .finetune_data import ClipSpec, EvalClips, TrainClips, check_labels, collate
+from .memory import HeapTrimmer
 from .metrics import MetricsLogger, plot_curves
 from .modeling import VimpacForClassification
 from .pos_embed import PosEmbedShapeError, adapt_pos_embeds
@@ -490,6 +491,7 @@ class Finetuner:
                  f"{self.steps_per_epoch} steps/epoch of {plan.global_batch}; epochs {st.epoch}->{end_epoch} of {self.epochs}"
                  f"{' (linear probe)' if a.linear_probe else ''}")
         t0, steps_run, eval_seconds = time.time(), 0, 0.0
+        trimmer = HeapTrimmer()
         last_eval: EvalResult | None = None
         module = self.engine.module
         while st.epoch < end_epoch:
@@ -521,6 +523,7 @@ class Finetuner:
                 st.step += 1
                 st.samples_in_epoch += plan.global_batch
                 steps_run += 1
+                trimmer.step()
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)

@@ -42,6 +42,7 @@ from .data import (MASKINGS, ClipPairDataset, ClipSampling, DataError, EpochBatc
 from .engine import (SCHEDULES, EngineError, LRSchedule, autocast_context, build_ds_config,
                      build_optimizer, build_scheduler, check_precision, init_distributed, init_engine,
                      load_overrides, plan_batches)
+from .memory import HeapTrimmer
 from .metrics import MetricsLogger, plot_curves
 from .pos_embed import POS_TABLES, PosEmbedShapeError, adapt_pos_embeds, resample_pos_embed
 
@@ -593,6 +594,7 @@ class Trainer:
                  f"videos ({plan.micro_batch} x {plan.accumulation} accumulation x {plan.world_size} ranks); "
                  f"epochs {st.epoch}->{end_epoch} of {a.epochs}, starting at step {st.step}")
         t_run, steps_run, videos_run = time.time(), 0, 0
+        trimmer = HeapTrimmer()
         last_train: dict[str, float] = {}
         last_eval: dict[str, float] | None = None
         while st.epoch < end_epoch:
@@ -640,6 +642,7 @@ class Trainer:
                 st.samples_in_epoch += plan.global_batch
                 steps_run += 1
                 videos_run += plan.global_batch
+                trimmer.step()
                 if bar is not None:
                     bar.update(1)
                 if window_bad:
