@@ -88,6 +88,7 @@ class DemoConfig:
     finetune_batch: int = 16
     finetune_lr: float = 1e-3
     ceiling_epochs: int = 8
+    ceiling_lr: float = 5e-4         # 400 labels: 1e-3 sometimes collapsed to a constant prediction
     test_clips: int = 2
     seeds: tuple[int, ...] = (1, 2, 3)
 
@@ -99,7 +100,7 @@ class DemoConfig:
 PROFILES = {
     "default": DemoConfig(),
     # More unlabelled videos and 4x the pre-training: for a GPU or an hour of CPU.
-    "long": DemoConfig(num_pool=1600, tokenizer_steps=1000, pretrain_epochs=24),
+    "long": DemoConfig(num_pool=1600, tokenizer_steps=1000),
     # Seconds-scale run of every step, for tests.
     "smoke": DemoConfig(num_pool=24, num_train=8, num_val=8, size=32, seconds=1.5, vocab_size=32,
                         tokenizer_steps=6, layers=1, hid_dim=32, heads=2, mask_blocks=2, pretrain_epochs=1,
@@ -332,14 +333,13 @@ class Demo:
         """(run name, argv) of every fine-tuning run not finished yet."""
         c, runs = self.cfg, []
         for task in TASKS:
-            plan = [(f"{task}_{v}_s{seed}", v, "train", False, seed, c.finetune_epochs)
-                    for v in variants for seed in c.seeds]
-            plan += [(f"{task}_scratch_s{seed}", MAIN_VARIANT, "train", True, seed, c.finetune_epochs)
-                     for seed in c.seeds]
-            plan.append((f"{task}_all_labels", MAIN_VARIANT, "pool", False, c.seeds[0], c.ceiling_epochs))
+            low, high = (c.finetune_epochs, c.finetune_lr), (c.ceiling_epochs, c.ceiling_lr)
+            plan = [(f"{task}_{v}_s{seed}", v, "train", False, seed, *low) for v in variants for seed in c.seeds]
+            plan += [(f"{task}_scratch_s{seed}", MAIN_VARIANT, "train", True, seed, *low) for seed in c.seeds]
+            plan.append((f"{task}_all_labels", MAIN_VARIANT, "pool", False, c.seeds[0], *high))
             if self.ablation:
-                plan.append((f"{task}_all_labels_scratch", MAIN_VARIANT, "pool", True, c.seeds[0], c.ceiling_epochs))
-            for name, variant, train, scratch, seed, epochs in plan:
+                plan.append((f"{task}_all_labels_scratch", MAIN_VARIANT, "pool", True, c.seeds[0], *high))
+            for name, variant, train, scratch, seed, epochs, lr in plan:
                 out = self.finetune_dir(name)
                 if _read_json(out / "results.json"):
                     continue
@@ -347,7 +347,7 @@ class Demo:
                         "--train-tokens", str(self.store(f"{task}_{train}")),
                         "--valid-tokens", str(self.store(f"{task}_val")), "--epochs", str(epochs),
                         "--batch-size", str(c.finetune_batch), "--bs-per-gpu", str(c.finetune_batch),
-                        "--lr", f"{c.finetune_lr:g}", "--warm-up", "0.1", "--bf16", "--num-workers", "0",
+                        "--lr", f"{lr:g}", "--warm-up", "0.1", "--bf16", "--num-workers", "0",
                         "--num-test-clips", str(c.test_clips), "--eval-per-epochs", str(max(1, epochs // 4)),
                         "--eval-batch-size", "32", "--seed", str(seed), "--no-tqdm", "--output", str(out)]
                 if scratch:

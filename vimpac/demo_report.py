@@ -249,7 +249,7 @@ def write_report(demo: "Demo", variants: Sequence[str]) -> str:
         *res_rows,
         "",
         f"The last column is the supervised ceiling: all {c.num_pool} pool videos with their hidden labels, "
-        f"{c.ceiling_epochs} epochs from the pre-trained weights.",
+        f"{c.ceiling_epochs} epochs at lr {c.ceiling_lr:g} from the pre-trained weights.",
         "",
         *pre_rows,
         "",
