@@ -4,6 +4,10 @@ Stands in for UCF101-style data in tests and the CPU demo. Each video shows one 
 in a straight line over a static, smooth background (solid / linear gradient / radial gradient /
 soft low-frequency texture). There is no per-frame pixel noise on purpose: noise makes VQ tokens
 flicker between frames, which hid the learning signal in an earlier prototype (SPEC.md).
+Backgrounds come from a small seeded set (`background_designs`) and objects from a 4-colour
+palette, so no video is identified by its looks alone: a contrastive pair (two clips of one
+video) has to be matched by the object's shape, size, path and direction. Objects are 3-4
+tokens wide (stride 8) and cross 70-100% of the frame, so motion shows in the codes.
 
 Two label sets per labelled video:
 - "motion" (temporal): direction of motion, left / right / up / down; any single frame is
