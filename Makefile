@@ -27,7 +27,7 @@ demo:
 demo-ablation:
 	bash scripts/demo.sh --ablation
 
-# 4x the unlabelled pool and a longer tokenizer run (~40 min on 2 CPU cores, minutes on a GPU).
+# 4x the unlabelled pool and a longer tokenizer run (not timed yet: several times the default).
 demo-long:
 	bash scripts/demo.sh --profile long
 

@@ -2,7 +2,7 @@
 
     python -m vimpac.demo                     # ~12 min on a 2-core CPU: data -> report
     python -m vimpac.demo --ablation          # also block vs i.i.d. masking, MP-only vs MP+CL
-    python -m vimpac.demo --profile long      # bigger pool, longer pre-training (~1 hour on CPU)
+    python -m vimpac.demo --profile long      # 4x the unlabelled pool (not timed yet)
 
 Steps (each skips work already done, so a rerun after an interruption continues):
  1. synthetic videos (video2token.synthetic): an unlabelled pool, 64 labelled train videos,
@@ -99,7 +99,7 @@ class DemoConfig:
 
 PROFILES = {
     "default": DemoConfig(),
-    # More unlabelled videos and 4x the pre-training: for a GPU or an hour of CPU.
+    # 4x the unlabelled videos (so 4x the pre-training steps) and a longer tokenizer run; not timed yet.
     "long": DemoConfig(num_pool=1600, tokenizer_steps=1000),
     # Seconds-scale run of every step, for tests.
     "smoke": DemoConfig(num_pool=24, num_train=8, num_val=8, size=32, seconds=1.5, vocab_size=32,
@@ -430,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vimpac.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=tuple(PROFILES), default="default",
-                   help="default: ~12 min on 2 CPU cores; long: 4x the unlabelled pool (~1 hour); smoke: seconds")
+                   help="default: ~12 min on 2 CPU cores; long: 4x the unlabelled pool (not timed); "
+                        "smoke: seconds, for tests")
     p.add_argument("--data", type=Path, default=None, help="video directory (default data/demo, data/demo_PROFILE)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default snap/demo, snap/demo_PROFILE)")
     p.add_argument("--ablation", action="store_true",
