@@ -88,8 +88,10 @@ def test_motion_label_matches_object_movement(motion):
     (x0, y0), (x1, y1) = centroids[0], centroids[-1]
     dx, dy = x1 - x0, y1 - y0
     direction = {"left": -dx, "right": dx, "up": -dy, "down": dy}[MOTIONS[motion]]
-    # Travels most of the free range (> 2 tokens of stride 8 at 48 px), straight along its axis.
-    assert direction > 0.6 * (48 - 2 * spec.radius - 2) > 16 and abs(dx if MOTIONS[motion] in ("up", "down") else dy) < 1
+    # Travels most of its free range (70-100%, over 15/16 of the video), > 1.5 tokens of stride 8 at 48 px,
+    # straight along its axis.
+    assert direction > 0.6 * (48 - 2 * spec.radius - 2) and direction > 12
+    assert abs(dx if MOTIONS[motion] in ("up", "down") else dy) < 1
     # No per-frame noise: pixels far from the object path are identical across frames.
     still = np.all(frames == first, axis=(0, 3))
     assert still.mean() > 0.3
