@@ -23,7 +23,7 @@ install:
 demo:
 	bash scripts/demo.sh
 
-# The same demo plus the ablation (block vs i.i.d. masking, MP-only vs MP+CL): ~25 min on 2 CPU cores.
+# The demo plus the ablation (block vs i.i.d. masking, MP-only vs MP+CL): adds <= 26 min on 2 CPU cores.
 demo-ablation:
 	bash scripts/demo.sh --ablation
 

@@ -2,7 +2,7 @@
 # The pipeline end to end on generated demo videos, on any machine (2 CPU cores are enough),
 # with the method's effect measured: what `make demo` runs. ~12 minutes on 2 cores.
 #   bash scripts/demo.sh                 data -> tokenizer -> stores -> pre-train -> fine-tune -> report
-#   bash scripts/demo.sh --ablation      + block vs i.i.d. masking, MP-only vs MP+CL (~+13 min)
+#   bash scripts/demo.sh --ablation      + block vs i.i.d. masking, MP-only vs MP+CL (adds <= 26 min)
 #   bash scripts/demo.sh --help          every option (python -m vimpac.demo)
 # Each step skips work already done, so a rerun after an interruption continues.
 # Outputs: data/demo/ (videos, lists), snap/demo/ (tokenizer, stores, runs, logs/, report.md).

@@ -80,7 +80,8 @@ def test_report_tables_gain_ceiling_and_target_checks(tmp_path):
     (demo.out / "steps.jsonl").write_text(
         json.dumps({"name": "data", "seconds": 100.0, "peak_rss_mb": 300.0, "skipped": False}) + "\n"
         + json.dumps({"name": "pretrain:block_mp_cl", "seconds": 500.0, "peak_rss_mb": 900.0, "skipped": False}) + "\n"
-        + json.dumps({"name": "data", "seconds": 0.0, "peak_rss_mb": 0.0, "skipped": True}) + "\n")  # a rerun
+        + json.dumps({"name": "data", "seconds": 0.0, "peak_rss_mb": 0.0, "skipped": True}) + "\n"  # a rerun
+        + json.dumps({"name": "pretrain:iid_mp_cl", "seconds": 240.0, "peak_rss_mb": 800.0, "skipped": False}) + "\n")
     results = collect(demo, [MAIN_VARIANT])
     assert results[0].top1["scratch"] == [25.0, 35.0] and results[0].chance == 25.0 and results[0].ceiling == 90.0
     text = write_report(demo, [MAIN_VARIANT])
@@ -88,8 +89,10 @@ def test_report_tables_gain_ceiling_and_target_checks(tmp_path):
     assert "| motion | 25.0 | 25.0 / 35.0 | 30.0 | 60.0 / 70.0 | **65.0** | +35.0 | 90.0 |" in md
     assert "| shape | 25.0 | 40.0 / 44.0 | 42.0 | 45.0 / 47.0 | **46.0** | +4.0 | 90.0 |" in md
     assert "| 45.0 | 40.0 |" in md  # mask accuracy next to the copy baseline
-    assert "| data | 100 s |" in md and "**10.0 min**" in md  # the skipped rerun keeps the real timing
-    assert "- [x] whole demo 10.0 min" in text and "- [x] pre-trained minus scratch" in text
+    assert "| data | 100 s |" in md and "**14.0 min**" in md  # the skipped rerun keeps the real timing
+    # the ablation's extra pre-training is listed but not held against `make demo`'s 15 minutes
+    assert "- [x] whole demo 10.0 min (target <= 15 min); the ablation's extra 4.0 min are not counted" in text
+    assert "- [x] pre-trained minus scratch" in text
     for png in ("results.png", "finetune_curves.png"):
         assert (demo.out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in md
     # no gain: the check says so instead of passing

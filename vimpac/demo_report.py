@@ -119,15 +119,26 @@ def pretrain_table(demo: "Demo", results: list[TaskResult], variants: Sequence[s
     return rows
 
 
-def steps_table(steps: dict[str, dict]) -> tuple[list[str], float, float]:
+def is_ablation_step(name: str) -> bool:
+    """Steps only `--ablation` runs: the other pre-training variants and their fine-tuning."""
+    from .demo import MAIN_VARIANT
+
+    return name == "finetune:ablation" or (name.startswith("pretrain:") and name != f"pretrain:{MAIN_VARIANT}")
+
+
+def steps_table(steps: dict[str, dict]) -> tuple[list[str], float, float, float]:
+    """Rows, the time of `make demo`'s own steps, the ablation's extra time, the peak memory."""
     rows = ["| step | time | peak memory | throughput |", "|---|---|---|---|"]
-    total, peak = 0.0, 0.0
+    core, extra, peak = 0.0, 0.0, 0.0
     for name, r in steps.items():
-        total += r["seconds"]
+        if is_ablation_step(name):
+            extra += r["seconds"]
+        else:
+            core += r["seconds"]
         peak = max(peak, r["peak_rss_mb"])
         rows.append(f"| {name} | {r['seconds']:.0f} s | {r['peak_rss_mb']:.0f} MB | {r.get('throughput', '')} |")
-    rows.append(f"| **total** | **{total / 60:.1f} min** | **{peak:.0f} MB** | |")
-    return rows, total, peak
+    rows.append(f"| **total** | **{(core + extra) / 60:.1f} min** | **{peak:.0f} MB** | |")
+    return rows, core, extra, peak
 
 
 def plot_results(results: list[TaskResult], main: str, path: Path) -> None:
@@ -194,13 +205,15 @@ def plot_finetune_curves(demo: "Demo", results: list[TaskResult], main: str, pat
     plt.close(fig)
 
 
-def target_checks(results: list[TaskResult], main: str, demo: "Demo", total_s: float, peak_mb: float) -> list[str]:
+def target_checks(results: list[TaskResult], main: str, demo: "Demo", total_s: float, peak_mb: float,
+                  extra_s: float = 0.0) -> list[str]:
     s = (_json(demo.pretrain_dir(main) / "summary.json") or {}).get("valid", {})
     gains = {r.task: (mean(r.top1[main]) or 0.0) - (mean(r.top1["scratch"]) or 0.0) for r in results}
     best = max(gains, key=gains.get)
     mask, copy = 100 * s.get("mask_acc", 0.0), 100 * s.get("copy_acc", 0.0)
     checks = [
-        (total_s <= TIME_TARGET_S, f"whole demo {total_s / 60:.1f} min (target <= {TIME_TARGET_S // 60} min)"),
+        (total_s <= TIME_TARGET_S, f"whole demo {total_s / 60:.1f} min (target <= {TIME_TARGET_S // 60} min)"
+         + (f"; the ablation's extra {extra_s / 60:.1f} min are not counted" if extra_s else "")),
         (peak_mb < MEMORY_TARGET_MB, f"peak memory {peak_mb:.0f} MB (target < {MEMORY_TARGET_MB} MB)"),
         (mask > copy, f"pre-training val mask accuracy {mask:.1f}% vs copy baseline {copy:.1f}% on the same masks"),
         (gains[best] >= GAIN_TARGET, f"pre-trained minus scratch, mean of {len(demo.cfg.seeds)} seeds: "
@@ -216,10 +229,10 @@ def write_report(demo: "Demo", variants: Sequence[str]) -> str:
     results = collect(demo, variants)
     plot_results(results, main, out / "results.png")
     plot_finetune_curves(demo, results, main, out / "finetune_curves.png")
-    steps, total, peak = steps_table(step_history(out))
+    steps, total, extra, peak = steps_table(step_history(out))
     res_rows = results_table(results, main)
     pre_rows = pretrain_table(demo, results, variants)
-    checks = target_checks(results, main, demo, total, peak)
+    checks = target_checks(results, main, demo, total, peak, extra)
     c = demo.cfg
     rel = lambda p: os.path.relpath(p, out)  # noqa: E731 - paths in report.md are relative to it
     figs = [("Token reconstructions (frames / VQ-VAE reconstruction / code map)", out / "reconstruction.png"),
