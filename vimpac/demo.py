@@ -158,22 +158,27 @@ class Demo:
             env["OMP_NUM_THREADS"] = str(threads)
         return env
 
-    def run(self, name: str, argv: Sequence[str], *, quiet: bool = False, threads: int | None = None) -> float:
-        """Run one CLI to completion; returns its peak RSS in MB. Output goes to the terminal (progress bars)
-        and, for quiet runs, only to `logs/NAME.log`."""
+    def _launch(self, name: str, argv: Sequence[str], *, quiet: bool):
+        """Start one CLI with its command line at the top of `logs/NAME.log`; a quiet run's output goes
+        there too, otherwise to the terminal (progress bars). Returns (process, open log, log path)."""
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
         cmd = [self.python, *argv]
-        with open(log, "w", encoding="utf-8") as f:
-            f.write("$ " + shlex.join(cmd) + "\n")
-            f.flush()
-            proc = subprocess.Popen(cmd, env=self._env(threads), stdout=f if quiet else None,
-                                    stderr=subprocess.STDOUT if quiet else None)
+        f = open(log, "w", encoding="utf-8")
+        f.write("$ " + shlex.join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, env=self._env(threads=1 if quiet else None), stdout=f if quiet else None,
+                                stderr=subprocess.STDOUT if quiet else None)
+        return proc, f, log
+
+    def run(self, name: str, argv: Sequence[str]) -> float:
+        """Run one CLI to completion, its output on the terminal; returns its peak RSS in MB."""
+        proc, f, _ = self._launch(name, argv, quiet=False)
+        with f:
             _, status, usage = os.wait4(proc.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            raise DemoError(f"step {name!r} failed with exit code {code}: {shlex.join(cmd)}"
-                            + (f"\n  its log: {log}\n" + _tail(log) if quiet else ""))
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise DemoError(f"step {name!r} failed with exit code {proc.returncode}: {shlex.join(proc.args)}")
         return usage.ru_maxrss / 1024
 
     def run_parallel(self, jobs: list[tuple[str, list[str]]], desc: str) -> float:
@@ -183,17 +188,11 @@ class Demo:
         """
         pending, running, peaks = list(jobs), {}, []
         bar = tqdm(total=len(jobs), desc=desc, unit="run", dynamic_ncols=True)
-        self.logs.mkdir(parents=True, exist_ok=True)
         try:
             while pending or running:
                 while pending and len(running) < self.jobs:
                     name, argv = pending.pop(0)
-                    log = self.logs / f"{name}.log"
-                    f = open(log, "w", encoding="utf-8")
-                    cmd = [self.python, *argv]
-                    f.write("$ " + shlex.join(cmd) + "\n")
-                    f.flush()
-                    proc = subprocess.Popen(cmd, env=self._env(threads=1), stdout=f, stderr=subprocess.STDOUT)
+                    proc, f, log = self._launch(name, argv, quiet=True)
                     running[proc.pid] = (name, proc, f, log)
                 pid, status, usage = os.wait4(-1, 0)
                 if pid not in running:
