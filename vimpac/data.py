@@ -105,6 +105,8 @@ class ClipPairDataset(Dataset):
         self.sampling = sampling
         self.seed = int(seed)
         self.num_frames = self.stores[0].num_frames
+        # i.i.d. masking: the block masks' expected ratio on this clip shape, computed once (not per sample)
+        self.iid_ratio = expected_block_mask_ratio((sampling.clip_len, *self.grid), sampling.mask_blocks)
 
     def __len__(self) -> int:
         return len(self.stores[0])
@@ -134,8 +136,7 @@ class ClipPairDataset(Dataset):
         starts = sample_starts(int(self.num_frames[k]), self.sampling, rng)
         codes = torch.from_numpy(np.stack([self._read_clip(store, k, s) for s in starts]))  # (2, T, h, w)
         if self.sampling.masking == "iid":  # the ablation baseline: same expected ratio, no spatio-temporal blocks
-            ratio = expected_block_mask_ratio(codes.shape, self.sampling.mask_blocks)
-            mask = iid_mask(codes.shape, ratio, generator=gen)
+            mask = iid_mask(codes.shape, self.iid_ratio, generator=gen)
         else:
             mask = block_mask(codes.shape, self.sampling.mask_blocks, generator=gen)
         codes_in, mask = apply_mask(codes, mask, self.special, bert_style=self.sampling.mask_rand_replace,

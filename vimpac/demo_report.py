@@ -13,10 +13,9 @@ import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-if TYPE_CHECKING:
-    from .demo import Demo
+from .demo import MAIN_VARIANT, PROFILES, VARIANTS, Demo, DemoConfig, _read_json
 
 TIME_TARGET_S = 15 * 60
 MEMORY_TARGET_MB = 4096
@@ -37,15 +36,8 @@ class TaskResult:
         return 100.0 / self.num_classes
 
 
-def _json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _top1(run_dir: Path) -> float | None:
-    r = _json(run_dir / "results.json")
+    r = _read_json(run_dir / "results.json")
     return None if r is None else float(r["final"]["top1"])
 
 
@@ -58,7 +50,7 @@ def _fmt(v: float | None, digits: int = 1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def collect(demo: "Demo", variants: Sequence[str]) -> list[TaskResult]:
+def collect(demo: Demo, variants: Sequence[str]) -> list[TaskResult]:
     out = []
     for task in ("motion", "shape"):
         names = (demo.data / f"labels_{task}.txt").read_text(encoding="utf-8").split()
@@ -103,13 +95,11 @@ def results_table(results: list[TaskResult], main: str) -> list[str]:
     return rows
 
 
-def pretrain_table(demo: "Demo", results: list[TaskResult], variants: Sequence[str]) -> list[str]:
-    from .demo import VARIANTS
-
+def pretrain_table(demo: Demo, results: list[TaskResult], variants: Sequence[str]) -> list[str]:
     rows = ["| pre-training | valid mask acc | copy baseline | motion top-1 (mean) | shape top-1 (mean) |",
             "|---|---|---|---|---|"]
     for v in variants:
-        s = (_json(demo.pretrain_dir(v) / "summary.json") or {}).get("valid", {})
+        s = (_read_json(demo.pretrain_dir(v) / "summary.json") or {}).get("valid", {})
         cells = [_fmt(mean(r.top1[v])) for r in results]
         rows.append(f"| {VARIANTS[v].title} | {_fmt(100 * s['mask_acc']) if 'mask_acc' in s else '-'} | "
                     f"{_fmt(100 * s['copy_acc']) if 'copy_acc' in s else '-'} | {cells[0]} | {cells[1]} |")
@@ -121,8 +111,6 @@ def pretrain_table(demo: "Demo", results: list[TaskResult], variants: Sequence[s
 
 def is_ablation_step(name: str) -> bool:
     """Steps only `--ablation` runs: the other pre-training variants and their fine-tuning."""
-    from .demo import MAIN_VARIANT
-
     return name == "finetune:ablation" or (name.startswith("pretrain:") and name != f"pretrain:{MAIN_VARIANT}")
 
 
@@ -180,7 +168,7 @@ def _valid_curve(run_dir: Path) -> list[tuple[int, float]]:
     return pts
 
 
-def plot_finetune_curves(demo: "Demo", results: list[TaskResult], main: str, path: Path) -> None:
+def plot_finetune_curves(demo: Demo, results: list[TaskResult], main: str, path: Path) -> None:
     """Val top-1 against epoch for every seed, pre-trained vs scratch, one panel per task."""
     import matplotlib
 
@@ -205,9 +193,9 @@ def plot_finetune_curves(demo: "Demo", results: list[TaskResult], main: str, pat
     plt.close(fig)
 
 
-def target_checks(results: list[TaskResult], main: str, demo: "Demo", total_s: float, peak_mb: float,
+def target_checks(results: list[TaskResult], main: str, demo: Demo, total_s: float, peak_mb: float,
                   extra_s: float = 0.0) -> list[str]:
-    s = (_json(demo.pretrain_dir(main) / "summary.json") or {}).get("valid", {})
+    s = (_read_json(demo.pretrain_dir(main) / "summary.json") or {}).get("valid", {})
     gains = {r.task: (mean(r.top1[main]) or 0.0) - (mean(r.top1["scratch"]) or 0.0) for r in results}
     best = max(gains, key=gains.get)
     mask, copy = 100 * s.get("mask_acc", 0.0), 100 * s.get("copy_acc", 0.0)
@@ -222,7 +210,7 @@ def target_checks(results: list[TaskResult], main: str, demo: "Demo", total_s: f
     return [f"- [{'x' if ok else ' '}] {text}" for ok, text in checks]
 
 
-def write_report(demo: "Demo", variants: Sequence[str]) -> str:
+def write_report(demo: Demo, variants: Sequence[str]) -> str:
     """Write OUT/report.md + results.png + finetune_curves.png; returns the terminal summary."""
     main = variants[0]
     out = demo.out
@@ -291,13 +279,11 @@ def write_report(demo: "Demo", variants: Sequence[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .demo import PROFILES, VARIANTS, Demo, DemoConfig
-
     ap = argparse.ArgumentParser(description="Rebuild the demo report from a finished demo directory.")
     ap.add_argument("--out", type=Path, default=Path("snap/demo"))
     ap.add_argument("--data", type=Path, default=Path("data/demo"))
     a = ap.parse_args(argv)
-    cfg_dict = _json(a.out / "demo_config.json")
+    cfg_dict = _read_json(a.out / "demo_config.json")
     if cfg_dict is None:
         raise SystemExit(f"error: {a.out / 'demo_config.json'} is missing: not a demo output directory")
     cfg_dict["seeds"] = tuple(cfg_dict["seeds"])
