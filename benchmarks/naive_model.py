@@ -1,6 +1,6 @@
 """Naive reference for benchmarks/train_step.py: the VIMPAC Small model written the way the original code works.
 
-Same sizes and layout as `vimpac.modeling` (post-LN, T then H|W blocks, [CLS] in every row), but:
+Same sizes and layout as `vimpac.model.transformer` (post-LN, T then H|W blocks, [CLS] in every row), but:
 explicit matmul-softmax attention, [CLS] concatenated into every row *before* the QKV
 projection (so each copy is projected again), and masked-token logits for every token with the
 loss taken through an ignore index. Benchmark-only: not part of the package.

@@ -87,7 +87,7 @@ def loader_rate(store: str, *, vocab: int, clip_len: int, micro: int, workers: i
     """Clips/s of the trainer's data path alone: dataset + collate + DataLoader workers."""
     from torch.utils.data import DataLoader
 
-    from vimpac.data import ClipPairDataset, ClipSampling, EpochBatchSampler, collate_pairs
+    from vimpac.data.pretrain_clips import ClipPairDataset, ClipSampling, EpochBatchSampler, collate_pairs
 
     ds = ClipPairDataset([TokenStore(store)], ClipSampling(clip_len=clip_len, mask_blocks=5), seed=0)
     sampler = EpochBatchSampler(len(ds), micro_batch=micro, seed=0)
@@ -111,7 +111,7 @@ def raw_step(name: str, *, threads: int, micro: int, steps: int, procs: int = 1)
     code = (
         "import json, statistics, sys, time, torch; sys.path.insert(0, 'benchmarks');"
         f"torch.set_num_threads({threads});"
-        "from train_step import make_step; from vimpac.config import named_config;"
+        "from train_step import make_step; from vimpac.model.config import named_config;"
         f"cfg = named_config('small', vocab_size={vocab}, clip_len={clip_len}, grid_h={grid}, grid_w={grid}, "
         f"**{overrides!r});"
         f"step = make_step(impl='vimpac', cfg=cfg, batch_size={2 * micro}, precision='bf16', num_blocks=5, "

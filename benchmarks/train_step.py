@@ -28,10 +28,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vimpac.config import CONFIG_NAMES, ModelConfig, named_config  # noqa: E402
-from vimpac.losses import symmetric_infonce  # noqa: E402
-from vimpac.masking import apply_mask, block_mask, expected_block_mask_ratio  # noqa: E402
-from vimpac.modeling import VimpacForPretraining  # noqa: E402
+from vimpac.model.config import CONFIG_NAMES, ModelConfig, named_config  # noqa: E402
+from vimpac.model.losses import symmetric_infonce  # noqa: E402
+from vimpac.data.masking import apply_mask, block_mask, expected_block_mask_ratio  # noqa: E402
+from vimpac.model.transformer import VimpacForPretraining  # noqa: E402
 
 SWEEP_LAYOUTS = ("T,H|W", "T,H,W", "THW")
 SWEEP_T = (5, 10, 20)

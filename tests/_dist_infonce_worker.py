@@ -12,7 +12,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from vimpac.losses import symmetric_infonce
+from vimpac.model.losses import symmetric_infonce
 
 
 def main() -> None:

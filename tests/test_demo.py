@@ -13,8 +13,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from vimpac.demo import MAIN_VARIANT, PROFILES, Demo, DemoError  # noqa: E402
-from vimpac.demo_report import collect, write_report  # noqa: E402
+from vimpac.demo.driver import MAIN_VARIANT, PROFILES, Demo, DemoError  # noqa: E402
+from vimpac.demo.report import collect, write_report  # noqa: E402
 
 
 def _demo(tmp_path: Path, **changes) -> Demo:

@@ -14,14 +14,14 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from store_factory import make_store  # noqa: E402
 
-from vimpac.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from vimpac.config import named_config  # noqa: E402
-from vimpac.evaluate import clip_probs, evaluate, topk_accuracy  # noqa: E402
+from vimpac.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from vimpac.model.config import named_config  # noqa: E402
+from vimpac.eval.scores import clip_probs, evaluate, topk_accuracy  # noqa: E402
 from vimpac.finetune import remap_vocab  # noqa: E402
-from vimpac.finetune_data import ClipSpec, EvalClips, TrainClips, uniform_starts  # noqa: E402
-from vimpac.finetune_registry import get_finetune_spec  # noqa: E402
+from vimpac.data.finetune_clips import ClipSpec, EvalClips, TrainClips, uniform_starts  # noqa: E402
+from vimpac.data.finetune_registry import get_finetune_spec  # noqa: E402
 from vimpac.metrics import read_metrics  # noqa: E402
-from vimpac.modeling import VimpacForClassification, VimpacForPretraining  # noqa: E402
+from vimpac.model.transformer import VimpacForClassification, VimpacForPretraining  # noqa: E402
 from video2token.store import TokenStore  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -257,7 +257,7 @@ def test_finetuning_learns_a_learnable_labelling(data, tmp_path):
 
 
 def test_registry_finds_the_extracted_views_of_a_split(tmp_path):
-    from vimpac.finetune_registry import store_paths
+    from vimpac.data.finetune_registry import store_paths
 
     root = str(tmp_path)
     for name in ("dalle_hmdb51_train_split2_fps4_hflip0_32center32", "dalle_hmdb51_train_split2_fps4_hflip1_40top32",

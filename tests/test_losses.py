@@ -1,4 +1,4 @@
-"""Tests for vimpac.losses: masked-token loss at masked positions only, symmetric InfoNCE, 2-rank gloo equivalence."""
+"""Tests for vimpac.model.losses: masked-token loss at masked positions only, symmetric InfoNCE, 2-rank gloo equivalence."""
 from __future__ import annotations
 
 import os
@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vimpac.config import ModelConfig
-from vimpac.losses import all_gather_with_grad, masked_token_loss, symmetric_infonce
-from vimpac.masking import apply_mask, block_mask
-from vimpac.modeling import VimpacForPretraining
+from vimpac.model.config import ModelConfig
+from vimpac.model.losses import all_gather_with_grad, masked_token_loss, symmetric_infonce
+from vimpac.data.masking import apply_mask, block_mask
+from vimpac.model.transformer import VimpacForPretraining
 
 REPO = Path(__file__).resolve().parents[1]
 

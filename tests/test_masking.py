@@ -1,11 +1,11 @@
-"""Tests for vimpac.masking: the block-mask contract (extents, ratio, determinism), [PAD] handling, BERT 80/10/10."""
+"""Tests for vimpac.data.masking: the block-mask contract (extents, ratio, determinism), [PAD] handling, BERT 80/10/10."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from vimpac.masking import apply_mask, block_mask, expected_block_mask_ratio, iid_mask
-from vimpac.special_tokens import SpecialTokens
+from vimpac.data.masking import apply_mask, block_mask, expected_block_mask_ratio, iid_mask
+from vimpac.model.special_tokens import SpecialTokens
 
 
 def test_block_mask_shape_dtype_and_determinism():

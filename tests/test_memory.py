@@ -6,7 +6,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vimpac.memory import HeapTrimmer, _malloc_trim  # noqa: E402
+from vimpac.train.memory import HeapTrimmer, _malloc_trim  # noqa: E402
 
 
 def test_trims_every_n_steps_and_never_when_off():

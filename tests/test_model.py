@@ -1,4 +1,4 @@
-"""Tests for vimpac.modeling / config / special_tokens: shapes per layout, [CLS] and [PAD] semantics, overfitting."""
+"""Tests for vimpac.model.transformer / config / special_tokens: shapes per layout, [CLS] and [PAD] semantics, overfitting."""
 from __future__ import annotations
 
 import math
@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from vimpac.config import ModelConfig, apply_halving, named_config, parse_layout
-from vimpac.masking import apply_mask, block_mask
-from vimpac.modeling import (FactorizedAttention, PadInfo, VimpacBackbone, VimpacForClassification,
+from vimpac.model.config import ModelConfig, apply_halving, named_config, parse_layout
+from vimpac.data.masking import apply_mask, block_mask
+from vimpac.model.transformer import (FactorizedAttention, PadInfo, VimpacBackbone, VimpacForClassification,
                              VimpacForPretraining, dropout, main, residual_dropout)
-from vimpac.special_tokens import SpecialTokens
+from vimpac.model.special_tokens import SpecialTokens
 
 
 

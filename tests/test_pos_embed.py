@@ -1,12 +1,12 @@
-"""Tests for vimpac.pos_embed: identity on equal shapes, linear resampling, the --different-shape error, loading."""
+"""Tests for vimpac.model.pos_embed: identity on equal shapes, linear resampling, the --different-shape error, loading."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from vimpac.config import ModelConfig
-from vimpac.modeling import VimpacBackbone
-from vimpac.pos_embed import PosEmbedShapeError, adapt_pos_embeds, resample_pos_embed
+from vimpac.model.config import ModelConfig
+from vimpac.model.transformer import VimpacBackbone
+from vimpac.model.pos_embed import PosEmbedShapeError, adapt_pos_embeds, resample_pos_embed
 
 
 def small_cfg(**kw) -> ModelConfig:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from vimpac.checkpoint import save_checkpoint
-from vimpac.config import named_config
+from vimpac.model.checkpoint import save_checkpoint
+from vimpac.model.config import named_config
 from vimpac.export import export_release, verify_release
-from vimpac.modeling import VimpacForPretraining
+from vimpac.model.transformer import VimpacForPretraining
 from vimpac.predict import PredictError, load_classifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

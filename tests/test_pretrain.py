@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from store_factory import make_store  # noqa: E402
 
-from vimpac import pretrain  # noqa: E402
-from vimpac.checkpoint import SLEEP_ENV, load_checkpoint, load_pretrained  # noqa: E402
-from vimpac.engine import LRSchedule  # noqa: E402
+import vimpac.pretrain as pretrain  # noqa: E402
+from vimpac.model.checkpoint import SLEEP_ENV, load_checkpoint, load_pretrained  # noqa: E402
+from vimpac.train.runtime import LRSchedule  # noqa: E402
 from vimpac.metrics import read_metrics  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,7 +114,7 @@ def test_reference_run_learns_and_writes_outputs(reference):
         with open(os.path.join(reference, name), "rb") as f:
             assert f.read(4) == b"\x89PNG"
     cfg, state = load_pretrained(os.path.join(reference, "last"))  # fine-tuning's loader, no DeepSpeed
-    from vimpac.modeling import VimpacForPretraining
+    from vimpac.model.transformer import VimpacForPretraining
 
     VimpacForPretraining(cfg).load_state_dict(state)
     ck = load_checkpoint(os.path.join(reference, "last"))

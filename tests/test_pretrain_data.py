@@ -14,13 +14,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 from store_factory import make_store, store_meta  # noqa: E402
 
 from video2token.store import ShardWriter, TokenStore, VideoRecord  # noqa: E402
-from vimpac import datasets  # noqa: E402
-from vimpac.checkpoint import (CheckpointError, load_checkpoint, load_pretrained, save_checkpoint)  # noqa: E402
-from vimpac.config import ModelConfig  # noqa: E402
-from vimpac.copy_baseline import copy_baseline_accuracy, copy_baseline_predictions  # noqa: E402
-from vimpac.data import (ClipPairDataset, ClipSampling, DataError, EpochBatchSampler, check_compatible_stores,  # noqa: E402
+import vimpac.data.registry as datasets  # noqa: E402
+from vimpac.model.checkpoint import (CheckpointError, load_checkpoint, load_pretrained, save_checkpoint)  # noqa: E402
+from vimpac.model.config import ModelConfig  # noqa: E402
+from vimpac.eval.copy_baseline import copy_baseline_accuracy, copy_baseline_predictions  # noqa: E402
+from vimpac.data.pretrain_clips import (ClipPairDataset, ClipSampling, DataError, EpochBatchSampler, check_compatible_stores,  # noqa: E402
                          collate_pairs, sample_starts)
-from vimpac.engine import (EngineError, LRSchedule, build_ds_config, load_overrides, param_groups,  # noqa: E402
+from vimpac.train.runtime import (EngineError, LRSchedule, build_ds_config, load_overrides, param_groups,  # noqa: E402
                            plan_batches)
 from vimpac.metrics import MetricsLogger, plot_curves, read_metrics  # noqa: E402
 
@@ -179,8 +179,8 @@ def test_lr_schedule_warmup_decay_and_stage2_continuity():
 
 
 def test_param_groups_no_decay_for_biases_norms_positions():
-    from vimpac.config import ModelConfig
-    from vimpac.modeling import VimpacForPretraining
+    from vimpac.model.config import ModelConfig
+    from vimpac.model.transformer import VimpacForPretraining
 
     model = VimpacForPretraining(ModelConfig(vocab_size=16, clip_len=2, grid_h=2, grid_w=2, layers=1, hid_dim=16,
                                              heads=2, head_dim=8, mlp_dim=32, nce_proj_hid_dim=16))
@@ -281,7 +281,7 @@ def test_dataset_registry_paths_and_missing_store(tmp_path):
 
 
 def test_iid_masking_matches_the_block_ratio_without_blocks(tmp_path):
-    from vimpac.masking import expected_block_mask_ratio
+    from vimpac.data.masking import expected_block_mask_ratio
 
     store = TokenStore(make_store(str(tmp_path / "s"), num_videos=4, grid=8, frames=(8, 10), seed=0))
     stats = {}

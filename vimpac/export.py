@@ -21,9 +21,9 @@ from typing import Any
 
 from video2token.checksum import sha256_file
 
-from .checkpoint import CheckpointError, save_checkpoint
-from .finetune import RESULTS
-from .predict import Classifier, PredictError, check_tokenizer, load_classifier
+from vimpac.model.checkpoint import CheckpointError, save_checkpoint
+from vimpac.finetune import RESULTS
+from vimpac.predict import Classifier, PredictError, check_tokenizer, load_classifier
 
 FILES = ("model.safetensors", "config.json", "labels.json", "tokenizer.json", "README.md")
 

@@ -28,21 +28,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import datasets as base_registry
-from . import finetune_registry
-from .checkpoint import (CheckpointError, gather_optimizer_state, load_checkpoint, restore_optimizer_state,
+import vimpac.data.registry as base_registry
+import vimpac.data.finetune_registry as finetune_registry
+from vimpac.model.checkpoint import (CheckpointError, gather_optimizer_state, load_checkpoint, restore_optimizer_state,
                          save_checkpoint)
-from .config import ModelConfig
-from .data import DataError, EpochBatchSampler, check_compatible_stores
-from .engine import (SCHEDULES, EngineError, LRSchedule, autocast_context, build_ds_config, build_optimizer,
+from vimpac.model.config import ModelConfig
+from vimpac.data.pretrain_clips import DataError, EpochBatchSampler, check_compatible_stores
+from vimpac.train.runtime import (SCHEDULES, EngineError, LRSchedule, autocast_context, build_ds_config, build_optimizer,
                      build_scheduler, check_precision, init_distributed, init_engine, load_overrides, plan_batches)
-from .evaluate import EvalResult, class_names, evaluate, write_reports
-from .finetune_data import ClipSpec, EvalClips, TrainClips, check_labels, collate
-from .memory import HeapTrimmer
-from .metrics import MetricsLogger, plot_curves
-from .modeling import VimpacForClassification
-from .pos_embed import PosEmbedShapeError, adapt_pos_embeds
-from .pretrain import (TrainError, check_frame_size, grad_norm_stage0, open_stores, rng_state, seed_everything,
+from vimpac.eval.scores import EvalResult, class_names, evaluate, write_reports
+from vimpac.data.finetune_clips import ClipSpec, EvalClips, TrainClips, check_labels, collate
+from vimpac.train.memory import HeapTrimmer
+from vimpac.metrics import MetricsLogger, plot_curves
+from vimpac.model.transformer import VimpacForClassification
+from vimpac.model.pos_embed import PosEmbedShapeError, adapt_pos_embeds
+from vimpac.pretrain import (TrainError, check_frame_size, grad_norm_stage0, open_stores, rng_state, seed_everything,
                        set_rng_state)
 
 TASK_KIND = "video-classification"

@@ -1,6 +1,6 @@
 """Classify raw videos with a fine-tuned VIMPAC model: decode -> VQ tokens -> multi-clip x crop averaged scores.
 
-Runs the same views as fine-tuning's test (`vimpac.evaluate`): the checkpoint's frame rate, frame
+Runs the same views as fine-tuning's test (`vimpac.eval.scores`): the checkpoint's frame rate, frame
 size and test crops, `--num-test-clips` uniform clips per crop, softmax scores averaged.
 
     python -m vimpac.predict --checkpoint snap/finetune/ucf101 --tokenizer dalle --tokenizer-path weights/dalle \
@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .evaluate import clip_probs, video_scores
-from .finetune import TASK_KIND, resolve_checkpoint
-from .finetune_data import ClipSpec, cut_clip, uniform_starts
-from .modeling import VimpacForClassification
+from vimpac.model.checkpoint import CheckpointError, load_checkpoint
+from vimpac.eval.scores import clip_probs, video_scores
+from vimpac.finetune import TASK_KIND, resolve_checkpoint
+from vimpac.data.finetune_clips import ClipSpec, cut_clip, uniform_starts
+from vimpac.model.transformer import VimpacForClassification
 
 #: tokenizer facts that must agree between the fine-tuning stores and the tokenizer used here
 TOKENIZER_KEYS = ("name", "vocab_size", "downsample", "sha256")

@@ -32,19 +32,19 @@ import torch
 
 from video2token.store import StoreError, TokenStore
 
-from . import datasets as dataset_registry
-from .checkpoint import (CheckpointError, gather_optimizer_state, load_checkpoint, restore_optimizer_state,
+import vimpac.data.registry as dataset_registry
+from vimpac.model.checkpoint import (CheckpointError, gather_optimizer_state, load_checkpoint, restore_optimizer_state,
                          save_checkpoint)
-from .config import CONFIG_NAMES, POS_EMB_KINDS, ModelConfig, named_config
-from .copy_baseline import copy_baseline_accuracy
-from .data import (MASKINGS, ClipPairDataset, ClipSampling, DataError, EpochBatchSampler, check_compatible_stores,
+from vimpac.model.config import CONFIG_NAMES, POS_EMB_KINDS, ModelConfig, named_config
+from vimpac.eval.copy_baseline import copy_baseline_accuracy
+from vimpac.data.pretrain_clips import (MASKINGS, ClipPairDataset, ClipSampling, DataError, EpochBatchSampler, check_compatible_stores,
                    collate_pairs)
-from .engine import (SCHEDULES, EngineError, LRSchedule, autocast_context, build_ds_config,
+from vimpac.train.runtime import (SCHEDULES, EngineError, LRSchedule, autocast_context, build_ds_config,
                      build_optimizer, build_scheduler, check_precision, init_distributed, init_engine,
                      load_overrides, plan_batches)
-from .memory import HeapTrimmer
-from .metrics import MetricsLogger, plot_curves
-from .pos_embed import POS_TABLES, PosEmbedShapeError, adapt_pos_embeds, resample_pos_embed
+from vimpac.train.memory import HeapTrimmer
+from vimpac.metrics import MetricsLogger, plot_curves
+from vimpac.model.pos_embed import POS_TABLES, PosEmbedShapeError, adapt_pos_embeds, resample_pos_embed
 
 CKPT_NAME = "last"
 #: test hook: seconds to sleep after every optimizer step (lets a test kill -9 a run mid-epoch)
@@ -323,7 +323,7 @@ class StepSums:
 def forward_micro(engine, batch: dict[str, torch.Tensor], *, device: torch.device, precision: str,
                   mlm_weight: float, nce_weight: float, temperature: float, pad_id: int):
     """Loss of one micro-batch and its metric contributions (masked-token CE + InfoNCE + copy baseline)."""
-    from .losses import symmetric_infonce
+    from vimpac.model.losses import symmetric_infonce
 
     codes = batch["codes"].to(device).flatten(0, 1)        # (2B, T, h, w): clip a, clip b of video 0, ...
     codes_in = batch["codes_in"].to(device).flatten(0, 1)
@@ -389,7 +389,7 @@ class Trainer:
 
         # model + state
         seed_everything(a.seed)  # same initial weights on every rank
-        from .modeling import VimpacForPretraining
+        from vimpac.model.transformer import VimpacForPretraining
 
         self.model = VimpacForPretraining(self.cfg)
         if ckpt is not None:
@@ -760,7 +760,7 @@ class Trainer:
             return None
         from video2token.visualize import codes_to_image, draw_grid
 
-        from .copy_baseline import copy_baseline_predictions
+        from vimpac.eval.copy_baseline import copy_baseline_predictions
 
         model = self.engine.module
         model.eval()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .engine import autocast_context
+from vimpac.train.runtime import autocast_context
 
 
 @torch.no_grad()
@@ -80,7 +80,7 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 8, precision: str =
     """Scores of every video of a `finetune_data.EvalClips` dataset (model in eval mode for the call)."""
     from torch.utils.data import DataLoader
 
-    from .finetune_data import collate
+    from vimpac.data.finetune_clips import collate
 
     n = len(dataset) if max_videos is None else min(max_videos, len(dataset))
     subset = torch.utils.data.Subset(dataset, range(n))

@@ -12,7 +12,7 @@ Steps (each skips work already done, so a rerun after an interruption continues)
  4. pre-training of a tiny VIMPAC model (vimpac.pretrain: block masking + contrastive);
  5. fine-tuning (vimpac.finetune) from the pre-trained weights and, with the same budget, from
     scratch, on both label sets, several seeds; plus the all-labels supervised ceiling;
- 6. the report: a table on the terminal and `OUT/report.md` with its PNGs (vimpac.demo_report).
+ 6. the report: a table on the terminal and `OUT/report.md` with its PNGs (vimpac.demo.report).
 
 Every step is a subprocess of the CLIs a researcher would run by hand; their commands and logs
 are in `OUT/logs/`. This module imports neither torch nor the model, so its own memory stays small.
@@ -28,126 +28,21 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from tqdm import tqdm
 
-TASKS = ("motion", "shape")
-INITS = ("pretrained", "scratch")
-
-
-@dataclass(frozen=True)
-class PretrainVariant:
-    """One pre-training run of the ablation (the main run is `block_mp_cl`)."""
-
-    name: str
-    title: str
-    args: tuple[str, ...] = ()
-
-
-VARIANTS = {
-    "block_mp_cl": PretrainVariant("block_mp_cl", "block masking, MP + CL (VIMPAC)"),
-    "iid_mp_cl": PretrainVariant("iid_mp_cl", "i.i.d. masking, MP + CL", ("--masking", "iid")),
-    "block_mp": PretrainVariant("block_mp", "block masking, MP only", ("--nce-weight", "0")),
-}
-MAIN_VARIANT = "block_mp_cl"
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Every size and hyper-parameter of the demo; `PROFILES` holds the named ones."""
-
-    # data (video2token.synthetic)
-    num_pool: int = 400
-    num_train: int = 64
-    num_val: int = 160
-    size: int = 64
-    render_fps: float = 8.0
-    seconds: float = 2.0
-    data_seed: int = 0
-    crf: int = 12                   # H.264 quality: compression noise makes tokens flicker between frames
-    # tokenizer
-    vocab_size: int = 128
-    tokenizer_steps: int = 400
-    tokenizer_augment: str = "flip"  # "full" adds RGB permutations: colour-blind codes after a short run
-    # stores
-    fps: float = 4.0
-    # model + pre-training
-    clip_len: int = 5
-    layers: int = 2
-    hid_dim: int = 128
-    heads: int = 2
-    mask_blocks: int = 3
-    pretrain_epochs: int = 24
-    pretrain_batch: int = 32
-    pretrain_lr: float = 1e-3
-    # fine-tuning (identical for pre-trained and scratch)
-    finetune_epochs: int = 20
-    finetune_batch: int = 16
-    finetune_lr: float = 1e-3
-    ceiling_epochs: int = 8
-    ceiling_lr: float = 5e-4         # 400 labels: 1e-3 sometimes collapsed to a constant prediction
-    test_clips: int = 2
-    seeds: tuple[int, ...] = (1, 2, 3)
-
-    def data_args(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("num_pool", "num_train", "num_val", "size", "render_fps", "seconds",
-                                              "data_seed", "crf")}
-
-
-PROFILES = {
-    "default": DemoConfig(),
-    # 4x the unlabelled videos (so 4x the pre-training steps) and a longer tokenizer run; not timed yet.
-    "long": DemoConfig(num_pool=1600, tokenizer_steps=1000),
-    # Seconds-scale run of every step, for tests.
-    "smoke": DemoConfig(num_pool=24, num_train=8, num_val=8, size=32, seconds=1.5, vocab_size=32,
-                        tokenizer_steps=6, layers=1, hid_dim=32, heads=2, mask_blocks=2, pretrain_epochs=1,
-                        pretrain_batch=8, finetune_epochs=1, finetune_batch=4, ceiling_epochs=1, test_clips=1,
-                        seeds=(1,)),
-}
-
+from vimpac.demo.layout import (MAIN_VARIANT, PROFILES, TASKS, VARIANTS, DemoLayout, PretrainVariant,
+                                StepRecord, read_json)
 
 @dataclass
-class StepRecord:
-    """What the report shows per step: wall time, peak memory of its processes, throughput."""
+class Demo(DemoLayout):
+    """Runs the demo's steps as subprocesses of the CLIs (see the module docstring)."""
 
-    name: str
-    seconds: float = 0.0
-    peak_rss_mb: float = 0.0
-    skipped: bool = False
-    throughput: str = ""
-
-
-@dataclass
-class Demo:
-    cfg: DemoConfig
-    data: Path
-    out: Path
     python: str = sys.executable
-    jobs: int = 2
     ablation: bool = False
-    steps: list[StepRecord] = field(default_factory=list)
-
-    # -- paths
-    @property
-    def logs(self) -> Path:
-        return self.out / "logs"
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.out / "tokenizer"
-
-    def store(self, split: str) -> Path:
-        c = self.cfg
-        return self.out / "tokens" / f"vqvae_demo_{split}_fps{c.fps:g}_hflip0_{c.size}center{c.size}"
-
-    def pretrain_dir(self, variant: str) -> Path:
-        return self.out / "pretrain" if variant == MAIN_VARIANT else self.out / "ablation" / variant
-
-    def finetune_dir(self, name: str) -> Path:
-        return self.out / "finetune" / name
 
     # -- running
     def _env(self, threads: int | None = None) -> dict[str, str]:
@@ -231,7 +126,7 @@ class Demo:
             marker = self.data / ".done"
             wanted = self.cfg.data_args()
             if marker.is_file():
-                have = _read_json(marker)
+                have = read_json(marker)
                 if have != wanted:
                     raise DemoError(f"{self.data} holds demo videos made with {have}, this run wants {wanted}; "
                                     f"remove {self.data} or pass another --data")
@@ -316,7 +211,7 @@ class Demo:
 
     def pretrain(self, variant: PretrainVariant, number: str) -> None:
         with self.step(f"pretrain:{variant.name}", f"{number} pre-train a tiny VIMPAC model " f"({variant.title}) -> {self.pretrain_dir(variant.name)}") as rec:
-            summary = _read_json(self.pretrain_dir(variant.name) / "summary.json")
+            summary = read_json(self.pretrain_dir(variant.name) / "summary.json")
             if summary and summary.get("epoch", 0) >= summary.get("epochs", 1):
                 rec.skipped = True
                 print("already pre-trained")
@@ -324,7 +219,7 @@ class Demo:
                 t0 = time.time()
                 rec.peak_rss_mb = self.run(f"pretrain_{variant.name}", self.pretrain_args(variant))
                 rec.seconds = time.time() - t0
-                summary = _read_json(self.pretrain_dir(variant.name) / "summary.json") or {}
+                summary = read_json(self.pretrain_dir(variant.name) / "summary.json") or {}
             if summary.get("videos_per_s"):
                 rec.throughput = f"{summary['videos_per_s']:.1f} videos/s (2 clips each)"
 
@@ -340,7 +235,7 @@ class Demo:
                 plan.append((f"{task}_all_labels_scratch", MAIN_VARIANT, "pool", True, c.seeds[0], *high))
             for name, variant, train, scratch, seed, epochs, lr in plan:
                 out = self.finetune_dir(name)
-                if _read_json(out / "results.json"):
+                if read_json(out / "results.json"):
                     continue
                 argv = ["-m", "vimpac.finetune", "--load", str(self.pretrain_dir(variant) / "last"),
                         "--train-tokens", str(self.store(f"{task}_{train}")),
@@ -368,14 +263,14 @@ class Demo:
             t0 = time.time()
             rec.peak_rss_mb = self.run_parallel(runs, "fine-tune runs")
             rec.seconds = time.time() - t0
-            speeds = [((_read_json(self.finetune_dir(name) / "results.json") or {}).get("run") or {})
+            speeds = [((read_json(self.finetune_dir(name) / "results.json") or {}).get("run") or {})
                       .get("train_clips_per_s") for name, _ in runs]
             speeds = [v for v in speeds if v]
             rec.throughput = f"{len(runs)} runs" + (f", {sum(speeds) / len(speeds):.0f} train clips/s each "
                                                     f"(1 thread)" if speeds else "")
 
     def report(self, variants: Sequence[str]) -> str:
-        from .demo_report import write_report
+        from vimpac.demo.report import write_report
 
         print(f"\n=== [{time.strftime('%H:%M:%S')}] 6/6 report -> {self.out / 'report.md'}", flush=True)
         table = write_report(self, variants)
@@ -404,13 +299,6 @@ class DemoError(RuntimeError):
 def _tail(path: Path, lines: int = 15) -> str:
     text = path.read_text(encoding="utf-8", errors="replace").splitlines()
     return "\n".join("    " + line for line in text[-lines:])
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _store_complete(path: Path) -> bool:

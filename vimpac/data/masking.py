@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .special_tokens import SpecialTokens
+from vimpac.model.special_tokens import SpecialTokens
 
 
 def _check_shape(shape: Sequence[int]) -> tuple[int, int, int, int]:

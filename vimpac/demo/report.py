@@ -3,7 +3,7 @@
 Reads only what the runs wrote (results.json, summary.json, metrics.jsonl, steps.jsonl); nothing
 is computed from the models here, so the report can be rebuilt at any time:
 
-    python -m vimpac.demo_report --out snap/demo
+    python -m vimpac.demo.report --out snap/demo
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .demo import MAIN_VARIANT, PROFILES, VARIANTS, Demo, DemoConfig, _read_json
+from vimpac.demo.layout import MAIN_VARIANT, PROFILES, VARIANTS, DemoConfig, DemoLayout, read_json
 
 TIME_TARGET_S = 15 * 60
 MEMORY_TARGET_MB = 4096
@@ -37,7 +37,7 @@ class TaskResult:
 
 
 def _top1(run_dir: Path) -> float | None:
-    r = _read_json(run_dir / "results.json")
+    r = read_json(run_dir / "results.json")
     return None if r is None else float(r["final"]["top1"])
 
 
@@ -50,7 +50,7 @@ def _fmt(v: float | None, digits: int = 1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def collect(demo: Demo, variants: Sequence[str]) -> list[TaskResult]:
+def collect(demo: DemoLayout, variants: Sequence[str]) -> list[TaskResult]:
     out = []
     for task in ("motion", "shape"):
         names = (demo.data / f"labels_{task}.txt").read_text(encoding="utf-8").split()
@@ -95,11 +95,11 @@ def results_table(results: list[TaskResult], main: str) -> list[str]:
     return rows
 
 
-def pretrain_table(demo: Demo, results: list[TaskResult], variants: Sequence[str]) -> list[str]:
+def pretrain_table(demo: DemoLayout, results: list[TaskResult], variants: Sequence[str]) -> list[str]:
     rows = ["| pre-training | valid mask acc | copy baseline | motion top-1 (mean) | shape top-1 (mean) |",
             "|---|---|---|---|---|"]
     for v in variants:
-        s = (_read_json(demo.pretrain_dir(v) / "summary.json") or {}).get("valid", {})
+        s = (read_json(demo.pretrain_dir(v) / "summary.json") or {}).get("valid", {})
         cells = [_fmt(mean(r.top1[v])) for r in results]
         rows.append(f"| {VARIANTS[v].title} | {_fmt(100 * s['mask_acc']) if 'mask_acc' in s else '-'} | "
                     f"{_fmt(100 * s['copy_acc']) if 'copy_acc' in s else '-'} | {cells[0]} | {cells[1]} |")
@@ -168,7 +168,7 @@ def _valid_curve(run_dir: Path) -> list[tuple[int, float]]:
     return pts
 
 
-def plot_finetune_curves(demo: Demo, results: list[TaskResult], main: str, path: Path) -> None:
+def plot_finetune_curves(demo: DemoLayout, results: list[TaskResult], main: str, path: Path) -> None:
     """Val top-1 against epoch for every seed, pre-trained vs scratch, one panel per task."""
     import matplotlib
 
@@ -193,9 +193,9 @@ def plot_finetune_curves(demo: Demo, results: list[TaskResult], main: str, path:
     plt.close(fig)
 
 
-def target_checks(results: list[TaskResult], main: str, demo: Demo, total_s: float, peak_mb: float,
+def target_checks(results: list[TaskResult], main: str, demo: DemoLayout, total_s: float, peak_mb: float,
                   extra_s: float = 0.0) -> list[str]:
-    s = (_read_json(demo.pretrain_dir(main) / "summary.json") or {}).get("valid", {})
+    s = (read_json(demo.pretrain_dir(main) / "summary.json") or {}).get("valid", {})
     gains = {r.task: (mean(r.top1[main]) or 0.0) - (mean(r.top1["scratch"]) or 0.0) for r in results}
     best = max(gains, key=gains.get)
     mask, copy = 100 * s.get("mask_acc", 0.0), 100 * s.get("copy_acc", 0.0)
@@ -210,7 +210,7 @@ def target_checks(results: list[TaskResult], main: str, demo: Demo, total_s: flo
     return [f"- [{'x' if ok else ' '}] {text}" for ok, text in checks]
 
 
-def write_report(demo: Demo, variants: Sequence[str]) -> str:
+def write_report(demo: DemoLayout, variants: Sequence[str]) -> str:
     """Write OUT/report.md + results.png + finetune_curves.png; returns the terminal summary."""
     main = variants[0]
     out = demo.out
@@ -283,11 +283,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("snap/demo"))
     ap.add_argument("--data", type=Path, default=Path("data/demo"))
     a = ap.parse_args(argv)
-    cfg_dict = _read_json(a.out / "demo_config.json")
+    cfg_dict = read_json(a.out / "demo_config.json")
     if cfg_dict is None:
         raise SystemExit(f"error: {a.out / 'demo_config.json'} is missing: not a demo output directory")
     cfg_dict["seeds"] = tuple(cfg_dict["seeds"])
-    demo = Demo(cfg=DemoConfig(**cfg_dict) if cfg_dict else PROFILES["default"], data=a.data, out=a.out)
+    demo = DemoLayout(cfg=DemoConfig(**cfg_dict) if cfg_dict else PROFILES["default"], data=a.data, out=a.out)
     variants = [v for v in VARIANTS if demo.pretrain_dir(v).joinpath("summary.json").is_file()]
     print(write_report(demo, variants))
 

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from video2token.atomic import atomic_dir, recover_dir
 
-from .config import ModelConfig
+from vimpac.model.config import ModelConfig
 
 FORMAT = "vimpac-pretrain-checkpoint"
 VERSION = 1

@@ -2,7 +2,7 @@
 
 Training: per (epoch, video) a random extracted view (store) and a uniformly random clip start.
 Test: `num_clips` uniform temporal clips from every test view (crop), later averaged by
-`vimpac.evaluate`. Clips take every `frame_rate`-th stored frame (sub-sampling a 16-FPS store);
+`vimpac.eval.scores`. Clips take every `frame_rate`-th stored frame (sub-sampling a 16-FPS store);
 videos shorter than a clip are padded with whole [PAD] frames.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from torch.utils.data import Dataset
 
 from video2token.store import TokenStore
 
-from .data import DataError, check_compatible_stores
-from .special_tokens import SpecialTokens
+from vimpac.data.pretrain_clips import DataError, check_compatible_stores
+from vimpac.model.special_tokens import SpecialTokens
 
 
 @dataclass(frozen=True)

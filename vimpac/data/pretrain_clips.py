@@ -18,8 +18,8 @@ from torch.utils.data import Dataset
 
 from video2token.store import TokenStore
 
-from .masking import apply_mask, block_mask, expected_block_mask_ratio, iid_mask
-from .special_tokens import SpecialTokens
+from vimpac.data.masking import apply_mask, block_mask, expected_block_mask_ratio, iid_mask
+from vimpac.model.special_tokens import SpecialTokens
 
 
 class DataError(ValueError):

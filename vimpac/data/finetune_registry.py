@@ -1,6 +1,6 @@
 """Fine-tuning facts per dataset (VIMPAC, Tan et al. 2021, table 4 and section 4.1): classes, splits, flips, views.
 
-Builds on `vimpac.datasets` (names, split names, store naming) and adds what fine-tuning needs:
+Builds on `vimpac.data.registry` (names, split names, store naming) and adds what fine-tuning needs:
 the number of classes, the official train/val splits (`--split-id 1..3` for UCF101 and HMDB51),
 whether flipped views may be used (not for SSv2, where left/right is part of the label), the
 default frame rate, and which extracted stores serve as views:
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from video2token.naming import store_name
 
-from . import datasets as base_registry
+import vimpac.data.registry as base_registry
 
 #: 1.25x: the larger resize of the paper's training views (e.g. 160 px for 128 px frames)
 TRAIN_SCALES = (1.0, 1.25)

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .special_tokens import SpecialTokens
+from vimpac.model.special_tokens import SpecialTokens
 
 #: positional-embedding kinds: one full table / T + (h*w) tables / T + H + W tables
 POS_EMB_KINDS = ("default", "temporal_separation", "hw_separation")

@@ -1,0 +1,469 @@
+"""The VIMPAC spatio-temporal token transformer (Tan et al., 2021, arXiv 2106.11250).
+
+Read top to bottom: code + positional embeddings -> layers of factorised attention blocks
+(layout string, e.g. "T,H|W") and an MLP -> heads (masked-token, contrastive, classification).
+
+Shapes: `codes` (B, T, h, w) long; tokens are flattened in (T, h, w) order to N = T*h*w;
+hidden states `tok` (B, N, D) and the [CLS] vector `cls` (B, D) travel separately.
+
+[CLS] (paper section 3.2): before each attention block, [CLS] is copied to every row that
+block attends over (a row = the tokens along the attended axes, e.g. one pixel's T frames),
+each copy attends over [CLS, row], and the copies' outputs are averaged back into one
+vector. Rows are folded into the batch dimension, so one SDPA call serves all rows.
+
+[PAD] frames (clips shorter than T) never act as keys for valid tokens: blocks that attend
+over T get a key mask; rows of spatial blocks that lie inside a [PAD] frame hold only [PAD]
+tokens, so their [CLS] copies are left out of the average. A clip with trailing [PAD]
+frames therefore gives the same [CLS] output as the shorter clip alone (eval mode).
+
+`python -m vimpac.modeling --config small --vocab-size 8192` prints parameter counts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import checkpoint
+
+from vimpac.model.config import ModelConfig
+
+_AXIS_INDEX = {"T": 0, "H": 1, "W": 2}
+
+
+@dataclass
+class PadInfo:
+    """Which frames hold real codes; None everywhere when the batch has no [PAD] frame."""
+
+    frame_valid: torch.Tensor  # (B, T) bool
+
+
+# ----------------------------------------------------------------------------- dropout
+
+def _keep_scale(like: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout multiplier (0 or 1/(1-p)) shaped and typed like `like`.
+
+    On CPU the mask comes from 16-bit random integers, four per int64 draw: ~3x cheaper
+    than `F.dropout`'s one Bernoulli float per element (p is rounded to a multiple of 2^-16).
+    """
+    if like.device.type != "cpu":
+        return torch.empty_like(like).bernoulli_(1.0 - p).div_(1.0 - p)
+    n = like.numel()
+    words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=like.device)
+    r = words.view(torch.int16)[:n].view(like.shape)  # uniform in [-32768, 32767]
+    return (r >= round(p * 65536) - 32768).to(like.dtype).mul_(1.0 / (1.0 - p))
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    if not training or p == 0.0:
+        return x
+    return x * _keep_scale(x, p)
+
+
+def residual_dropout(x: torch.Tensor, delta: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """x + dropout(delta): dropout on the residual branch (SDPA's own dropout is slow on CPU)."""
+    if not training or p == 0.0:
+        return x + delta
+    return x + delta * _keep_scale(delta, p)
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+class VideoTokenEmbedding(nn.Module):
+    """Code embedding + positional embedding, LayerNorm, dropout. [CLS] gets no position."""
+
+    def __init__(self, *, num_embeddings: int, hid_dim: int, clip_len: int, grid_h: int, grid_w: int,
+                 pos_emb: str, dropout: float, layer_norm_eps: float) -> None:
+        super().__init__()
+        self.code = nn.Embedding(num_embeddings, hid_dim)
+        self.pos_emb = pos_emb
+        # Tables keep their axes (T, h, w, D) so pos_embed.resample_pos_embed can interpolate them.
+        if pos_emb == "default":
+            self.pos_thw = nn.Parameter(torch.zeros(clip_len, grid_h, grid_w, hid_dim))
+        elif pos_emb == "temporal_separation":
+            self.pos_t = nn.Parameter(torch.zeros(clip_len, hid_dim))
+            self.pos_hw = nn.Parameter(torch.zeros(grid_h, grid_w, hid_dim))
+        elif pos_emb == "hw_separation":
+            self.pos_t = nn.Parameter(torch.zeros(clip_len, hid_dim))
+            self.pos_h = nn.Parameter(torch.zeros(grid_h, hid_dim))
+            self.pos_w = nn.Parameter(torch.zeros(grid_w, hid_dim))
+        else:
+            raise ValueError(f"unknown pos_emb {pos_emb!r}")
+        self.norm = nn.LayerNorm(hid_dim, eps=layer_norm_eps)
+        self.dropout = dropout
+
+    def positions(self, t: int) -> torch.Tensor:
+        """(t, h, w, D) positional embedding for the first t frames."""
+        if self.pos_emb == "default":
+            return self.pos_thw[:t]
+        if self.pos_emb == "temporal_separation":
+            return self.pos_t[:t, None, None] + self.pos_hw[None]
+        return self.pos_t[:t, None, None] + self.pos_h[None, :, None] + self.pos_w[None, None, :]
+
+    def forward(self, codes: torch.Tensor, cls_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        b, t, h, w = codes.shape
+        tok = self.code(codes) + self.positions(t)  # (B, T, h, w, D)
+        tok = dropout(self.norm(tok.reshape(b, t * h * w, -1)), self.dropout, self.training)  # (B, N, D)
+        cls = self.code.weight[cls_id].expand(b, -1)
+        cls = dropout(self.norm(cls), self.dropout, self.training)  # (B, D)
+        return tok, cls
+
+
+# ----------------------------------------------------------------------------- attention
+
+def _split_heads(heads: int, parts: int) -> list[int]:
+    """Heads per parallel part, as even as possible (8 heads over 3 parts -> 3, 3, 2)."""
+    return [heads // parts + (1 if i < heads % parts else 0) for i in range(parts)]
+
+
+class FactorizedAttention(nn.Module):
+    """One attention block: parallel parts over axis sets (e.g. H|W), heads split between parts."""
+
+    def __init__(self, *, hid_dim: int, heads: int, head_dim: int, parts: tuple[str, ...],
+                 attn_dropout: float) -> None:
+        super().__init__()
+        self.parts = parts
+        self.head_dim = head_dim
+        self.heads = heads
+        self.part_heads = _split_heads(heads, len(parts))
+        self.attn_dropout = attn_dropout
+        self.qkv = nn.Linear(hid_dim, 3 * heads * head_dim)
+        self.proj = nn.Linear(heads * head_dim, hid_dim)
+
+    def forward(self, tok: torch.Tensor, cls: torch.Tensor, grid: tuple[int, int, int],
+                pad: PadInfo | None) -> tuple[torch.Tensor, torch.Tensor]:
+        b = tok.shape[0]
+        t, h, w = grid
+        qkv_tok = self.qkv(tok).view(b, t, h, w, 3, self.heads, self.head_dim)
+        qkv_cls = self.qkv(cls).view(b, 3, self.heads, self.head_dim)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        tok_outs, cls_outs = [], []
+        # split (not slicing) so the backward is one cat instead of zero-filled slice gradients
+        for axes, q_t, q_c in zip(self.parts, qkv_tok.split(self.part_heads, dim=-2),
+                                  qkv_cls.split(self.part_heads, dim=-2)):
+            out_t, out_c = _row_attention(q_t, q_c, axes, pad, dropout_p)
+            tok_outs.append(out_t)
+            cls_outs.append(out_c)
+        # (B, T, h, w, heads, hd) -> (B, N, heads*hd): concatenating the parts' heads
+        out_tok = (torch.cat(tok_outs, dim=-2) if len(tok_outs) > 1 else tok_outs[0].contiguous()).view(b, t * h * w, -1)
+        out_cls = torch.cat(cls_outs, dim=1).reshape(b, -1)
+        return self.proj(out_tok), self.proj(out_cls)
+
+
+#: On CPU, rows up to this length (with [CLS]) train faster through SDPA's math backend: the
+#: fused CPU kernel's backward is 2-10x slower than the math path for short bf16 rows
+#: (measured on 2 AMX cores; the crossover lies between 129 and 257).
+CPU_MATH_MAX_LEN = 192
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attn_mask: torch.Tensor | None,
+          dropout_p: float) -> torch.Tensor:
+    """scaled_dot_product_attention, pinned to the math backend for short rows when training on CPU."""
+    if q.device.type == "cpu" and q.shape[-2] <= CPU_MATH_MAX_LEN and torch.is_grad_enabled() and q.requires_grad:
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+
+
+def _row_attention(qkv_tok: torch.Tensor, qkv_cls: torch.Tensor, axes: str, pad: PadInfo | None,
+                   dropout_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention along `axes` with [CLS] prepended to every row.
+
+    qkv_tok (B, T, h, w, 3, g, hd), qkv_cls (B, 3, g, hd) -> tokens (B, T, h, w, g, hd), cls (B, g, hd).
+    """
+    b, t, h, w, _, g, hd = qkv_tok.shape
+    sizes = (t, h, w)
+    att = [1 + _AXIS_INDEX[a] for a in axes]              # attended dims of (B, T, h, w)
+    oth = [d for d in (1, 2, 3) if d not in att]          # row dims
+    oth_sizes = [sizes[d - 1] for d in oth]
+    att_sizes = [sizes[d - 1] for d in att]
+    rows, length = math.prod(oth_sizes), math.prod(att_sizes)
+    # (B, T, h, w, 3, g, hd) -> (3, B, *rows, g, *att, hd)
+    x = qkv_tok.permute(4, 0, *oth, 5, *att, 6)
+    if len(att) > 1:
+        x = x.reshape(3, b, *oth_sizes, g, length, hd)
+    c = qkv_cls.permute(1, 0, 2, 3).reshape(3, b, *([1] * len(oth)), g, 1, hd).expand(3, b, *oth_sizes, g, 1, hd)
+    seq = torch.cat([c, x], dim=-2).view(3, b * rows, g, 1 + length, hd)  # rows folded into batch
+    q, k, v = seq.unbind(0)
+
+    attn_mask = None
+    row_weight = None
+    if pad is not None:
+        tok_valid = pad.frame_valid[:, :, None, None].expand(b, t, h, w).permute(0, *oth, *att)
+        tok_valid = tok_valid.reshape(b, rows, length)  # (B, rows, L)
+        if "T" in axes:
+            # [PAD] frames are never keys; the [CLS] copy always is, so no row is fully masked.
+            key_valid = torch.cat([tok_valid.new_ones(b, rows, 1), tok_valid], dim=-1)
+            attn_mask = key_valid.view(b * rows, 1, 1, 1 + length)
+        else:
+            # Rows inside a [PAD] frame see only [PAD] + [CLS]: drop their [CLS] copies.
+            row_weight = tok_valid[..., 0].to(qkv_cls.dtype)  # (B, rows)
+
+    out = _sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    out = out.view(b, rows, g, 1 + length, hd)
+    cls_rows = out[:, :, :, 0]  # (B, rows, g, hd)
+    if row_weight is None:
+        cls_out = cls_rows.mean(dim=1)
+    else:
+        wsum = row_weight.sum(dim=1).clamp_min(1.0)  # a clip of only [PAD] frames: average nothing
+        cls_out = torch.einsum("brgd,br->bgd", cls_rows, row_weight.to(cls_rows.dtype)) / wsum[:, None, None].to(cls_rows.dtype)
+    # (B, rows, g, L, hd) -> (B, *rows, g, *att, hd) -> (B, T, h, w, g, hd), all views: the
+    # caller's concatenation of the parts' heads is the only copy
+    tok_out = out[:, :, :, 1:].view(b, *oth_sizes, g, *att_sizes, hd)
+    inv = [0] * 6
+    for src, dst in enumerate([0, *oth, 4, *att, 5]):
+        inv[dst] = src
+    return tok_out.permute(*inv), cls_out
+
+
+class Mlp(nn.Module):
+    def __init__(self, *, hid_dim: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hid_dim, mlp_dim)
+        self.fc2 = nn.Linear(mlp_dim, hid_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class VimpacLayer(nn.Module):
+    """Attention blocks from the layout (e.g. T then H|W), then an MLP; each with residual + LayerNorm."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.pre_ln = cfg.pre_ln
+        self.dropout = cfg.dropout
+        self.attn = nn.ModuleList(
+            FactorizedAttention(hid_dim=cfg.hid_dim, heads=cfg.heads, head_dim=cfg.head_dim, parts=parts,
+                                attn_dropout=cfg.attn_dropout) for parts in cfg.blocks)
+        self.attn_norm = nn.ModuleList(nn.LayerNorm(cfg.hid_dim, eps=cfg.layer_norm_eps) for _ in cfg.blocks)
+        self.mlp = Mlp(hid_dim=cfg.hid_dim, mlp_dim=cfg.mlp_dim)
+        self.mlp_norm = nn.LayerNorm(cfg.hid_dim, eps=cfg.layer_norm_eps)
+
+    def _residual(self, x: torch.Tensor, delta: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        x = residual_dropout(x, delta, self.dropout, self.training)
+        return x if self.pre_ln else norm(x)
+
+    def forward(self, tok: torch.Tensor, cls: torch.Tensor, grid: tuple[int, int, int],
+                pad: PadInfo | None) -> tuple[torch.Tensor, torch.Tensor]:
+        for attn, norm in zip(self.attn, self.attn_norm):
+            if self.pre_ln:
+                d_tok, d_cls = attn(norm(tok), norm(cls), grid, pad)
+            else:
+                d_tok, d_cls = attn(tok, cls, grid, pad)
+            tok, cls = self._residual(tok, d_tok, norm), self._residual(cls, d_cls, norm)
+        if self.pre_ln:
+            tok = residual_dropout(tok, self.mlp(self.mlp_norm(tok)), self.dropout, self.training)
+            cls = residual_dropout(cls, self.mlp(self.mlp_norm(cls)), self.dropout, self.training)
+        else:
+            tok = self._residual(tok, self.mlp(tok), self.mlp_norm)
+            cls = self._residual(cls, self.mlp(cls), self.mlp_norm)
+        return tok, cls
+
+
+# ----------------------------------------------------------------------------- backbone
+
+@dataclass
+class BackboneOutput:
+    hidden: torch.Tensor        # (B, N, D), N = T*h*w in (T, h, w) order
+    cls: torch.Tensor           # (B, D)
+    frame_valid: torch.Tensor | None  # (B, T) bool; None when the batch has no [PAD] frame
+
+
+class VimpacBackbone(nn.Module):
+    """Embeddings + layers. Accepts clips of up to `cfg.clip_len` frames on a (grid_h, grid_w) code map."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.special = cfg.special_tokens
+        self.embeddings = VideoTokenEmbedding(
+            num_embeddings=self.special.num_embeddings, hid_dim=cfg.hid_dim, clip_len=cfg.clip_len,
+            grid_h=cfg.grid_h, grid_w=cfg.grid_w, pos_emb=cfg.pos_emb, dropout=cfg.dropout,
+            layer_norm_eps=cfg.layer_norm_eps)
+        self.layers = nn.ModuleList(VimpacLayer(cfg) for _ in range(cfg.layers))
+        self.final_norm = nn.LayerNorm(cfg.hid_dim, eps=cfg.layer_norm_eps) if cfg.pre_ln else None
+        self.apply(lambda m: _init_weights(m, cfg.init_std))
+        for name, p in self.embeddings.named_parameters():
+            if name.startswith("pos_"):
+                nn.init.normal_(p, std=cfg.init_std)
+
+    def check_codes(self, codes: torch.Tensor) -> PadInfo | None:
+        """Validate `codes` (B, T, h, w) and find [PAD] frames (one host sync for all checks)."""
+        cfg = self.cfg
+        if not isinstance(codes, torch.Tensor) or codes.dim() != 4 or codes.dtype != torch.long:
+            raise ValueError(f"codes must be a long tensor (B, T, h, w), got "
+                             f"{getattr(codes, 'dtype', type(codes))} {tuple(getattr(codes, 'shape', ()))}")
+        _, t, h, w = codes.shape
+        if t > cfg.clip_len or (h, w) != (cfg.grid_h, cfg.grid_w):
+            raise ValueError(f"codes of shape (T={t}, h={h}, w={w}) do not fit the model's (clip_len={cfg.clip_len}, "
+                             f"grid={cfg.grid_h}x{cfg.grid_w}); resample the positional embeddings "
+                             f"(vimpac.model.pos_embed, --different-shape) to change the input shape")
+        is_pad = codes == self.special.pad
+        frame_pad = is_pad.all(dim=(2, 3))  # (B, T)
+        partial = is_pad.any(dim=(2, 3)) & ~frame_pad
+        lo, hi, n_partial, any_pad = torch.stack(
+            [codes.min(), codes.max(), partial.sum(), frame_pad.sum()]).tolist()
+        if lo < 0 or hi >= self.special.num_embeddings:
+            raise ValueError(f"codes must be in [0, {self.special.num_embeddings}) (vocab {cfg.vocab_size} + special "
+                             f"tokens), got values in [{lo}, {hi}]")
+        if n_partial:
+            raise ValueError(f"{n_partial} frame(s) are partly [PAD] (id {self.special.pad}); [PAD] must fill whole frames")
+        return PadInfo(frame_valid=~frame_pad) if any_pad else None
+
+    def forward(self, codes: torch.Tensor) -> BackboneOutput:
+        pad = self.check_codes(codes)
+        grid = tuple(codes.shape[1:])
+        tok, cls = self.embeddings(codes, self.special.cls)
+        for layer in self.layers:
+            if self.cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
+                tok, cls = checkpoint(layer, tok, cls, grid, pad, use_reentrant=False)
+            else:
+                tok, cls = layer(tok, cls, grid, pad)
+        if self.final_norm is not None:
+            tok, cls = self.final_norm(tok), self.final_norm(cls)
+        return BackboneOutput(hidden=tok, cls=cls, frame_valid=None if pad is None else pad.frame_valid)
+
+
+def _init_weights(module: nn.Module, std: float) -> None:
+    """BERT init: N(0, std) weights, zero biases, unit LayerNorm."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=std)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.LayerNorm, nn.BatchNorm1d)):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+# ----------------------------------------------------------------------------- heads
+
+class MaskedTokenHead(nn.Module):
+    """dense + GELU + LayerNorm, then a decoder tied to the code embedding (real codes only) + own bias."""
+
+    def __init__(self, *, hid_dim: int, vocab_size: int, layer_norm_eps: float) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.dense = nn.Linear(hid_dim, hid_dim)
+        self.norm = nn.LayerNorm(hid_dim, eps=layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, hidden: torch.Tensor, code_embedding: torch.Tensor) -> torch.Tensor:
+        """hidden (M, D) at masked positions, code_embedding (num_embeddings, D) -> logits (M, vocab)."""
+        x = self.norm(F.gelu(self.dense(hidden)))
+        return F.linear(x, code_embedding[: self.vocab_size], self.bias)
+
+
+class ContrastiveHead(nn.Module):
+    """MLP with BatchNorm on [CLS] (SimCLR-style projector); `layers` Linear layers, no norm on the output."""
+
+    def __init__(self, *, in_dim: int, hid_dim: int, out_dim: int, layers: int) -> None:
+        super().__init__()
+        mods: list[nn.Module] = []
+        d = in_dim
+        for _ in range(layers - 1):
+            mods += [nn.Linear(d, hid_dim), nn.BatchNorm1d(hid_dim), nn.ReLU(inplace=True)]
+            d = hid_dim
+        mods.append(nn.Linear(d, out_dim))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, cls: torch.Tensor) -> torch.Tensor:
+        return self.net(cls)  # (B, out_dim); L2-normalised inside the loss
+
+
+class ClassificationHead(nn.Module):
+    """Fine-tuning classifier on [CLS]: one linear layer, weight and bias initialised to zero."""
+
+    def __init__(self, *, in_dim: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_dim, num_classes)
+        nn.init.zeros_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, cls: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(cls))  # (B, num_classes)
+
+
+# ----------------------------------------------------------------------------- wrappers
+
+@dataclass
+class PretrainOutput:
+    mp_loss: torch.Tensor   # () mean cross-entropy over masked positions
+    mp_acc: torch.Tensor    # () accuracy over masked positions (no grad)
+    cls_proj: torch.Tensor  # (B, nce_proj_out_dim) contrastive projection, not normalised
+    cls: torch.Tensor       # (B, D)
+    hidden: torch.Tensor    # (B, N, D)
+    num_masked: int
+
+
+class VimpacForPretraining(nn.Module):
+    """Backbone + masked-token head + contrastive head. InfoNCE stays outside (it needs the global batch)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = VimpacBackbone(cfg)
+        self.mp_head = MaskedTokenHead(hid_dim=cfg.hid_dim, vocab_size=cfg.vocab_size, layer_norm_eps=cfg.layer_norm_eps)
+        self.cl_head = ContrastiveHead(in_dim=cfg.hid_dim, hid_dim=cfg.nce_proj_hid_dim, out_dim=cfg.nce_proj_out_dim,
+                                       layers=cfg.nce_proj_layers)
+        self.mp_head.apply(lambda m: _init_weights(m, cfg.init_std))
+        self.cl_head.apply(lambda m: _init_weights(m, cfg.init_std))
+
+    def masked_logits(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """hidden (B, N, D), mask (B, T, h, w) -> logits (M, vocab) at the M masked positions only."""
+        picked = hidden[mask.reshape(mask.shape[0], -1)]  # (M, D): gather first, then project
+        return self.mp_head(picked, self.backbone.embeddings.code.weight)
+
+    def forward(self, codes_in: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor) -> PretrainOutput:
+        """codes_in (B, T, h, w) with [MASK]/[PAD] in place, mask (B, T, h, w) bool, targets (B, T, h, w) codes."""
+        from vimpac.model.losses import masked_token_loss
+
+        if mask.shape != codes_in.shape or targets.shape != codes_in.shape or mask.dtype != torch.bool:
+            raise ValueError(f"mask (bool) and targets must have the shape of codes_in {tuple(codes_in.shape)}; got "
+                             f"mask {mask.dtype} {tuple(mask.shape)}, targets {tuple(targets.shape)}")
+        out = self.backbone(codes_in)
+        logits = self.masked_logits(out.hidden, mask)
+        mp_loss, mp_acc = masked_token_loss(logits, targets[mask])
+        cls_proj = self.cl_head(out.cls)
+        return PretrainOutput(mp_loss=mp_loss, mp_acc=mp_acc, cls_proj=cls_proj, cls=out.cls, hidden=out.hidden,
+                              num_masked=logits.shape[0])
+
+
+class VimpacForClassification(nn.Module):
+    """Backbone + zero-initialised linear classifier on [CLS] (fine-tuning)."""
+
+    def __init__(self, cfg: ModelConfig, *, num_classes: int, head_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = VimpacBackbone(cfg)
+        self.head = ClassificationHead(in_dim=cfg.hid_dim, num_classes=num_classes, dropout=head_dropout)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(codes).cls)  # (B, num_classes)
+
+
+# ----------------------------------------------------------------------------- summary CLI
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def param_table(model: VimpacForPretraining) -> list[tuple[str, int]]:
+    """(part, parameter count) rows; the tied decoder weight is counted once, in the code embedding."""
+    bb = model.backbone
+    emb = bb.embeddings
+    pos = sum(p.numel() for n, p in emb.named_parameters() if n.startswith("pos_"))
+    rows = [("embeddings.code", emb.code.weight.numel()), ("embeddings.pos", pos),
+            ("embeddings.norm", count_params(emb.norm)),
+            ("layers.attention", sum(count_params(layer.attn) for layer in bb.layers)),
+            ("layers.mlp", sum(count_params(layer.mlp) for layer in bb.layers)),
+            ("layers.norms", sum(count_params(layer.attn_norm) + count_params(layer.mlp_norm) for layer in bb.layers)
+             + (count_params(bb.final_norm) if bb.final_norm is not None else 0)),
+            ("mp_head (decoder tied)", count_params(model.mp_head)),
+            ("cl_head", count_params(model.cl_head))]
+    assert sum(n for _, n in rows) == count_params(model), "param table misses a part"
+    return rows

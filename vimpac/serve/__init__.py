@@ -1,0 +1,1 @@
+"""Serving: the classifier behind `predict`, and release export. Never imports `train`."""
