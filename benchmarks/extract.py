@@ -56,7 +56,7 @@ def make_dalle(path: str) -> str:
 
 def make_vqvae(path: str) -> str:
     from video2token.tokenizers.vqvae import save_vqvae
-    from video2token.vqvae import VQVAE, VQVAEConfig
+    from video2token.vqvae_model import VQVAE, VQVAEConfig
     torch.manual_seed(0)
     # default architecture, random weights (no k-means init: the codebook is used as drawn)
     save_vqvae(VQVAE(VQVAEConfig(vocab_size=512, downsample=8, kmeans_init=False)).eval(), path)

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from video2token.tokenizers.vqvae import VQVAETokenizer  # noqa: E402
 from video2token.video import read_video  # noqa: E402
 from video2token.visualize import draw_grid, frame_psnr  # noqa: E402
-from video2token.vqvae import codebook_stats  # noqa: E402
+from video2token.vqvae_model import codebook_stats  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_DATA = os.path.join(os.path.dirname(__import__("matplotlib").__file__), "mpl-data", "sample_data")

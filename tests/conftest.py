@@ -9,7 +9,7 @@ import torch
 def tiny_vqvae(tmp_path_factory) -> str:
     """A random-weight VQ-VAE tokenizer directory (vocab 64, stride 8), loadable by load_tokenizer("vqvae", ...)."""
     from video2token.tokenizers.vqvae import save_vqvae
-    from video2token.vqvae import VQVAE, VQVAEConfig
+    from video2token.vqvae_model import VQVAE, VQVAEConfig
 
     torch.manual_seed(0)
     cfg = VQVAEConfig(vocab_size=64, downsample=8, channels=8, max_channels=16, num_res_blocks=1, code_dim=8,

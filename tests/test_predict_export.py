@@ -106,7 +106,7 @@ def test_predict_on_a_raw_video_matches_the_evaluation_of_its_extracted_tokens(p
 
 def test_predict_refuses_another_tokenizer_and_a_missing_video(pipeline, tmp_path):
     from video2token.tokenizers.vqvae import save_vqvae
-    from video2token.vqvae import VQVAE, VQVAEConfig
+    from video2token.vqvae_model import VQVAE, VQVAEConfig
 
     torch.manual_seed(1)
     other = str(tmp_path / "other")

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from video2token.tokenizers import TokenizerError, load_tokenizer
 from video2token.tokenizers.vqvae import CONFIG_FILE, WEIGHTS_FILE, VQVAETokenizer, save_vqvae
-from video2token.vqvae import VQVAE, VQVAEConfig, codebook_stats, frames_to_tensor, psnr, tensor_to_frames
+from video2token.vqvae_model import VQVAE, VQVAEConfig, codebook_stats, frames_to_tensor, psnr, tensor_to_frames
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(vocab_size=32, channels=16, max_channels=16, code_dim=8, num_res_blocks=1)

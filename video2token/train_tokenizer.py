@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from video2token.atomic import atomic_path, remove_tmp_leftovers
 from video2token.tokenizers.vqvae import save_vqvae
-from video2token.vqvae import DOWNSAMPLES, VQVAE, VQVAEConfig, codebook_stats, frames_to_tensor, psnr, tensor_to_frames
+from video2token.vqvae_model import DOWNSAMPLES, VQVAE, VQVAEConfig, codebook_stats, frames_to_tensor, psnr, tensor_to_frames
 
 CHECKPOINT = "train_state.pt"
 METRICS = "metrics.jsonl"

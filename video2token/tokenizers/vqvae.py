@@ -1,4 +1,4 @@
-"""The project's own VQ-VAE (`video2token.vqvae`) behind the `Tokenizer` interface.
+"""The project's own VQ-VAE (`video2token.vqvae_model`) behind the `Tokenizer` interface.
 
 A tokenizer directory holds exactly two files: `config.json` (the `VQVAEConfig` fields) and
 `model.safetensors` (the state dict, codebook included). Nothing is unpickled.
@@ -23,7 +23,7 @@ import torch
 
 from video2token.atomic import atomic_path, fsync_dir
 from video2token.checksum import sha256_file
-from video2token.vqvae import VQVAE, VQVAEConfig, frames_to_tensor, tensor_to_frames
+from video2token.vqvae_model import VQVAE, VQVAEConfig, frames_to_tensor, tensor_to_frames
 
 from .base import Tokenizer, TokenizerError
 
@@ -44,7 +44,7 @@ def save_vqvae(model: VQVAE, out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(os.path.join(out_dir, WEIGHTS_FILE)) as tmp:
-        save_file(state, tmp, metadata={"format": "pt", "model": "video2token.vqvae.VQVAE"})
+        save_file(state, tmp, metadata={"format": "pt", "model": "video2token.vqvae_model.VQVAE"})
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a tokenizer is meant to be shared
     with atomic_path(os.path.join(out_dir, CONFIG_FILE)) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
