@@ -400,6 +400,8 @@ def test_store_name():
     assert format_fps(2.0) == "2" and format_fps("16") == "16"
     with pytest.raises(ValueError, match="crop_type"):
         store_name("dalle", "ucf101", "train", 2, 0, 128, "left", 128)
+    with pytest.raises(ValueError, match="top, center or bottom in a store name"):  # read_video's "none" has no name
+        store_name("dalle", "ucf101", "train", 2, 0, 128, "none", 128)
     with pytest.raises(ValueError, match="split must be"):
         store_name("dalle", "ucf101", "a/b", 2, 0, 128, "center", 128)
     with pytest.raises(ValueError, match="fps must be"):

@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 import re
 
-CROP_TYPES = ("top", "center", "bottom")
+#: where a square crop sits along a frame's long side; "none" keeps the whole resized frame. The one
+#: definition (read_video and the extract CLI import it); it lives here because this module imports nothing
+#: heavy. A store name needs a square crop, so `store_name` refuses "none".
+CROP_TYPES: tuple[str, ...] = ("top", "center", "bottom", "none")
 
 # names become one path component; "_" is allowed (split names like train_split1)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -37,7 +40,7 @@ def store_name(tokenizer: str, dataset: str, split: str, fps: float | int | str,
     for what, value in (("shorter_side", shorter_side), ("crop_size", crop_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{what} must be a positive int, got {value!r}")
-    if crop_type not in CROP_TYPES:
-        raise ValueError(f"crop_type must be one of {CROP_TYPES}, got {crop_type!r}")
+    if crop_type not in CROP_TYPES or crop_type == "none":
+        raise ValueError(f"crop_type must be top, center or bottom in a store name, got {crop_type!r}")
     return (f"{tokenizer}_{dataset}_{split}_fps{format_fps(fps)}_hflip{int(hflip)}_"
             f"{shorter_side}{crop_type}{crop_size}")

@@ -51,9 +51,9 @@ import av
 import numpy as np
 import torch
 
-CropType = Literal["top", "center", "bottom", "none"]
-#: where the square crop sits along the long side; "none" keeps the resized frame
-CROP_TYPES: tuple[str, ...] = ("top", "center", "bottom", "none")
+from video2token.naming import CROP_TYPES
+
+CropType = Literal["top", "center", "bottom", "none"]  # the values of naming.CROP_TYPES
 DecoderName = Literal["av", "decord"]
 
 # Default decoder per container suffix, chosen from benchmarks/decoders.py (benchmarks/README.md).
