@@ -9,7 +9,8 @@ import torch
 from vimpac.model.config import ModelConfig, apply_halving, named_config, parse_layout
 from vimpac.data.masking import apply_mask, block_mask
 from vimpac.model.transformer import (FactorizedAttention, PadInfo, VimpacBackbone, VimpacForClassification,
-                             VimpacForPretraining, dropout, main, residual_dropout)
+                             VimpacForPretraining, dropout, residual_dropout)
+from vimpac.modeling import main
 from vimpac.model.special_tokens import SpecialTokens
 
 
