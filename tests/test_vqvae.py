@@ -281,36 +281,63 @@ def train_rows(out) -> list[dict]:
         return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in f]
 
 
+CKPT_FILES = ["model.safetensors", "optimizer.safetensors", "trainer_state.json"]
+
+
 def test_trainer_writes_tokenizer_and_resume_after_kill_matches_uninterrupted(demo, tmp_path):
     steps = 15
     full, killed = tmp_path / "full", tmp_path / "killed"
     r = run_trainer(demo, full, steps)
     assert r.returncode == 0, r.stderr
     assert f"train_tokenizer: {steps} steps" in r.stdout and "held-out PSNR" in r.stdout
-    for name in ("config.json", "model.safetensors", "train_state.pt", "metrics.jsonl", "samples.png", "curves.png"):
+    for name in ("config.json", "model.safetensors", "metrics.jsonl", "samples.png", "curves.png"):
         assert (full / name).is_file(), name
     assert (full / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     tok = load_tokenizer("vqvae", str(full), device="cpu")
     assert tok.vocab_size == 32 and tok.config.channels == 16
 
+    # the checkpoint: safetensors + JSON, no pickle anywhere in OUTPUT
+    assert sorted(os.listdir(full / "last")) == CKPT_FILES
+    state = json.loads((full / "last" / "trainer_state.json").read_text())
+    assert state["step"] == steps and state["version"] == 2
+    assert all(isinstance(v, int) for v in state["rng_torch"] + state["rng_sampler"])
+    assert load_file(str(full / "last" / "model.safetensors")).keys() == load_file(str(full / "model.safetensors")).keys()
+    assert all(k.startswith("state.") for k in load_file(str(full / "last" / "optimizer.safetensors")))
+    for f in full.rglob("*"):  # every file is of a kind that cannot hold a pickle
+        if not f.is_file():
+            continue
+        if f.suffix == ".safetensors":
+            load_file(str(f))
+        elif f.suffix == ".json":
+            json.loads(f.read_text())
+        elif f.suffix == ".jsonl":
+            [json.loads(line) for line in f.read_text().splitlines()]
+        elif f.suffix == ".png":
+            assert f.read_bytes()[:4] == b"\x89PNG"
+        else:
+            assert "tfevents" in f.name and f.parent.name == "tensorboard", f
+
     # refuse to clobber a finished run without --resume
     r = run_trainer(demo, full, steps)
-    assert r.returncode != 0 and "pass --resume" in r.stderr
+    assert r.returncode == 2 and "pass --resume" in r.stderr and r.stderr.startswith("error: ")
 
     # kill -9 as soon as the first checkpoint lands, mid-run
     proc = subprocess.Popen(trainer_cmd(demo, killed, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=ENV)
     deadline = time.monotonic() + 240
-    while not (killed / "train_state.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not (killed / "last").is_dir() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    (killed / ".train_state.pt.abc.tmp").write_bytes(b"partial")  # what a kill inside a save leaves behind
+    # what a kill inside atomic_dir's swap leaves: the previous checkpoint renamed aside, a half-written temp dir
+    os.replace(killed / "last", killed / "last.old.tmp")
+    (killed / ".last.abc.tmp").mkdir()
+    (killed / ".last.abc.tmp" / "model.safetensors").write_bytes(b"partial")
     r = run_trainer(demo, killed, steps, "--resume")
     assert r.returncode == 0, r.stderr
     resumed_from = int(re.search(r"continuing from step (\d+)", r.stdout).group(1))
     assert resumed_from in range(3, steps + 1, 3) or resumed_from == steps
-    assert not (killed / ".train_state.pt.abc.tmp").exists()
+    assert not (killed / ".last.abc.tmp").exists() and not (killed / "last.old.tmp").exists()
     a, b = load_file(str(full / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
@@ -319,4 +346,90 @@ def test_trainer_writes_tokenizer_and_resume_after_kill_matches_uninterrupted(de
 
     # a resume with another model shape is refused, naming the difference
     r = run_trainer(demo, killed, steps + 3, "--resume", "--code-dim", "4")
-    assert r.returncode != 0 and "code_dim: checkpoint 8 vs now 4" in r.stderr
+    assert r.returncode == 2 and "code_dim: checkpoint 8 vs now 4" in r.stderr
+
+
+def in_process_argv(demo, out, steps: int, *extra: str) -> list[str]:
+    """trainer_cmd's flags for main() in this process (without --threads, which would stick to pytest)."""
+    argv = trainer_cmd(demo, out, steps, *extra)[3:]
+    i = argv.index("--threads")
+    return argv[:i] + argv[i + 2:]
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Fail the test if any video is decoded."""
+    import video2token.video
+
+    def read_video(*a, **k):
+        raise AssertionError("a video was decoded")
+
+    monkeypatch.setattr(video2token.video, "read_video", read_video)
+
+
+def test_output_checks_come_before_any_decoding(demo, tmp_path, capsys, no_decoding):
+    from video2token.train_tokenizer import main
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "train_state.pt").write_bytes(b"PK\x03\x04 a torch.save zip")
+    for extra in ((), ("--resume",)):
+        assert main(in_process_argv(demo, old, 3, *extra)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {old / 'train_state.pt'} is a checkpoint from an older version of "
+                              f"train_tokenizer"), err
+
+    done = tmp_path / "done"
+    (done / "last").mkdir(parents=True)  # a run's checkpoint directory
+    assert main(in_process_argv(demo, done, 3)) == 2
+    assert f"{done} already holds a training run" in capsys.readouterr().err
+
+
+def test_library_functions_raise_tokenizer_train_error(tmp_path, capsys):
+    from video2token.train_tokenizer import DataConfig, TokenizerTrainError, load_checkpoint, main, prepare_data
+
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(TokenizerTrainError, match=f"--anno: no videos listed in {tmp_path / 'empty.txt'}"):
+        prepare_data(DataConfig(video_root=str(tmp_path), anno=(str(tmp_path / "empty.txt"),), fps=4, frame_size=32), 0)
+    (tmp_path / "last").mkdir()
+    (tmp_path / "last" / "trainer_state.json").write_text('{"format": "vqvae-train-checkpoint", "version": 2}')
+    with pytest.raises(TokenizerTrainError, match=f"{tmp_path / 'last' / 'model.safetensors'} is missing"):
+        load_checkpoint(str(tmp_path / "last"))
+    # main turns them into "error: ..." and exit code 2
+    base = ["--video-root", str(tmp_path), "--anno", str(tmp_path / "empty.txt"), "--fps", "4", "--vocab-size", "32",
+            "--output", str(tmp_path / "out")]
+    assert main([*base, "--frame-size", "30"]) == 2
+    assert "error: --frame-size 30 is not a multiple of --downsample 8" in capsys.readouterr().err
+    assert main([*base, "--frame-size", "32", "--precision", "fp16", "--device", "cpu"]) == 2
+    assert "error: --precision fp16 is not supported for training on cpu" in capsys.readouterr().err
+
+
+def test_optimizer_state_flattening_round_trip():
+    from video2token.train_tokenizer import flatten_optimizer_state, unflatten_optimizer_state
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    flat = flatten_optimizer_state(opt.state_dict()["state"])
+    assert sorted(flat) == [f"state.{i}.{n}" for i in (0, 1) for n in ("exp_avg", "exp_avg_sq", "step")]
+    back = unflatten_optimizer_state(flat)
+    for i, per_param in opt.state_dict()["state"].items():
+        assert back[i].keys() == per_param.keys()
+        assert all(torch.equal(back[i][n], per_param[n]) for n in per_param)
+
+
+def test_no_progress_hides_bars_and_precision_is_logged(demo, tmp_path, capsys):
+    from video2token.precision import resolve_precision
+    from video2token.train_tokenizer import load_frames, main
+
+    video = str(next(demo.rglob("*.mp4")))
+    load_frames([video], fps=4, frame_size=32, max_frames_per_video=4, desc="decoding test", progress=True)
+    assert "decoding test" in capsys.readouterr().err  # the bar this test looks for
+
+    assert main(in_process_argv(demo, tmp_path / "out", 2, "--precision", "auto", "--device", "cpu")) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(resolve_precision("auto", "cpu").describe() + "\n"), out
+    assert "train_tokenizer: 2 steps" in out
+    for bar in ("decoding", "train vqvae", "it/s", "step/s", "%|"):
+        assert bar not in err, err
