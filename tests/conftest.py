@@ -5,6 +5,10 @@ import pytest
 import torch
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device, skipped without one (scripts/gpu_check.sh runs them)")
+
+
 @pytest.fixture(scope="session")
 def tiny_vqvae(tmp_path_factory) -> str:
     """A random-weight VQ-VAE tokenizer directory (vocab 64, stride 8), loadable by load_tokenizer("vqvae", ...)."""
