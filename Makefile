@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install demo demo-ablation demo-long test bench
+.PHONY: install demo demo-ablation demo-long test bench gpu-wheels
 
 install:
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,3 +36,22 @@ test:
 
 bench:
 	$(PY) benchmarks/run_all.py $(ONLY)
+
+# Wheels for scripts/gpu_check.sh, for the GPU machine: Python 3.12 with torch 2.11 (cu130), numpy,
+# h5py, safetensors, einops, sympy, tqdm, matplotlib, tensorboard, psutil, py-cpuinfo, msgpack, ninja,
+# attrs, requests, pytest but none of the packages below. Same versions as this venv (what `make
+# test` passes with); never torch, torchvision or nvidia-*. typing-extensions is there too, but
+# pydantic 2.14 needs >= 4.16.0. DeepSpeed is built from its sdist without ops, as in `install`.
+GPU_WHEELS := gpu_wheels
+GPU_WHEEL_PKGS := av decord dall-e vector-quantize-pytorch einx frozendict torch-einops-utils loguru \
+	hjson pydantic pydantic-core annotated-types typing-inspection typing-extensions
+gpu-wheels:
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(PIP) download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux2010_x86_64 \
+		-d $(GPU_WHEELS) $$($(PY) -c "import sys, importlib.metadata as m; print(*(f'{n}=={m.version(n)}' for n in sys.argv[1:]))" $(GPU_WHEEL_PKGS))
+	DS_BUILD_OPS=0 $(PIP) wheel --quiet --no-cache-dir --no-deps --no-build-isolation -w $(GPU_WHEELS) \
+		deepspeed==$$($(PY) -c "import importlib.metadata as m; print(m.version('deepspeed'))")
+	! ls $(GPU_WHEELS) | grep -iE '^((torch|torchvision|torchaudio|triton)-[0-9]|nvidia)'
+	ls -1 $(GPU_WHEELS)
+	du -sh --apparent-size $(GPU_WHEELS)  # travels to the GPU machine with the repo: 64 MiB in all
