@@ -53,6 +53,7 @@ class ModelConfig:
     layout: str = "T,H|W"
     pos_emb: str = "hw_separation"
     pre_ln: bool = False            # False: post-LN (BERT); True: pre-activation + final LayerNorm
+    embed_norm: bool = True         # LayerNorm on code + position embeddings (the original's --pre-activation has none)
     dropout: float = 0.1            # embeddings and residual branches
     attn_dropout: float = 0.0       # inside SDPA; >0 takes a much slower SDPA path on CPU
     layer_norm_eps: float = 1e-12   # BERT's value; LayerNorm runs in fp32 under autocast
@@ -60,6 +61,8 @@ class ModelConfig:
     nce_proj_layers: int = 2
     nce_proj_hid_dim: int = 2048
     nce_proj_out_dim: int = 256
+    nce_proj_bias: bool = True      # bias on the CL head's last Linear (the original's has none)
+    nce_bn_after_proj: bool = False  # BatchNorm after the CL head's last Linear (SimCLR; --nce-bn-after-proj)
     init_std: float = 0.02
     name: str = field(default="custom")
 

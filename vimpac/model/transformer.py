@@ -73,10 +73,10 @@ def residual_dropout(x: torch.Tensor, delta: torch.Tensor, p: float, training: b
 # ----------------------------------------------------------------------------- embeddings
 
 class VideoTokenEmbedding(nn.Module):
-    """Code embedding + positional embedding, LayerNorm, dropout. [CLS] gets no position."""
+    """Code embedding + positional embedding, LayerNorm (optional), dropout. [CLS] gets no position."""
 
     def __init__(self, *, num_embeddings: int, hid_dim: int, clip_len: int, grid_h: int, grid_w: int,
-                 pos_emb: str, dropout: float, layer_norm_eps: float) -> None:
+                 pos_emb: str, dropout: float, layer_norm_eps: float, norm: bool = True) -> None:
         super().__init__()
         self.code = nn.Embedding(num_embeddings, hid_dim)
         self.pos_emb = pos_emb
@@ -92,7 +92,7 @@ class VideoTokenEmbedding(nn.Module):
             self.pos_w = nn.Parameter(torch.zeros(grid_w, hid_dim))
         else:
             raise ValueError(f"unknown pos_emb {pos_emb!r}")
-        self.norm = nn.LayerNorm(hid_dim, eps=layer_norm_eps)
+        self.norm = nn.LayerNorm(hid_dim, eps=layer_norm_eps) if norm else nn.Identity()
         self.dropout = dropout
 
     def positions(self, t: int) -> torch.Tensor:
@@ -283,7 +283,7 @@ class VimpacBackbone(nn.Module):
         self.embeddings = VideoTokenEmbedding(
             num_embeddings=self.special.num_embeddings, hid_dim=cfg.hid_dim, clip_len=cfg.clip_len,
             grid_h=cfg.grid_h, grid_w=cfg.grid_w, pos_emb=cfg.pos_emb, dropout=cfg.dropout,
-            layer_norm_eps=cfg.layer_norm_eps)
+            layer_norm_eps=cfg.layer_norm_eps, norm=cfg.embed_norm)
         self.layers = nn.ModuleList(VimpacLayer(cfg) for _ in range(cfg.layers))
         self.final_norm = nn.LayerNorm(cfg.hid_dim, eps=cfg.layer_norm_eps) if cfg.pre_ln else None
         self.apply(lambda m: _init_weights(m, cfg.init_std))
@@ -358,16 +358,22 @@ class MaskedTokenHead(nn.Module):
 
 
 class ContrastiveHead(nn.Module):
-    """MLP with BatchNorm on [CLS] (SimCLR-style projector); `layers` Linear layers, no norm on the output."""
+    """MLP with BatchNorm on [CLS] (SimCLR-style projector); `layers` Linear layers.
 
-    def __init__(self, *, in_dim: int, hid_dim: int, out_dim: int, layers: int) -> None:
+    last_bias: bias on the last Linear; bn_after_proj: a BatchNorm after it (SimCLR's option).
+    """
+
+    def __init__(self, *, in_dim: int, hid_dim: int, out_dim: int, layers: int, last_bias: bool = True,
+                 bn_after_proj: bool = False) -> None:
         super().__init__()
         mods: list[nn.Module] = []
         d = in_dim
         for _ in range(layers - 1):
             mods += [nn.Linear(d, hid_dim), nn.BatchNorm1d(hid_dim), nn.ReLU(inplace=True)]
             d = hid_dim
-        mods.append(nn.Linear(d, out_dim))
+        mods.append(nn.Linear(d, out_dim, bias=last_bias))
+        if bn_after_proj:
+            mods.append(nn.BatchNorm1d(out_dim))
         self.net = nn.Sequential(*mods)
 
     def forward(self, cls: torch.Tensor) -> torch.Tensor:
@@ -409,7 +415,8 @@ class VimpacForPretraining(nn.Module):
         self.backbone = VimpacBackbone(cfg)
         self.mp_head = MaskedTokenHead(hid_dim=cfg.hid_dim, vocab_size=cfg.vocab_size, layer_norm_eps=cfg.layer_norm_eps)
         self.cl_head = ContrastiveHead(in_dim=cfg.hid_dim, hid_dim=cfg.nce_proj_hid_dim, out_dim=cfg.nce_proj_out_dim,
-                                       layers=cfg.nce_proj_layers)
+                                       layers=cfg.nce_proj_layers, last_bias=cfg.nce_proj_bias,
+                                       bn_after_proj=cfg.nce_bn_after_proj)
         self.mp_head.apply(lambda m: _init_weights(m, cfg.init_std))
         self.cl_head.apply(lambda m: _init_weights(m, cfg.init_std))
 
