@@ -87,7 +87,8 @@ def loader_rate(store: str, *, vocab: int, clip_len: int, micro: int, workers: i
     """Clips/s of the trainer's data path alone: dataset + collate + DataLoader workers."""
     from torch.utils.data import DataLoader
 
-    from vimpac.data.pretrain_clips import ClipPairDataset, ClipSampling, EpochBatchSampler, collate_pairs
+    from vimpac.data.pretrain_clips import ClipPairDataset, ClipSampling, collate_pairs
+    from vimpac.data.sampler import EpochBatchSampler
 
     ds = ClipPairDataset([TokenStore(store)], ClipSampling(clip_len=clip_len, mask_blocks=5), seed=0)
     sampler = EpochBatchSampler(len(ds), micro_batch=micro, seed=0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 
@@ -17,10 +19,11 @@ from store_factory import make_store  # noqa: E402
 from vimpac.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from vimpac.model.config import named_config  # noqa: E402
 from vimpac.eval.scores import clip_probs, evaluate, topk_accuracy  # noqa: E402
-from vimpac.finetune import remap_vocab  # noqa: E402
-from vimpac.data.finetune_clips import ClipSpec, EvalClips, TrainClips, uniform_starts  # noqa: E402
-from vimpac.data.finetune_registry import get_finetune_spec  # noqa: E402
-from vimpac.metrics import read_metrics  # noqa: E402
+from vimpac.model.surgery import remap_vocab  # noqa: E402
+from vimpac.data.clips import ClipSpec, uniform_starts  # noqa: E402
+from vimpac.data.finetune_clips import EvalClips, TrainClips  # noqa: E402
+from vimpac.data.registry import get_finetune_spec  # noqa: E402
+from video2token.runlog import read_metrics  # noqa: E402
 from vimpac.model.transformer import VimpacForClassification, VimpacForPretraining  # noqa: E402
 from video2token.store import TokenStore  # noqa: E402
 
@@ -257,18 +260,18 @@ def test_finetuning_learns_a_learnable_labelling(data, tmp_path):
 
 
 def test_registry_finds_the_extracted_views_of_a_split(tmp_path):
-    from vimpac.data.finetune_registry import store_paths
+    from vimpac.data.registry import store_paths
 
     root = str(tmp_path)
     for name in ("dalle_hmdb51_train_split2_fps4_hflip0_32center32", "dalle_hmdb51_train_split2_fps4_hflip1_40top32",
                  "dalle_hmdb51_val_split2_fps4_hflip0_32center32"):
         os.makedirs(os.path.join(root, name))
-    train = store_paths("hmdb51", "train", frame_size=32, split_id=2, root=root)
+    train = store_paths("hmdb51", "train", frame_size=32, split_id=2, root=root, purpose="finetune")
     assert [os.path.basename(p) for p in train] == ["dalle_hmdb51_train_split2_fps4_hflip0_32center32",
                                                    "dalle_hmdb51_train_split2_fps4_hflip1_40top32"]
-    assert len(store_paths("hmdb51", "valid", frame_size=32, split_id=2, root=root)) == 1
+    assert len(store_paths("hmdb51", "valid", frame_size=32, split_id=2, root=root, purpose="finetune")) == 1
     with pytest.raises(FileNotFoundError, match="val_split1.*--valid-tokens"):
-        store_paths("hmdb51", "valid", frame_size=32, split_id=1, root=root)
+        store_paths("hmdb51", "valid", frame_size=32, split_id=1, root=root, purpose="finetune")
     with pytest.raises(ValueError, match="custom"):
         get_finetune_spec("nope")
 
@@ -289,3 +292,75 @@ def test_from_scratch_keeps_the_architecture_but_not_the_weights(finetuned, data
     run_info = json.load(open(os.path.join(out, "results.json")))["run"]
     assert run_info["init"] == "scratch" and run_info["train_videos"] == 16 and run_info["train_clips_per_s"] > 0
     assert json.load(open(os.path.join(finetuned, "results.json")))["run"]["init"] == "pretrained"
+
+
+# ----------------------------------------------------------------------------- the shared loop's guarantees
+
+def hooked(args: list[str], hooks: list[str]) -> subprocess.CompletedProcess:
+    """Fine-tuning with test hooks injected (tests/hooked_run.py)."""
+    env = dict(os.environ, PYTHONPATH=ROOT, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tests", "hooked_run.py"), "finetune", *hooks, "--",
+                           *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_nonfinite_steps_are_skipped_then_stop_and_resume_checks_the_position(data, tmp_path):
+    out = str(tmp_path / "nan")
+    # 16 videos, batch 8: 2 steps per epoch; a checkpoint after every step (mid-epoch after step 1)
+    args = ["--load", data["pre"], "--train-tokens", *data["train"], "--valid-tokens", *data["valid"], "--output", out,
+            "--epochs", "2", "--num-test-clips", "1", "--save-steps", "1", *FAST]
+    proc = hooked(args + ["--max-nonfinite", "2"], ["--nan-steps", "2,3"])
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "2 non-finite steps in a row (at step 3" in proc.stderr
+    rows = [r for r in read_metrics(os.path.join(out, "metrics.jsonl")) if r["split"] == "train"]
+    assert [r["step"] for r in rows if r["skipped"]] == [2, 3] and rows[-1]["skipped_steps"] == 2
+    ck = load_checkpoint(os.path.join(out, "last"))  # saved after step 2 (end of epoch 1): finite weights
+    assert ck.trainer_state["step"] == 2 and ck.trainer_state["adam_step"] == 1
+    assert all(torch.isfinite(v).all() for v in ck.model_state.values() if v.is_floating_point())
+
+    # a mid-epoch checkpoint (step 1 of an epoch of 2) cannot be resumed with another global batch
+    mid = str(tmp_path / "mid")
+    proc = hooked(["--load", data["pre"], "--train-tokens", *data["train"], "--valid-tokens", *data["valid"],
+                   "--output", mid, "--epochs", "2", "--num-test-clips", "1", "--save-steps", "1", *FAST,
+                   "--max-nonfinite", "1"], ["--nan-steps", "2"])
+    assert proc.returncode == 2 and load_checkpoint(os.path.join(mid, "last")).trainer_state["samples_in_epoch"] == 8
+    proc = run(["--load", data["pre"], "--train-tokens", *data["train"], "--valid-tokens", *data["valid"],
+                "--output", mid, "--epochs", "2", "--num-test-clips", "1", *FAST, "--batch-size", "16", "--resume"])
+    assert proc.returncode == 2 and "not a whole number of global batches of 16" in proc.stderr
+    ok(run(["--load", data["pre"], "--train-tokens", *data["train"], "--valid-tokens", *data["valid"],
+            "--output", mid, "--epochs", "2", "--num-test-clips", "1", *FAST, "--resume"]))
+    assert load_checkpoint(os.path.join(mid, "last")).trainer_state["step"] == 4
+
+
+def test_a_leftover_of_a_killed_swap_counts_as_a_checkpoint(finetuned, data, tmp_path):
+    out = str(tmp_path / "out")
+    shutil.copytree(finetuned, out)
+    os.replace(os.path.join(out, "last"), os.path.join(out, "last.old.tmp"))  # a kill between the swap's renames
+    args = ["--load", data["pre"], "--train-tokens", *data["train"], "--valid-tokens", *data["valid"], "--output", out,
+            "--epochs", "3", "--num-test-clips", "1", *FAST]
+    proc = run(args)
+    assert proc.returncode == 2 and "already holds a checkpoint" in proc.stderr  # never trained over
+    ok(run(args + ["--resume"]))  # the leftover is restored and continued
+    assert load_checkpoint(os.path.join(out, "last")).trainer_state["epoch"] == 3
+
+
+def test_resume_on_another_world_size_reseeds(finetuned, data, tmp_path):
+    """Saved by 1 rank, resumed by 2 (torchrun, gloo): the RNG streams are reseeded, the schedule continues."""
+    out = str(tmp_path / "out")
+    shutil.copytree(finetuned, out)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    env = dict(os.environ, PYTHONPATH=ROOT, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           port, "-m", "vimpac.finetune", "--load", data["pre"], "--train-tokens", *data["train"],
+                           "--valid-tokens", *data["valid"], "--output", out, "--epochs", "3", "--num-test-clips",
+                           "1", *FAST, "--bs-per-gpu", "2", "--resume"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resumed on 2 rank(s), saved by 1: reseeding" in proc.stdout
+    ck = load_checkpoint(os.path.join(out, "last"))
+    assert ck.trainer_state["epoch"] == 3 and len(ck.trainer_state["rng"]) == 2

@@ -13,9 +13,9 @@ import torch
 
 from vimpac.model.checkpoint import save_checkpoint
 from vimpac.model.config import named_config
-from vimpac.export import export_release, verify_release
+from vimpac.serve.release import export_release, verify_release
 from vimpac.model.transformer import VimpacForPretraining
-from vimpac.predict import PredictError, load_classifier
+from vimpac.serve.classifier import PredictError, load_classifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["red_square", "blue_square"]

@@ -22,9 +22,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 from store_factory import make_store  # noqa: E402
 
 import vimpac.pretrain as pretrain  # noqa: E402
-from vimpac.model.checkpoint import SLEEP_ENV, load_checkpoint, load_pretrained  # noqa: E402
-from vimpac.train.runtime import LRSchedule  # noqa: E402
-from vimpac.metrics import read_metrics  # noqa: E402
+from video2token.precision import resolve_precision  # noqa: E402
+from vimpac.model.checkpoint import load_checkpoint, load_pretrained  # noqa: E402
+from vimpac.train.optim import LRSchedule  # noqa: E402
+from video2token.runlog import read_metrics  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--layers", "2", "--hid-dim", "32", "--heads", "2", "--nce-proj-hid-dim", "32", "--clip-len", "4",
@@ -43,14 +44,23 @@ def _env(extra: dict | None = None) -> dict:
     return env
 
 
-def run(args: list[str], extra_env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vimpac.pretrain", *args], cwd=ROOT, env=_env(extra_env),
-                          capture_output=True, text=True, timeout=timeout)
+HOOKED = os.path.join(ROOT, "tests", "hooked_run.py")
 
 
-def start(args: list[str], extra_env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "vimpac.pretrain", *args], cwd=ROOT, env=_env(extra_env),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _cmd(args: list[str], hooks: list[str] | None) -> list[str]:
+    """The trainer's command line; with test hooks (tests/hooked_run.py flags) when given."""
+    if hooks:
+        return [sys.executable, HOOKED, "pretrain", *hooks, "--", *args]
+    return [sys.executable, "-m", "vimpac.pretrain", *args]
+
+
+def run(args: list[str], hooks: list[str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(args, hooks), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start(args: list[str], hooks: list[str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(_cmd(args, hooks), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def ok(proc: subprocess.CompletedProcess) -> str:
@@ -124,7 +134,7 @@ def test_reference_run_learns_and_writes_outputs(reference):
 def test_kill9_then_resume_reproduces_uninterrupted_run(stores, reference, tmp_path):
     out = str(tmp_path / "out")
     args = ["--train-tokens", stores["train"], "--valid-tokens", stores["valid"], "--output", out, *BASE]
-    proc = start(args, {pretrain.STEP_SLEEP_ENV: "0.5"})
+    proc = start(args, ["--step-sleep", "0.5"])
     state = os.path.join(out, "last", "trainer_state.json")
 
     def mid_epoch_checkpoint():
@@ -155,7 +165,7 @@ def test_kill_during_save_keeps_previous_checkpoint(stores, reference, tmp_path)
     out = str(tmp_path / "out")
     shutil.copytree(reference, out)
     proc = start(["--train-tokens", stores["train"], "--output", out, *BASE, "--resume", "--save-steps", "0"],
-                 {SLEEP_ENV: "120"})
+                 ["--sleep-before-swap", "120"])
 
     def finished_temp_dir():  # the new checkpoint is complete under a temp name, waiting for its swap
         return any(n.startswith(".last.") and os.path.exists(os.path.join(out, n, "trainer_state.json"))
@@ -204,7 +214,7 @@ def test_stage2_script_continues_schedule_at_larger_grid(stores, reference, tmp_
 
 
 def test_two_cpu_ranks_script_zero2_bf16(stores, tmp_path):
-    """small.sh cpu:2: two gloo ranks through the deepspeed launcher, ZeRO-2, bf16 autocast."""
+    """small.sh cpu:2: two gloo ranks through the deepspeed launcher, ZeRO-2, --precision auto."""
     with socket.socket() as sock:  # a free port for this run's rendezvous
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
@@ -213,7 +223,9 @@ def test_two_cpu_ranks_script_zero2_bf16(stores, tmp_path):
                                           *TINY, "--frame-size", "32", "--batch-size", "8", "--bs-per-gpu", "2",
                                           "--epochs", "1", "--zero-stage", "2", "--eval-max-batches", "1",
                                           "--debug"], snap, {"MASTER_PORT": port}))
-    assert "rank 0/2" in log and "precision bf16, ZeRO-2" in log and "(2 x 2 accumulation x 2 ranks)" in log
+    auto = resolve_precision("auto", "cpu").name  # the scripts leave precision to the hardware policy
+    assert "rank 0/2" in log and f"precision {auto} on cpu" in log and "ZeRO-2" in log
+    assert "(2 x 2 accumulation x 2 ranks)" in log
     out = os.path.join(snap, "small")
     rows = train_rows(out)
     assert [r["step"] for r in rows] == list(range(1, STEPS_PER_EPOCH + 1))
@@ -228,7 +240,7 @@ def test_nonfinite_steps_are_skipped_then_stop(stores, tmp_path):
     out = str(tmp_path / "out")
     proc = run(["--train-tokens", stores["train"], "--output", out, *TINY, "--batch-size", "8", "--bs-per-gpu", "4",
                 "--epochs", "2", "--save-steps", "1", "--max-nonfinite", "3", "--zero-stage", "1"],
-               {pretrain.NAN_STEPS_ENV: "2,4,5,6"})
+               ["--nan-steps", "2,4,5,6"])
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "3 non-finite steps in a row (at step 6" in proc.stderr
     rows = train_rows(out)

@@ -18,11 +18,13 @@ import vimpac.data.registry as datasets  # noqa: E402
 from vimpac.model.checkpoint import (CheckpointError, load_checkpoint, load_pretrained, save_checkpoint)  # noqa: E402
 from vimpac.model.config import ModelConfig  # noqa: E402
 from vimpac.eval.copy_baseline import copy_baseline_accuracy, copy_baseline_predictions  # noqa: E402
-from vimpac.data.pretrain_clips import (ClipPairDataset, ClipSampling, DataError, EpochBatchSampler, check_compatible_stores,  # noqa: E402
-                         collate_pairs, sample_starts)
-from vimpac.train.runtime import (EngineError, LRSchedule, build_ds_config, load_overrides, param_groups,  # noqa: E402
-                           plan_batches)
-from vimpac.metrics import MetricsLogger, plot_curves, read_metrics  # noqa: E402
+from vimpac.data.pretrain_clips import ClipPairDataset, ClipSampling, collate_pairs, sample_starts  # noqa: E402
+from vimpac.data.sampler import EpochBatchSampler  # noqa: E402
+from vimpac.data.stores import DataError, check_compatible_stores  # noqa: E402
+from vimpac.train.deepspeed_setup import build_ds_config, load_overrides  # noqa: E402
+from vimpac.train.optim import LRSchedule, ScheduleError, param_groups  # noqa: E402
+from vimpac.train.runtime import EngineError, plan_batches  # noqa: E402
+from video2token.runlog import MetricsLogger, plot_curves, read_metrics  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- copy baseline
@@ -174,7 +176,7 @@ def test_lr_schedule_warmup_decay_and_stage2_continuity():
     s2 = LRSchedule(kind="linear", warmup=0.1, epochs=10, steps_per_epoch=5, step_base=90, epoch_base=9)
     assert s2(90) == pytest.approx(s(90)) and s2(92) == pytest.approx(s(94))
     assert s2(94) == pytest.approx(s(98))
-    with pytest.raises(EngineError, match="--lr-scheduler"):
+    with pytest.raises(ScheduleError, match="--lr-scheduler"):
         LRSchedule(kind="step", warmup=0.1, epochs=1, steps_per_epoch=1)
 
 
@@ -257,7 +259,7 @@ def test_metrics_resume_truncates_and_plots(tmp_path):
     rows = read_metrics(log.path)
     assert [(r["split"], r["step"]) for r in rows] == [("train", 1), ("train", 2), ("train", 3), ("train", 4)]
     assert rows[-1]["mp_loss"] == 0.5
-    png = plot_curves(log.path, str(tmp_path / "curves.png"))
+    png = plot_curves(log.path, str(tmp_path / "curves.png"), keys=("mp_loss",))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert not MetricsLogger(str(tmp_path / "other"), enabled=False).enabled
     assert not os.path.exists(tmp_path / "other")  # non-zero ranks write nothing
@@ -275,9 +277,11 @@ def test_dataset_registry_paths_and_missing_store(tmp_path):
         datasets.store_paths("kinetics400", "train", frame_size=256, root=root)
     with pytest.raises(ValueError, match="unknown --dataset-name 'nope'"):
         datasets.get_dataset("nope")
-    datasets.register_dataset(datasets.DatasetSpec(name="mine_test", splits={"train": "all", "valid": None}),
+    datasets.register_dataset(datasets.DatasetSpec(name="mine_test", train_split="all", valid_split=None),
                               replace=True)
-    assert "mine_test" in datasets.dataset_names()
+    assert "mine_test" in datasets.dataset_names() and "mine_test" not in datasets.finetune_names()  # unlabelled
+    # one table for both stages: the fine-tuning frame rate is the one pre-training store names use too
+    assert datasets.get_dataset("hmdb51").fps == datasets.get_finetune_spec("hmdb51").fps == 4.0
 
 
 def test_iid_masking_matches_the_block_ratio_without_blocks(tmp_path):

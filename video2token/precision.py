@@ -126,3 +126,13 @@ def add_precision_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         for name in ("bf16", "fp16", "fp32"):
             parser.add_argument(f"--{name}", dest="precision", action="store_const", const=name,
                                 help=f"same as --precision {name}")
+
+
+def autocast(name: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """Autocast for an already resolved precision name ("fp32" | "bf16" | "fp16") on `device`."""
+    if name not in DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(DTYPES)} here, got {name!r}")
+    device = torch.device(device)
+    if name == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[name])

@@ -4,7 +4,7 @@
         [--tokenizer dalle --tokenizer-path weights/dalle]
 
 Writes `model.safetensors` and `config.json` (the checkpoint format, so `vimpac.predict --checkpoint
-RELEASE` and `vimpac.predict.load_classifier` read it as they read a fine-tuning output),
+RELEASE` and `vimpac.serve.classifier.load_classifier` read it as they read a fine-tuning output),
 `labels.json`, `tokenizer.json` (kind, path and SHA-256 of the tokenizer the stores were made
 with; the weights themselves are not copied), `README.md` (a short model card with the evaluation
 numbers of results.json) and `SHA256SUMS`. With --tokenizer-path the tokenizer is loaded and
@@ -13,115 +13,10 @@ checked against the one the fine-tuning stores were made with.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import sys
-from typing import Any
 
-from video2token.checksum import sha256_file
-
-from vimpac.model.checkpoint import CheckpointError, save_checkpoint
-from vimpac.finetune import RESULTS
-from vimpac.predict import Classifier, PredictError, check_tokenizer, load_classifier
-
-FILES = ("model.safetensors", "config.json", "labels.json", "tokenizer.json", "README.md")
-
-
-def find_results(checkpoint_path: str) -> dict[str, Any] | None:
-    """results.json of the fine-tuning run that wrote this checkpoint (its parent directory), if any."""
-    for d in (checkpoint_path, os.path.dirname(os.path.abspath(checkpoint_path))):
-        p = os.path.join(d, RESULTS)
-        if os.path.exists(p):
-            with open(p, encoding="utf-8") as f:
-                return json.load(f)
-    return None
-
-
-def model_card(clf: Classifier, results: dict[str, Any] | None, tokenizer: dict[str, Any]) -> str:
-    t, cfg = clf.task, clf.model.cfg
-    lines = [f"# VIMPAC video classifier: {t.get('dataset', 'custom')}", "",
-             "Fine-tuned from a VIMPAC pre-trained token transformer (Tan et al. 2021, arXiv 2106.11250): "
-             "masked token prediction + contrastive pre-training on VQ-VAE codes of video frames, "
-             "then a linear classifier on [CLS].", "",
-             "| | |", "|---|---|",
-             f"| model | {cfg.name}: {cfg.layers} layers x {cfg.hid_dim}, layout {cfg.layout}, pos {cfg.pos_emb} |",
-             f"| input | T={cfg.clip_len} frames (every {t.get('frame_rate', 1)}-th at {t['fps']} FPS), "
-             f"{t['frame_size']} px -> {cfg.grid_h}x{cfg.grid_w} codes |",
-             f"| classes | {t['num_classes']} (labels.json) |",
-             f"| tokenizer | {tokenizer.get('kind')} ({tokenizer.get('vocab_size')} codes), sha256 "
-             f"{tokenizer.get('sha256') or 'unknown'} |",
-             f"| test views | {t.get('num_test_clips')} uniform clips x crops {t.get('test_crops')} |", ""]
-    if results:
-        lines += ["## Evaluation", "", "| | top-1 % | top-5 % | clips x crops |", "|---|---|---|---|"]
-        for key in ("final", "best"):
-            r = results.get(key)
-            if r:
-                lines.append(f"| {key} | {r['top1']:.2f} | {r['top5']:.2f} | {r.get('num_test_clips')} x "
-                             f"{r.get('num_crops')} |")
-        for n, r in sorted(results.get("last_test_clips", {}).items(), key=lambda x: int(x[0])):
-            lines.append(f"| final, {n} clips | {r['top1']:.2f} | {r['top5']:.2f} | {n} x {r.get('num_crops')} |")
-        lines.append("")
-    else:
-        lines += ["No evaluation numbers were found (results.json missing).", ""]
-    lines += ["## Use", "", "```",
-              f"python -m vimpac.predict --checkpoint RELEASE_DIR --tokenizer {tokenizer.get('kind')} "
-              f"--tokenizer-path TOKENIZER VIDEO", "```", ""]
-    return "\n".join(lines)
-
-
-def export_release(checkpoint: str, output: str, *, tokenizer_kind: str | None = None,
-                   tokenizer_path: str | None = None, overwrite: bool = False) -> str:
-    """Write the release folder of a fine-tuned checkpoint -> the folder."""
-    clf = load_classifier(checkpoint)
-    if os.path.exists(output) and not overwrite:
-        raise PredictError(f"--output {output} already exists; pass --overwrite to replace it")
-    described = dict(clf.task.get("tokenizer", {}))
-    if tokenizer_path is not None:
-        from video2token.tokenizers import TokenizerError, load_tokenizer
-
-        kind = tokenizer_kind or described.get("name")
-        try:
-            tok = load_tokenizer(kind, tokenizer_path)
-        except (TokenizerError, OSError, ValueError) as e:
-            raise PredictError(f"--tokenizer-path {tokenizer_path}: {e}") from None
-        check_tokenizer(clf.task, tok.describe(), f"--tokenizer-path {tokenizer_path}")
-    tokenizer = {"kind": tokenizer_kind or described.get("name"), "path": tokenizer_path or described.get("path"),
-                 "sha256": described.get("sha256"), "vocab_size": described.get("vocab_size"),
-                 "downsample": described.get("downsample"), "describe": described}
-    results = find_results(clf.path)
-    if os.path.exists(output):
-        shutil.rmtree(output)
-    try:
-        save_checkpoint(output, model_state=clf.model.state_dict(), model_config=clf.model.cfg,
-                        train_config={"task": clf.task, "results": results, "source": os.path.abspath(clf.path)},
-                        step=0, epoch=0)
-    except CheckpointError as e:
-        raise PredictError(str(e)) from None
-    with open(os.path.join(output, "labels.json"), "w", encoding="utf-8") as f:
-        json.dump({str(i): n for i, n in enumerate(clf.label_names)}, f, indent=2)
-    with open(os.path.join(output, "tokenizer.json"), "w", encoding="utf-8") as f:
-        json.dump(tokenizer, f, indent=2)
-    with open(os.path.join(output, "README.md"), "w", encoding="utf-8") as f:
-        f.write(model_card(clf, results, tokenizer))
-    with open(os.path.join(output, "SHA256SUMS"), "w", encoding="utf-8") as f:
-        f.writelines(f"{sha256_file(os.path.join(output, n))}  {n}\n" for n in FILES)
-    return output
-
-
-def verify_release(path: str) -> None:
-    """Check every file against SHA256SUMS (a clear error names the file that changed)."""
-    sums = os.path.join(path, "SHA256SUMS")
-    if not os.path.exists(sums):
-        raise PredictError(f"{sums} is missing: not a release folder written by vimpac.export")
-    with open(sums, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            digest, _, name = line.strip().partition("  ")
-            if not name:
-                raise PredictError(f"{sums}:{n}: expected 'SHA256  FILE'")
-            if not os.path.exists(os.path.join(path, name)) or sha256_file(os.path.join(path, name)) != digest:
-                raise PredictError(f"{os.path.join(path, name)}: missing or does not match {sums}:{n}")
-
+from vimpac.serve.classifier import PredictError
+from vimpac.serve.release import FILES, export_release, verify_release
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vimpac.export", description=__doc__,

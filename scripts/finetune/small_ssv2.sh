@@ -12,7 +12,7 @@ ARGS=(
     --dataset-name ssv2 --frame-size 128 --clip-len 5 --frame-rate 1 --fps 4
     --lr 1e-4 --beta1 0.9 --beta2 0.999 --weight-decay 0.01 --clip-grad-norm 1.0 --dropout 0.1
     --lr-scheduler linear --warm-up 0.1 --epochs 22
-    --batch-size 128 --bs-per-gpu 16 --bf16
+    --batch-size 128 --bs-per-gpu 16
     --num-test-clips 10 --last-test-clips 2,5,10 --num-workers 4
 )
 source "$(dirname "$0")/_common.sh"

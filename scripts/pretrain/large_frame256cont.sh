@@ -26,7 +26,7 @@ ARGS=(
     --mask-blocks 5
     --lr 3e-4 --beta1 0.9 --beta2 0.98 --weight-decay 0.05 --clip-grad-norm 1.0
     --lr-scheduler linear --warm-up 0.05 --epochs 100
-    --batch-size 1024 --bs-per-gpu 4 --bf16 --zero-stage 1 --grad-checkpointing
+    --batch-size 1024 --bs-per-gpu 4 --zero-stage 1 --grad-checkpointing
     --num-workers 4 --save-steps 2000 --output "$OUTPUT" --resume
 )
 

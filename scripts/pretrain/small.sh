@@ -24,7 +24,7 @@ ARGS=(
     --mask-blocks 5
     --lr 1e-3 --beta1 0.9 --beta2 0.98 --weight-decay 0.05 --clip-grad-norm 1.0
     --lr-scheduler linear --warm-up 0.1 --epochs 10
-    --batch-size 1024 --bs-per-gpu 32 --bf16
+    --batch-size 1024 --bs-per-gpu 32
     --num-workers 4 --save-steps 2000 --output "$OUTPUT"
 )
 

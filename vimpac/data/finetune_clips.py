@@ -7,7 +7,6 @@ videos shorter than a clip are padded with whole [PAD] frames.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -16,40 +15,9 @@ from torch.utils.data import Dataset
 
 from video2token.store import TokenStore
 
-from vimpac.data.pretrain_clips import DataError, check_compatible_stores
+from vimpac.data.clips import ClipSpec, read_clip, uniform_starts
+from vimpac.data.stores import DataError, check_compatible_stores
 from vimpac.model.special_tokens import SpecialTokens
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    clip_len: int        # T frames per clip
-    frame_rate: int = 1  # every frame_rate-th stored frame
-
-    def __post_init__(self) -> None:
-        if self.clip_len < 1 or self.frame_rate < 1:
-            raise ValueError(f"--clip-len and --frame-rate must be >= 1, got {self.clip_len}, {self.frame_rate}")
-
-    @property
-    def span(self) -> int:
-        """Stored frames covered by one clip."""
-        return (self.clip_len - 1) * self.frame_rate + 1
-
-
-def uniform_starts(num_frames: int, span: int, num_clips: int) -> list[int]:
-    """Starts of `num_clips` clips whose centres split the video evenly (1 clip: the middle)."""
-    if num_clips < 1:
-        raise ValueError(f"--num-test-clips must be >= 1, got {num_clips}")
-    last = max(num_frames - span, 0)
-    return [int(round(last * (i + 0.5) / num_clips)) for i in range(num_clips)]
-
-
-def cut_clip(codes: np.ndarray, start: int, clip: ClipSpec, pad_id: int) -> np.ndarray:
-    """codes (F, h, w) of a whole video -> (T, h, w) int64, [PAD] frames after a short video's end."""
-    out = codes[start:start + clip.span:clip.frame_rate].astype(np.int64)
-    if out.shape[0] < clip.clip_len:
-        pad = np.full((clip.clip_len - out.shape[0], *codes.shape[1:]), pad_id, dtype=np.int64)
-        out = np.concatenate([out, pad])
-    return out
 
 
 def check_labels(stores: Sequence[TokenStore], num_classes: int, what: str) -> None:
@@ -75,11 +43,7 @@ class _Clips(Dataset):
         return len(self.stores[0])
 
     def _read(self, store: TokenStore, k: int, start: int) -> np.ndarray:
-        codes, _ = store.read_at(k, frames=slice(start, start + self.clip.span))
-        if tuple(codes.shape[1:]) != tuple(self.grid):
-            raise DataError(f"{store.path}: video {store.video_ids[k]!r} has a {codes.shape[1:]} code map, "
-                            f"expected {self.grid}")
-        return cut_clip(codes, 0, self.clip, self.pad_id)
+        return read_clip(store, k, start, self.clip, self.grid, self.pad_id)
 
 
 class TrainClips(_Clips):
@@ -121,7 +85,3 @@ class EvalClips(_Clips):
         clips = [self._read(s, k, st) for s in self.stores for st in starts]
         return {"codes": torch.from_numpy(np.stack(clips)), "label": torch.tensor(int(self.labels[k])),
                 "index": torch.tensor(k)}
-
-
-def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}

@@ -10,7 +10,7 @@ epoch's order and a mid-epoch position exactly on resume (seeded permutation + s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -18,34 +18,10 @@ from torch.utils.data import Dataset
 
 from video2token.store import TokenStore
 
+from vimpac.data.clips import ClipSpec, collate, read_clip
 from vimpac.data.masking import apply_mask, block_mask, expected_block_mask_ratio, iid_mask
+from vimpac.data.stores import check_compatible_stores
 from vimpac.model.special_tokens import SpecialTokens
-
-
-class DataError(ValueError):
-    """Token stores that cannot serve together (mismatched videos, vocabulary or grid)."""
-
-
-def check_compatible_stores(stores: Sequence[TokenStore], what: str) -> tuple[int, tuple[int, int]]:
-    """Views of one split must hold the same videos, vocabulary and code-map size -> (vocab, (h, w))."""
-    if not stores:
-        raise DataError(f"{what}: no token store given")
-    first = stores[0]
-    if len(first) == 0:
-        raise DataError(f"{what}: token store {first.path} holds no video")
-    grid = tuple(int(x) for x in first.read_at(0, frames=slice(0, 1))[0].shape[1:])
-    for s in stores[1:]:
-        if s.vocab_size != first.vocab_size:
-            raise DataError(f"{what}: vocabulary mismatch: {s.path} has {s.vocab_size} codes "
-                            f"(tokenizer {s.meta['tokenizer'].get('name')!r}) but {first.path} has "
-                            f"{first.vocab_size} (tokenizer {first.meta['tokenizer'].get('name')!r})")
-        if s.video_ids != first.video_ids:
-            raise DataError(f"{what}: {s.path} and {first.path} are not views of the same split "
-                            f"(their video lists differ: {len(s)} vs {len(first)} videos)")
-        g = tuple(int(x) for x in s.read_at(0, frames=slice(0, 1))[0].shape[1:])
-        if g != grid:
-            raise DataError(f"{what}: code map {g} of {s.path} differs from {grid} of {first.path}")
-    return first.vocab_size, grid  # type: ignore[return-value]
 
 
 MASKINGS = ("block", "iid")
@@ -73,7 +49,7 @@ class ClipSampling:
     @property
     def span(self) -> int:
         """Stored frames covered by one clip."""
-        return (self.clip_len - 1) * self.frame_rate + 1
+        return ClipSpec(self.clip_len, self.frame_rate).span
 
 
 def sample_starts(num_frames: int, sampling: ClipSampling, rng: np.random.Generator) -> tuple[int, int]:
@@ -103,6 +79,7 @@ class ClipPairDataset(Dataset):
         self.vocab_size, self.grid = check_compatible_stores(self.stores, what)
         self.special = SpecialTokens.from_vocab_size(self.vocab_size)
         self.sampling = sampling
+        self.clip = ClipSpec(clip_len=sampling.clip_len, frame_rate=sampling.frame_rate)
         self.seed = int(seed)
         self.num_frames = self.stores[0].num_frames
         # i.i.d. masking: the block masks' expected ratio on this clip shape, computed once (not per sample)
@@ -110,18 +87,6 @@ class ClipPairDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.stores[0])
-
-    def _read_clip(self, store: TokenStore, k: int, start: int) -> np.ndarray:
-        s = self.sampling
-        codes, _ = store.read_at(k, frames=slice(start, start + s.span))
-        codes = codes[::s.frame_rate]  # (<=T, h, w)
-        if codes.shape[1:] != self.grid:
-            raise DataError(f"{store.path}: video {store.video_ids[k]!r} has a {codes.shape[1:]} code map, "
-                            f"expected {self.grid} like the rest of the store")
-        if codes.shape[0] < s.clip_len:
-            pad = np.full((s.clip_len - codes.shape[0], *self.grid), self.special.pad, dtype=np.int64)
-            codes = np.concatenate([codes.astype(np.int64), pad])
-        return codes.astype(np.int64)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, k = (0, key) if isinstance(key, (int, np.integer)) else key
@@ -134,7 +99,7 @@ class ClipPairDataset(Dataset):
         view = int(rng.integers(len(self.stores))) if len(self.stores) > 1 else 0
         store = self.stores[view]
         starts = sample_starts(int(self.num_frames[k]), self.sampling, rng)
-        codes = torch.from_numpy(np.stack([self._read_clip(store, k, s) for s in starts]))  # (2, T, h, w)
+        codes = torch.from_numpy(np.stack([read_clip(store, k, s, self.clip, self.grid, self.special.pad) for s in starts]))  # (2, T, h, w)
         if self.sampling.masking == "iid":  # the ablation baseline: same expected ratio, no spatio-temporal blocks
             mask = iid_mask(codes.shape, self.iid_ratio, generator=gen)
         else:
@@ -145,50 +110,5 @@ class ClipPairDataset(Dataset):
                 "view": torch.tensor(view), "starts": torch.tensor(starts)}
 
 
-def collate_pairs(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack samples: codes/codes_in/mask (B, 2, T, h, w), index/view (B,), starts (B, 2)."""
-    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
-
-
-class EpochBatchSampler:
-    """This rank's micro-batches of `(epoch, video_index)` keys, resumable mid-epoch.
-
-    Each epoch is a permutation seeded by (seed, epoch) (or the identity when not shuffled);
-    global micro-batch j is permutation[j*B*W : (j+1)*B*W] and rank r takes its r-th slice of
-    B keys, so all ranks step through the same global batches. The tail that does not fill
-    `micro_steps_per_epoch` micro-batches is dropped (InfoNCE needs equal batches on every rank).
-    `set_position(epoch, micro_step)` selects where the next iteration starts.
-    """
-
-    def __init__(self, num_videos: int, *, micro_batch: int, world_size: int = 1, rank: int = 0, seed: int = 0,
-                 shuffle: bool = True, micro_steps_per_epoch: int | None = None):
-        full = num_videos // (micro_batch * world_size)
-        if full < 1:
-            raise DataError(f"{num_videos} videos cannot fill one global micro-batch of {micro_batch} x "
-                            f"{world_size} rank(s); lower --bs-per-gpu or use a larger store")
-        if micro_steps_per_epoch is not None and not 1 <= micro_steps_per_epoch <= full:
-            raise DataError(f"micro_steps_per_epoch={micro_steps_per_epoch} outside [1, {full}]")
-        self.num_videos, self.micro_batch, self.world_size, self.rank = num_videos, micro_batch, world_size, rank
-        self.seed, self.shuffle = seed, shuffle
-        self.micro_steps_per_epoch = full if micro_steps_per_epoch is None else micro_steps_per_epoch
-        self.epoch, self.start = 0, 0
-
-    def set_position(self, epoch: int, micro_step: int = 0) -> None:
-        if not 0 <= micro_step <= self.micro_steps_per_epoch:
-            raise DataError(f"data position {micro_step} outside epoch of {self.micro_steps_per_epoch} micro-steps")
-        self.epoch, self.start = int(epoch), int(micro_step)
-
-    def order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.num_videos)
-        return np.random.default_rng(np.random.SeedSequence([self.seed, 0x5EED, int(epoch)])).permutation(self.num_videos)
-
-    def __len__(self) -> int:
-        return self.micro_steps_per_epoch - self.start
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        perm = self.order(self.epoch)
-        g = self.micro_batch * self.world_size
-        for j in range(self.start, self.micro_steps_per_epoch):
-            lo = j * g + self.rank * self.micro_batch
-            yield [(self.epoch, int(i)) for i in perm[lo:lo + self.micro_batch]]
+#: pairs stack like single clips: codes/codes_in/mask (B, 2, T, h, w), index/view (B,), starts (B, 2)
+collate_pairs = collate

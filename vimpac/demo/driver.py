@@ -202,7 +202,7 @@ class Demo(DemoLayout):
                 "--frame-size", str(c.size), "--layers", str(c.layers), "--hid-dim", str(c.hid_dim),
                 "--heads", str(c.heads), "--mask-blocks", str(c.mask_blocks), "--epochs", str(c.pretrain_epochs),
                 "--batch-size", str(c.pretrain_batch), "--bs-per-gpu", str(c.pretrain_batch),
-                "--lr", f"{c.pretrain_lr:g}", "--warm-up", "0.1", "--bf16", "--num-workers", "1",
+                "--lr", f"{c.pretrain_lr:g}", "--warm-up", "0.1", "--num-workers", "1",
                 "--eval-per-epochs", str(max(1, c.pretrain_epochs // 6)), "--eval-max-batches", "8",
                 "--log-steps", "5", "--output", str(out), *variant.args]
         if (out / "last").is_dir():
@@ -241,7 +241,7 @@ class Demo(DemoLayout):
                         "--train-tokens", str(self.store(f"{task}_{train}")),
                         "--valid-tokens", str(self.store(f"{task}_val")), "--epochs", str(epochs),
                         "--batch-size", str(c.finetune_batch), "--bs-per-gpu", str(c.finetune_batch),
-                        "--lr", f"{lr:g}", "--warm-up", "0.1", "--bf16", "--num-workers", "0",
+                        "--lr", f"{lr:g}", "--warm-up", "0.1", "--num-workers", "0",
                         "--num-test-clips", str(c.test_clips), "--eval-per-epochs", str(max(1, epochs // 4)),
                         "--eval-batch-size", "32", "--seed", str(seed), "--no-tqdm", "--output", str(out)]
                 if scratch:

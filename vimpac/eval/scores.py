@@ -1,21 +1,18 @@
 """Multi-view video classification scores (VIMPAC / SlowFast-style testing: temporal clips x spatial crops, averaged).
 
 A video's score is the mean of the softmax probabilities of its clips (every crop x every
-uniform temporal clip). Reports top-1/top-5 in percent, per-class accuracy (CSV), the confusion
-matrix (PNG) and per-video predictions (CSV: video id, label, top-5 with scores).
+uniform temporal clip); top-1/top-5 in percent and the confusion matrix (`vimpac.eval.reports`
+writes them out).
 """
 from __future__ import annotations
 
-import csv
-import os
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from vimpac.train.runtime import autocast_context
+from video2token.precision import autocast
 
 
 @torch.no_grad()
@@ -26,7 +23,7 @@ def clip_probs(model: nn.Module, codes: torch.Tensor, *, precision: str = "fp32"
     device = next(model.parameters()).device
     outs = []
     for i in range(0, flat.shape[0], chunk):
-        with autocast_context(precision, device):
+        with autocast(precision, device):
             logits = model(flat[i:i + chunk].to(device))
         outs.append(logits.float().softmax(-1).cpu())
     return torch.cat(outs).view(b, n, -1)
@@ -80,7 +77,7 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 8, precision: str =
     """Scores of every video of a `finetune_data.EvalClips` dataset (model in eval mode for the call)."""
     from torch.utils.data import DataLoader
 
-    from vimpac.data.finetune_clips import collate
+    from vimpac.data.clips import collate
 
     n = len(dataset) if max_videos is None else min(max_videos, len(dataset))
     subset = torch.utils.data.Subset(dataset, range(n))
@@ -102,68 +99,3 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 8, precision: str =
     return EvalResult(scores=torch.cat(scores).numpy() if scores else np.zeros((0, 0)),
                       labels=torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64),
                       video_ids=ids, num_clips=dataset.num_clips, num_crops=dataset.num_crops)
-
-
-def class_names(label_names: Sequence[str] | None, num_classes: int) -> list[str]:
-    if label_names and len(label_names) == num_classes:
-        return list(label_names)
-    return [str(i) for i in range(num_classes)]
-
-
-def write_per_class_csv(result: EvalResult, path: str, names: Sequence[str]) -> str:
-    """class, name, videos, correct, top1 (percent; empty for a class with no test video)."""
-    num_classes = len(names)
-    cm = confusion_matrix(result.scores, result.labels, num_classes)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["class", "name", "videos", "correct", "top1"])
-        for c in range(num_classes):
-            total = int(cm[c].sum())
-            w.writerow([c, names[c], total, int(cm[c, c]), f"{100.0 * cm[c, c] / total:.2f}" if total else ""])
-    return path
-
-
-def write_predictions_csv(result: EvalResult, path: str, names: Sequence[str], k: int = 5) -> str:
-    """video_id, label, label_name, then pred_i / name_i / score_i for the top k."""
-    k = min(k, result.scores.shape[1]) if result.scores.size else k
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["video_id", "label", "label_name"] + [f"{x}{i + 1}" for i in range(k)
-                                                          for x in ("pred", "name", "score")])
-        for vid, lab, s in zip(result.video_ids, result.labels, result.scores):
-            top = np.argsort(-s, kind="stable")[:k]
-            w.writerow([vid, int(lab), names[int(lab)]] + [v for c in top for v in (int(c), names[c], f"{s[c]:.6f}")])
-    return path
-
-
-def plot_confusion(result: EvalResult, path: str, names: Sequence[str]) -> str:
-    """Row-normalised confusion matrix as a PNG (tick labels only when they stay readable)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    num_classes = len(names)
-    cm = confusion_matrix(result.scores, result.labels, num_classes).astype(np.float64)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    side = min(4 + 0.15 * num_classes, 24)
-    fig, ax = plt.subplots(figsize=(side, side))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    if num_classes <= 60:
-        ax.set_xticks(range(num_classes), names, rotation=90, fontsize=6)
-        ax.set_yticks(range(num_classes), names, fontsize=6)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"top-1 {result.top1:.1f}% ({result.num_clips} clips x {result.num_crops} crops)")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def write_reports(result: EvalResult, out_dir: str, names: Sequence[str], prefix: str = "") -> dict[str, str]:
-    os.makedirs(out_dir, exist_ok=True)
-    return {"per_class": write_per_class_csv(result, os.path.join(out_dir, f"{prefix}per_class_accuracy.csv"), names),
-            "predictions": write_predictions_csv(result, os.path.join(out_dir, f"{prefix}predictions.csv"), names),
-            "confusion": plot_confusion(result, os.path.join(out_dir, f"{prefix}confusion_matrix.png"), names)}

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -33,8 +32,6 @@ VERSION = 1
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 OPTIM_FILE, STATE_FILE = "optimizer.safetensors", "trainer_state.json"
 MOMENTS = ("exp_avg", "exp_avg_sq")
-#: test hook: seconds to sleep after the files are written and before the directory swap
-SLEEP_ENV = "VIMPAC_TEST_SLEEP_BEFORE_SWAP"
 
 
 class CheckpointError(RuntimeError):
@@ -67,8 +64,13 @@ def _plain(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_checkpoint(ckpt_dir: str, *, model_state: Mapping[str, torch.Tensor], model_config: ModelConfig,
                     train_config: dict[str, Any], step: int, epoch: int,
                     optimizer_state: Mapping[str, torch.Tensor] | None = None,
-                    trainer_state: dict[str, Any] | None = None) -> str:
-    """Write a checkpoint directory atomically (call on one process). Refuses NaN/Inf weights or moments."""
+                    trainer_state: dict[str, Any] | None = None,
+                    before_swap: Callable[[str], None] | None = None) -> str:
+    """Write a checkpoint directory atomically (call on one process). Refuses NaN/Inf weights or moments.
+
+    before_swap(temp_dir): called once every file is written, before the directory replaces the old
+    one (tests use it to kill the process at that moment).
+    """
     model_state = _plain(model_state)
     bad = nonfinite_tensors(model_state)
     if bad:
@@ -89,10 +91,8 @@ def save_checkpoint(ckpt_dir: str, *, model_state: Mapping[str, torch.Tensor], m
         if trainer_state is not None:
             with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
                 json.dump(trainer_state, f)
-        delay = float(os.environ.get(SLEEP_ENV, "0") or 0)
-        if delay > 0:  # lets a test kill the process while a finished temp dir waits for its swap
-            print(f"[checkpoint] {SLEEP_ENV}: sleeping {delay}s before swapping in {ckpt_dir}", flush=True)
-            time.sleep(delay)
+        if before_swap is not None:
+            before_swap(tmp)
     return ckpt_dir
 
 
@@ -147,96 +147,3 @@ def load_pretrained(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """(model config, state dict of VimpacForPretraining) from a checkpoint dir: what fine-tuning needs."""
     ckpt = load_checkpoint(path, weights_only=True)
     return ckpt.model_config, ckpt.model_state
-
-
-# ----------------------------------------------------------------------------- optimizer state
-
-def _is_zero(engine) -> bool:
-    return bool(engine.zero_optimization_stage())
-
-
-def _client_optimizer(engine) -> torch.optim.Optimizer:
-    opt = engine.optimizer
-    return opt.optimizer if _is_zero(engine) else opt
-
-
-def _relink_zero_state(engine, *, init_step: int | None = None) -> None:
-    """(Re)link ZeRO-1/2 parameters to their slices of the optimizer state.
-
-    DeepSpeed 0.19.8 links them once, right after the first param group's first step, so the
-    slices of every later group (here: the no-decay group) stay unlinked and
-    `safe_get_full_optimizer_state` fails for them. With `init_step`, empty AdamW states are
-    created first (a resumed engine has not stepped yet, and linking needs the tensors).
-    """
-    zero = engine.optimizer
-    base = zero.optimizer
-    if init_step is not None:
-        for group in base.param_groups:
-            for flat in group["params"]:
-                if not base.state.get(flat):
-                    base.state[flat] = {"step": torch.tensor(float(init_step)),
-                                        **{key: torch.zeros_like(flat) for key in MOMENTS}}
-    zero._hp_optimizer_states_linked = False
-    zero._lazy_init_hp_params_optimizer_state()
-
-
-def gather_optimizer_state(engine) -> tuple[dict[str, torch.Tensor], int]:
-    """Full AdamW moments per parameter name and the AdamW step count. Collective: call on every rank."""
-    from deepspeed.utils import safe_get_full_optimizer_state
-
-    out: dict[str, torch.Tensor] = {}
-    steps: set[int] = set()
-    if _is_zero(engine):
-        _relink_zero_state(engine)
-        for name, p in engine.module.named_parameters():
-            for key in MOMENTS:
-                out[f"{name}::{key}"] = safe_get_full_optimizer_state(p, key).detach().cpu()
-        for st in _client_optimizer(engine).state.values():
-            if "step" in st:
-                steps.add(int(st["step"]))
-    else:
-        state = _client_optimizer(engine).state
-        for name, p in engine.module.named_parameters():
-            if p in state and "exp_avg" in state[p]:
-                for key in MOMENTS:
-                    out[f"{name}::{key}"] = state[p][key].detach().cpu()
-                steps.add(int(state[p]["step"]))
-    # parameters that never got a gradient have no state (stage 0); the rest share one count
-    return out, max(steps, default=0)
-
-
-def restore_optimizer_state(engine, moments: Mapping[str, torch.Tensor], adam_step: int) -> None:
-    """Put gathered moments back into the engine's optimizer (any ZeRO stage; each rank keeps its part).
-
-    Moments must already match the parameters' shapes (stage 2 resamples them beforehand).
-    """
-    from deepspeed.utils import safe_set_full_optimizer_state
-
-    params = dict(engine.module.named_parameters())
-    names = {k.split("::")[0] for k in moments}
-    unknown = sorted(names - set(params))
-    if unknown:
-        raise CheckpointError(f"optimizer state names parameters the model does not have: {unknown[:5]}")
-    for name in names:
-        for key in MOMENTS:
-            value = moments.get(f"{name}::{key}")
-            if value is None:
-                raise CheckpointError(f"optimizer state lacks {name}::{key}")
-            if tuple(value.shape) != tuple(params[name].shape):
-                raise CheckpointError(f"optimizer state {name}::{key} has shape {tuple(value.shape)}, parameter "
-                                      f"has {tuple(params[name].shape)}")
-    opt = _client_optimizer(engine)
-    if _is_zero(engine):
-        _relink_zero_state(engine, init_step=adam_step)
-        for name in sorted(names):
-            p = params[name]
-            for key in MOMENTS:
-                safe_set_full_optimizer_state(p, moments[f"{name}::{key}"].to(p.device, torch.float32), key)
-        for st in opt.state.values():
-            if "step" in st:
-                st["step"] = torch.tensor(float(adam_step)) if torch.is_tensor(st["step"]) else adam_step
-    else:
-        for name in names:
-            p = params[name]
-            opt.state[p] = {"step": torch.tensor(float(adam_step)),
-                            **{key: moments[f"{name}::{key}"].to(p.device, p.dtype).clone() for key in MOMENTS}}

@@ -1,0 +1,53 @@
+"""Token stores as training data: open them with clear errors, check that views of a split agree."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from video2token.store import StoreError, TokenStore
+
+
+class DataError(ValueError):
+    """Token stores that cannot serve together (mismatched videos, vocabulary or grid)."""
+
+
+def check_compatible_stores(stores: Sequence[TokenStore], what: str) -> tuple[int, tuple[int, int]]:
+    """Views of one split must hold the same videos, vocabulary and code-map size -> (vocab, (h, w))."""
+    if not stores:
+        raise DataError(f"{what}: no token store given")
+    first = stores[0]
+    if len(first) == 0:
+        raise DataError(f"{what}: token store {first.path} holds no video")
+    grid = tuple(int(x) for x in first.read_at(0, frames=slice(0, 1))[0].shape[1:])
+    for s in stores[1:]:
+        if s.vocab_size != first.vocab_size:
+            raise DataError(f"{what}: vocabulary mismatch: {s.path} has {s.vocab_size} codes "
+                            f"(tokenizer {s.meta['tokenizer'].get('name')!r}) but {first.path} has "
+                            f"{first.vocab_size} (tokenizer {first.meta['tokenizer'].get('name')!r})")
+        if s.video_ids != first.video_ids:
+            raise DataError(f"{what}: {s.path} and {first.path} are not views of the same split "
+                            f"(their video lists differ: {len(s)} vs {len(first)} videos)")
+        g = tuple(int(x) for x in s.read_at(0, frames=slice(0, 1))[0].shape[1:])
+        if g != grid:
+            raise DataError(f"{what}: code map {g} of {s.path} differs from {grid} of {first.path}")
+    return first.vocab_size, grid  # type: ignore[return-value]
+
+
+def open_stores(paths: Sequence[str], what: str) -> list[TokenStore]:
+    """Open every store, an unreadable one named with the flag it came from."""
+    stores = []
+    for path in paths:
+        try:
+            stores.append(TokenStore(path))
+        except StoreError as e:
+            raise DataError(f"{what}: {e}") from None
+    return stores
+
+
+def check_frame_size(stores: Sequence[TokenStore], frame_size: int | None, what: str) -> None:
+    """--frame-size, when given, must be the crop size the stores were extracted at."""
+    if frame_size is None:
+        return
+    for s in stores:
+        crop = s.meta.get("crop_size")
+        if crop is not None and int(crop) != frame_size:
+            raise DataError(f"{what}: --frame-size {frame_size} but {s.path} was extracted at crop size {crop}")

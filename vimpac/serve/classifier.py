@@ -1,0 +1,112 @@
+"""The classifier behind `vimpac.predict` and `vimpac.export`: load a fine-tuned model, tokenize a video's test
+views as extraction does, and average the softmax scores of uniform clips x crops (as fine-tuning's test)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+
+from vimpac.data.clips import ClipSpec, cut_clip, uniform_starts
+from vimpac.eval.scores import clip_probs, video_scores
+from vimpac.model.checkpoint import CheckpointError
+from vimpac.model.loading import CLASSIFICATION, TASK_KIND, build_model, read_weights
+from vimpac.model.transformer import VimpacForClassification
+
+
+#: tokenizer facts that must agree between the fine-tuning stores and the tokenizer used here
+TOKENIZER_KEYS = ("name", "vocab_size", "downsample", "sha256")
+
+
+class PredictError(RuntimeError):
+    """A checkpoint, tokenizer or video that cannot be used for prediction (the message says why)."""
+
+
+@dataclass
+class Classifier:
+    model: VimpacForClassification
+    task: dict[str, Any]        # what fine-tuning recorded (LabelledData.task): labels, clip shape, fps, crops, tokenizer
+    path: str
+    notes: list[str] = field(default_factory=list)  # defaults filled in, conversions made
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.task["label_names"])
+
+
+#: what an original VIMPAC snapshot does not record, filled in for prediction (each use is reported)
+ORIGINAL_DEFAULTS = {"fps": 2.0, "frame_rate": 1, "test_crops": ["center"], "test_hflip": [False]}
+
+
+def load_classifier(checkpoint: str, *, device: str | torch.device = "cpu") -> Classifier:
+    """A fine-tuned classifier (eval mode) and its task record from a checkpoint, export or original snapshot."""
+    try:
+        weights = read_weights(checkpoint)
+    except CheckpointError as e:
+        raise PredictError(f"--checkpoint: {e}") from None
+    task = weights.task
+    if weights.kind != CLASSIFICATION or not task:
+        raise PredictError(f"--checkpoint {weights.path}: config.json has no train.task of kind {TASK_KIND!r}; this is "
+                           f"not a fine-tuned classifier (fine-tune it with python -m vimpac.finetune)")
+    task = dict(task)
+    notes = list(weights.notes)
+    if weights.source == "original":
+        missing = {k: v for k, v in ORIGINAL_DEFAULTS.items() if k not in task}
+        task.update(missing)
+        task.setdefault("label_names", [str(i) for i in range(int(task["num_classes"]))])
+        if missing:
+            notes.append(f"an original VIMPAC snapshot records no {', '.join(missing)}: using {missing}")
+    weights.config = weights.config.replace(dropout=0.0)
+    model = build_model(weights)
+    return Classifier(model=model.to(device).eval(), task=task, path=weights.path, notes=notes)
+
+
+def check_tokenizer(task: dict[str, Any], described: dict[str, Any], where: str) -> None:
+    """The tokenizer must be the one the fine-tuning stores were made with (same codes for the same pixels)."""
+    want = task.get("tokenizer", {})
+    diff = [f"{k}: {described.get(k)!r} (given) vs {want.get(k)!r} (fine-tuning stores)"
+            for k in TOKENIZER_KEYS if k in want and described.get(k) != want.get(k)]
+    if diff:
+        raise PredictError(f"{where}: another tokenizer than the model was fine-tuned on: " + "; ".join(diff))
+
+
+def tokenize_views(video: str, tokenizer, task: dict[str, Any]) -> list[np.ndarray]:
+    """Codes (F, h, w) of each test view (crop, flip) of a video, decoded as extraction does."""
+    from video2token.video import VideoError, read_video
+
+    size = int(task["frame_size"])
+    out = []
+    crops = task.get("test_crops") or ["center"]
+    flips = task.get("test_hflip") or [False] * len(crops)
+    for crop, flip in zip(crops, flips):
+        try:
+            frames, _ = read_video(video, fps=float(task["fps"]), shorter_side=size, crop_size=size, crop_type=crop,
+                                   hflip=bool(flip))
+        except (VideoError, ValueError) as e:
+            raise PredictError(f"{video}: {e}") from None
+        if len(frames) == 0:
+            raise PredictError(f"{video}: no frame decoded at {task['fps']} FPS")
+        out.append(np.asarray(tokenizer.encode(frames)))  # (F, h, w)
+    return out
+
+
+@torch.no_grad()
+def classify_codes(clf: Classifier, views: list[np.ndarray], *, num_clips: int, precision: str = "fp32") -> np.ndarray:
+    """Averaged class probabilities (C,) over `num_clips` uniform clips of every view's codes (F, h, w)."""
+    cfg = clf.model.cfg
+    clip = ClipSpec(clip_len=cfg.clip_len, frame_rate=int(clf.task.get("frame_rate", 1)))
+    pad = cfg.special_tokens.pad
+    clips = []
+    for codes in views:
+        if tuple(codes.shape[1:]) != (cfg.grid_h, cfg.grid_w):
+            raise PredictError(f"code map {tuple(codes.shape[1:])} does not fit the model's {cfg.grid_h}x{cfg.grid_w}")
+        clips += [cut_clip(codes, s, clip, pad) for s in uniform_starts(len(codes), clip.span, num_clips)]
+    batch = torch.from_numpy(np.stack(clips))[None]  # (1, V*N, T, h, w)
+    return video_scores(clip_probs(clf.model, batch, precision=precision))[0].numpy()
+
+
+def top_k(probs: np.ndarray, names: list[str], k: int = 5) -> list[dict[str, Any]]:
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"label": names[int(c)], "index": int(c), "prob": float(probs[c])} for c in order]

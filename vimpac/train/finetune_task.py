@@ -1,0 +1,205 @@
+"""The fine-tuning task: a linear classifier on [CLS] of a pre-trained token transformer (Tan et al., 2021, 4.1).
+
+Trains on random extracted views (2 resizes x 3 crops x flip), evaluates every epoch on uniform
+temporal clips x test crops with averaged scores, keeps the best epoch's weights in `best/`, and
+ends with results.json and the reports. Positional tables are interpolated when the input shape
+differs from pre-training (`--different-shape`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vimpac.data.clips import collate
+from vimpac.data.labelled import LabelledData
+from vimpac.data.stores import DataError
+from vimpac.eval.finetuned import EvalSettings, evaluate_model, write_results
+from vimpac.model.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from vimpac.model.config import ModelConfig
+from vimpac.model.loading import resolve_checkpoint
+from vimpac.model.surgery import WeightsError, backbone_state
+from vimpac.model.transformer import VimpacForClassification
+from vimpac.train.errors import TrainError
+
+BEST = "best"
+
+
+@dataclass(frozen=True)
+class ClassifierInit:
+    """Where the classifier's weights come from and how the model is set up."""
+
+    load: str | None = None
+    clip_len: int | None = None         # default: the pre-training T
+    different_shape: bool = False
+    dropout: float = 0.1                # backbone dropout
+    last_dropout: float = 0.0           # dropout before the classifier (the original's --last-dropout)
+    linear_probe: bool = False
+    from_scratch: bool = False
+    grad_checkpointing: bool = False
+    layers: int | None = None           # the original scripts repeat the architecture: checked against --load
+    hid_dim: int | None = None
+
+
+class FinetuneTask:
+    name = "finetune"
+    sum_names = ("loss", "correct", "seen")
+    clips_per_video = 1
+    collate = staticmethod(collate)
+    curve_keys = ("loss", "acc", "top1", "top5", "lr", "grad_norm")
+    curve_baselines: dict[str, tuple[str, str]] = {}
+
+    def __init__(self, data: LabelledData, init: ClassifierInit, evaluation: EvalSettings, *, seed: int,
+                 clip_counts: list[int], output: str) -> None:
+        self.data, self.init, self.evaluation = data, init, evaluation
+        self.seed, self.clip_counts, self.out = seed, clip_counts, output
+        self.best_dir = os.path.join(output, BEST)
+        self.loaded_weights: dict[str, torch.Tensor] = {}
+        self.train_set = None
+
+    # -- model and data
+    def _datasets(self, clip_len: int) -> None:
+        try:
+            self.clip = self.data.clip_spec(clip_len)
+            self.train_set = self.data.train_set(self.clip, self.seed)
+            self.valid_set = self.data.test_set(self.clip)
+        except DataError as e:
+            raise TrainError(str(e)) from None
+
+    def _check_fits(self, cfg: ModelConfig, where: str) -> None:
+        if cfg.vocab_size != self.data.vocab_size or (cfg.grid_h, cfg.grid_w) != tuple(self.data.grid):
+            raise TrainError(f"{where}: model takes {cfg.vocab_size} codes on {cfg.grid_h}x{cfg.grid_w} maps, the "
+                             f"stores hold {self.data.vocab_size} codes on {self.data.grid[0]}x{self.data.grid[1]} maps")
+
+    def _load_source(self) -> tuple[ModelConfig, dict[str, torch.Tensor], str]:
+        if not self.init.load:
+            raise TrainError("fine-tuning needs --load PRETRAIN_OUTPUT (a checkpoint dir with model.safetensors + "
+                             "config.json, or an original VIMPAC snapshot)")
+        path = resolve_checkpoint(self.init.load)
+        try:
+            ck = load_checkpoint(path, weights_only=True)
+        except CheckpointError as e:
+            raise TrainError(f"--load: {e}") from None
+        for flag, want, have in (("--layers", self.init.layers, ck.model_config.layers),
+                                 ("--hid-dim", self.init.hid_dim, ck.model_config.hid_dim)):
+            if want is not None and want != have:
+                raise TrainError(f"{flag} {want} but --load {path} has {have}: the architecture comes from the "
+                                 f"checkpoint; drop the flag or load another checkpoint")
+        return ck.model_config, ck.model_state, path
+
+    def prepare(self, ckpt: Checkpoint | None) -> None:
+        if ckpt is not None:
+            self.cfg = ckpt.model_config
+            self._datasets(self.cfg.clip_len)
+            self._check_fits(self.cfg, f"--resume {ckpt.path}")
+            self._source = None
+            return
+        src_cfg, src_state, path = self._load_source()
+        self._datasets(self.init.clip_len or src_cfg.clip_len)
+        self.cfg = src_cfg.replace(vocab_size=self.data.vocab_size, clip_len=self.clip.clip_len,
+                                   grid_h=self.data.grid[0], grid_w=self.data.grid[1], dropout=self.init.dropout,
+                                   grad_checkpointing=self.init.grad_checkpointing)
+        self._source = (src_cfg, src_state, path)
+        if self.train_set is None:
+            raise TrainError("fine-tuning needs --train-tokens (or a --dataset-name whose train views exist)")
+
+    def build_model(self, ckpt: Checkpoint | None, log: Callable[[str], None]) -> nn.Module:
+        model = VimpacForClassification(self.cfg, num_classes=self.data.num_classes,
+                                        head_dropout=self.init.last_dropout)
+        try:
+            if ckpt is not None:
+                self.loaded_weights, _ = backbone_state(ckpt.model_state, self.cfg, model, different_shape=False,
+                                                        keep_head=True, where=ckpt.path)
+            else:
+                src_cfg, src_state, path = self._source
+                if self.init.from_scratch:
+                    log(f"[finetune] architecture of {path}, random initial weights (--from-scratch); "
+                        f"{self.data.num_classes}-class classifier")
+                    return self._freeze(model)
+                self.loaded_weights, notes = backbone_state(src_state, src_cfg, model,
+                                                            different_shape=self.init.different_shape,
+                                                            keep_head=False, where=f"--load {path}")
+                log(f"[finetune] loaded the backbone of {path} ({'; '.join(notes) or 'same shape and vocabulary'}); "
+                    f"new {self.data.num_classes}-class classifier")
+        except WeightsError as e:
+            raise TrainError(str(e)) from None
+        model.load_state_dict(self.loaded_weights)
+        return self._freeze(model)
+
+    def _freeze(self, model: VimpacForClassification) -> VimpacForClassification:
+        if self.init.linear_probe:
+            for p in model.backbone.parameters():
+                p.requires_grad_(False)
+        return model
+
+    def adapt_moments(self, moments: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+        return moments
+
+    def train_config(self) -> dict[str, Any]:
+        return {"task": self.data.task(self.clip)}
+
+    # -- steps
+    def forward(self, engine, batch: dict[str, torch.Tensor], loop) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.init.linear_probe:
+            engine.module.backbone.eval()  # frozen features: no dropout either
+        device = loop.dist.device
+        codes = batch["codes"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True)
+        with loop.precision.autocast():
+            logits = engine(codes)  # (B, C)
+        loss = F.cross_entropy(logits.float(), labels)
+        n = len(labels)
+        return loss, {"loss": float(loss.detach()) * n, "correct": int((logits.argmax(-1) == labels).sum()), "seen": n}
+
+    @staticmethod
+    def metrics(t: dict[str, float]) -> dict[str, float]:
+        seen = max(t["seen"], 1.0)
+        return {"loss": t["loss"] / seen, "acc": t["correct"] / seen}
+
+    def progress_postfix(self, m: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{m['loss']:.3f}", "acc": f"{m['acc']:.3f}"}
+
+    def describe(self, loop) -> str:
+        return (f"{len(self.train_set)} train videos x {len(self.data.train_stores)} view(s), {len(self.valid_set)} "
+                f"test videos x {len(self.data.valid_stores)} crop(s), {self.data.num_classes} classes"
+                f"{' (linear probe)' if self.init.linear_probe else ''}")
+
+    def _settings(self, loop) -> EvalSettings:
+        return EvalSettings(precision=loop.precision.name, batch_size=self.evaluation.batch_size,
+                            max_videos=self.evaluation.max_videos, progress=loop.main and self.evaluation.progress)
+
+    def evaluate(self, loop):
+        return evaluate_model(loop.engine.module, self.valid_set, self._settings(loop))
+
+    def on_epoch_end(self, loop, result) -> None:
+        if result is None:
+            return
+        st = loop.state
+        loop.metrics.log("valid", st.epoch, st.step, top1=result.top1, top5=result.top5)
+        loop.log(f"[finetune] epoch {st.epoch}: valid top-1 {result.top1:.2f} top-5 {result.top5:.2f} "
+                 f"({result.num_clips} clips x {result.num_crops} crops, {len(result.labels)} videos)")
+        if result.top1 > st.task.get("best_top1", -1.0):
+            st.task.update(best_top1=result.top1, best_top5=result.top5, best_epoch=st.epoch)
+            loop.save(self.best_dir, full=False, extra_train_config={"eval": result.summary()})
+
+    def finish(self, loop, summary: dict[str, Any]) -> dict[str, Any]:
+        st = loop.state
+        final = summary["valid"] or self.evaluate(loop)  # resumed at the very end, or evaluation switched off
+        init = "scratch" if self.init.from_scratch else ("linear_probe" if self.init.linear_probe else "pretrained")
+        run = {"init": init, "load": self.init.load, "seed": self.seed, "train_videos": len(self.train_set),
+               "epochs": loop.cfg.epochs, "steps": st.step, "steps_this_run": summary["steps_this_run"],
+               "seconds": summary["seconds"], "train_clips_per_s": summary["videos_per_s"],
+               "precision": summary["precision"]}
+        best = None
+        if st.task.get("best_epoch", -1) >= 0:
+            best = {"top1": st.task["best_top1"], "top5": st.task["best_top5"], "epoch": st.task["best_epoch"],
+                    "num_test_clips": final.num_clips, "num_crops": final.num_crops}
+        results = write_results(self.out, final, label_names=self.data.label_names, best=best, run=run,
+                                clip_counts=self.clip_counts, log=loop.log, main=loop.main,
+                                evaluate_clips=lambda n: evaluate_model(loop.engine.module, self.data.test_set(self.clip, n),
+                                                                        self._settings(loop)))
+        return {**summary, **results, "valid": final.summary()}
