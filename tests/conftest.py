@@ -1,8 +1,20 @@
 """Shared fixtures: tiny tokenizers with random weights, saved through the real loading path."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def original_fixtures() -> Path:
+    """shared/fixtures/original-vimpac: beside the checkout (a CI clone, /work/main) or at /work/shared."""
+    for root in (REPO.parent / "shared", Path("/work/shared")):
+        if (root / "fixtures" / "original-vimpac").is_dir():
+            return root / "fixtures" / "original-vimpac"
+    return REPO.parent / "shared" / "fixtures" / "original-vimpac"
 
 
 def pytest_configure(config):

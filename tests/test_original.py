@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import original_fixtures
 from vimpac.model.checkpoint import CheckpointError, save_checkpoint
 from vimpac.model.config import ModelConfig
 from vimpac.model.loading import TASK_KIND, load_model, read_weights, resolve_checkpoint
@@ -29,7 +30,7 @@ from vimpac.model.original import (OriginalCheckpointError, convert_original, fi
                                    read_original)
 from vimpac.model.transformer import VimpacForClassification, VimpacForPretraining
 
-FIXTURES = Path("/work/shared/fixtures/original-vimpac")
+FIXTURES = original_fixtures()
 REPO = Path(__file__).resolve().parents[1]
 #: measured max relative errors (max |ours - ref| / max |ref|) are 2e-7 .. 5e-7 in fp32
 REL_TOL = 5e-6

@@ -27,20 +27,13 @@ from video2token.precision import resolve_precision
 
 from vimpac.data import registry
 from vimpac.data.labelled import LabelledData, LabelledSource
-from vimpac.data.stores import DataError
 from vimpac.eval.finetuned import RESULTS, EvalSettings, evaluate_finetuned, parse_clip_counts
-from vimpac.model.checkpoint import CheckpointError
-from vimpac.train.deepspeed_setup import EngineError
+from vimpac.train.entry import run_guarded
 from vimpac.train.errors import TrainError
 from vimpac.train.finetune_task import BEST, ClassifierInit, FinetuneTask
 from vimpac.train.flags import add_data_flags, add_optimisation_flags, add_run_flags, loop_config
 from vimpac.train.hooks import LoopHooks
 from vimpac.train.loop import TrainLoop
-from vimpac.train.optim import ScheduleError
-from vimpac.train.runtime import Launch
-
-ERRORS = (TrainError, EngineError, ScheduleError, CheckpointError, DataError)
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vimpac.finetune", description=__doc__,
@@ -113,15 +106,10 @@ def run(a: argparse.Namespace, hooks: LoopHooks | None) -> tuple[dict, bool]:
 
 def main(argv: list[str] | None = None, *, hooks: LoopHooks | None = None) -> int:
     a = build_parser().parse_args(argv)
-    try:
-        summary, prints = run(a, hooks)
-    except ERRORS as e:
-        if Launch.from_environ().is_main:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+    result = run_guarded(lambda: run(a, hooks))
+    if result is None:
         return 2
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    summary, prints = result
     if prints:
         fin, best = summary["final"], summary["best"]
         print(f"done: final top-1 {fin['top1']:.2f} top-5 {fin['top5']:.2f}, best top-1 {best['top1']:.2f} "

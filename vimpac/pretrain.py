@@ -23,24 +23,15 @@ import os
 import sys
 from typing import Any
 
-import torch
-
 from vimpac.data import registry
 from vimpac.data.pretrain_clips import MASKINGS, ClipSampling
-from vimpac.data.stores import DataError
-from vimpac.model.checkpoint import CheckpointError
-from vimpac.model.config import CONFIG_NAMES, POS_EMB_KINDS, ModelConfig, named_config
-from vimpac.train.deepspeed_setup import EngineError
+from vimpac.model.config import CONFIG_NAMES, POS_EMB_KINDS, ModelConfig, apply_halving, named_config
+from vimpac.train.entry import run_guarded
 from vimpac.train.errors import TrainError
 from vimpac.train.flags import add_data_flags, add_optimisation_flags, add_run_flags, loop_config
 from vimpac.train.hooks import LoopHooks
 from vimpac.train.loop import TrainLoop
-from vimpac.train.optim import ScheduleError
 from vimpac.train.pretrain_task import PretrainData, PretrainObjective, PretrainTask
-from vimpac.train.runtime import Launch
-
-ERRORS = (TrainError, EngineError, ScheduleError, CheckpointError, DataError)
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vimpac.pretrain", description=__doc__,
@@ -66,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--nce-proj-layers", type=int, default=None)
     m.add_argument("--nce-proj-hid-dim", type=int, default=None)
     m.add_argument("--grad-checkpointing", action="store_true")
+    m.add_argument("--pre-activation", action="store_true", help="pre-LN layers + final LayerNorm (original's option)")
+    m.add_argument("--halve-att", action="store_true", help="half the attention width (heads of half size)")
+    m.add_argument("--halve-mlp", action="store_true", help="half the MLP width")
+    m.add_argument("--nce-bn-after-proj", action="store_true", help="BatchNorm after the contrastive projection")
     m.add_argument("--load", default=None, help="initialise weights from a checkpoint directory (fresh schedule)")
 
     o = p.add_argument_group("objective")
@@ -105,8 +100,12 @@ def model_config_from_flags(a: argparse.Namespace, *, vocab_size: int, grid: tup
         overrides["nce_proj_layers"] = a.nce_proj_layers
     if a.nce_proj_hid_dim is not None:
         overrides["nce_proj_hid_dim"] = a.nce_proj_hid_dim
+    if a.pre_activation:
+        overrides.update(pre_ln=True, embed_norm=False)  # the original's pre-activation has no embedding LayerNorm
+    if a.nce_bn_after_proj:
+        overrides["nce_bn_after_proj"] = True
     try:
-        return named_config(a.config, **overrides)
+        return apply_halving(named_config(a.config, **overrides), halve_att=a.halve_att, halve_mlp=a.halve_mlp)
     except ValueError as e:
         hint = " (set --heads with --hid-dim)" if "head" in str(e) else ""
         raise TrainError(f"{e}{hint}") from None
@@ -146,18 +145,16 @@ def build_task(a: argparse.Namespace) -> PretrainTask:
 
 def main(argv: list[str] | None = None, *, hooks: LoopHooks | None = None) -> int:
     a = build_parser().parse_args(argv)
-    loop = None
-    try:
+
+    def run() -> tuple[dict[str, Any], bool]:
         loop = TrainLoop(loop_config(a, epochs=a.epochs), build_task(a), hooks=hooks)
-        summary = loop.fit()
-    except ERRORS as e:
-        if Launch.from_environ().is_main:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+        return loop.fit(), loop.main
+
+    result = run_guarded(run)
+    if result is None:
         return 2
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    if loop.main:
+    summary, prints = result
+    if prints:
         tr, va = summary["train"] or {}, summary["valid"]
         train = f"train mp_loss {tr['mp_loss']:.4f} mask_acc {tr['mask_acc']:.4f}" if tr else "no train step"
         valid = f"valid mask_acc {va['mask_acc']:.4f} vs copy baseline {va['copy_acc']:.4f}" if va else "no eval"

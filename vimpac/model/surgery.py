@@ -9,7 +9,7 @@ Pure tensor-in, tensor-out functions (timm style), applied at load time:
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -33,15 +33,22 @@ def _check_keys(adapted: Mapping[str, torch.Tensor], target: Mapping[str, torch.
                            f"unexpected {unexpected[:3]}")
 
 
-def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], where: str, *, different_shape: bool = True
-                   ) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """Positional tables resampled to the model's shape, every key checked -> (resampled names, state to load)."""
+def _resample_tables(state: Mapping[str, torch.Tensor], model: nn.Module, *, different_shape: bool,
+                     shape_error: Callable[[PosEmbedShapeError], str]):
+    """Positional tables of `state` resampled to the model's -> (state, target shapes, resampled names)."""
     target = {k: v.shape for k, v in model.state_dict().items()}
     try:
         adapted = adapt_pos_embeds(state, target, different_shape=different_shape)
     except PosEmbedShapeError as e:
-        raise WeightsError(f"{where}: {e}") from None
-    resampled = [k for k in state if k in adapted and adapted[k] is not state[k]]
+        raise WeightsError(shape_error(e)) from None
+    return adapted, target, [k for k in state if k in adapted and adapted[k] is not state[k]]
+
+
+def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], where: str, *, different_shape: bool = True
+                   ) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Positional tables resampled to the model's shape, every key checked -> (resampled names, state to load)."""
+    adapted, target, resampled = _resample_tables(state, model, different_shape=different_shape,
+                                                  shape_error=lambda e: f"{where}: {e}")
     _check_keys(adapted, target, where, "this model; check --config/--layers/--hid-dim/--model/--pos-emb")
     return resampled, adapted
 
@@ -97,13 +104,10 @@ def backbone_state(ckpt_state: Mapping[str, torch.Tensor], ckpt_cfg: ModelConfig
         state[CODE_TABLE] = remap_vocab(state[CODE_TABLE], ckpt_cfg.vocab_size, cfg.vocab_size, std=cfg.init_std,
                                         generator=gen)
         notes.append(f"vocabulary {ckpt_cfg.vocab_size} -> {cfg.vocab_size} codes")
-    target = {k: v.shape for k, v in model.state_dict().items()}
-    try:
-        adapted = adapt_pos_embeds(state, target, different_shape=different_shape)
-    except PosEmbedShapeError as e:
-        raise WeightsError(f"{where}: pre-trained on T={ckpt_cfg.clip_len}, {ckpt_cfg.grid_h}x{ckpt_cfg.grid_w} "
-                           f"codes, fine-tuning on T={cfg.clip_len}, {cfg.grid_h}x{cfg.grid_w}: {e}") from None
-    resampled = [k for k in state if adapted[k] is not state[k]]
+    adapted, target, resampled = _resample_tables(
+        state, model, different_shape=different_shape,
+        shape_error=lambda e: (f"{where}: pre-trained on T={ckpt_cfg.clip_len}, {ckpt_cfg.grid_h}x{ckpt_cfg.grid_w} "
+                               f"codes, fine-tuning on T={cfg.clip_len}, {cfg.grid_h}x{cfg.grid_w}: {e}"))
     if resampled:
         notes.append(f"--different-shape: resampled {resampled}")
     if not keep_head:

@@ -19,9 +19,9 @@ from vimpac.data.clips import collate
 from vimpac.data.labelled import LabelledData
 from vimpac.data.stores import DataError
 from vimpac.eval.finetuned import EvalSettings, evaluate_model, write_results
-from vimpac.model.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from vimpac.model.checkpoint import Checkpoint, CheckpointError
 from vimpac.model.config import ModelConfig
-from vimpac.model.loading import resolve_checkpoint
+from vimpac.model.loading import read_weights
 from vimpac.model.surgery import WeightsError, backbone_state
 from vimpac.model.transformer import VimpacForClassification
 from vimpac.train.errors import TrainError
@@ -79,17 +79,16 @@ class FinetuneTask:
         if not self.init.load:
             raise TrainError("fine-tuning needs --load PRETRAIN_OUTPUT (a checkpoint dir with model.safetensors + "
                              "config.json, or an original VIMPAC snapshot)")
-        path = resolve_checkpoint(self.init.load)
         try:
-            ck = load_checkpoint(path, weights_only=True)
+            w = read_weights(self.init.load)  # this project's checkpoints and original snapshots alike
         except CheckpointError as e:
             raise TrainError(f"--load: {e}") from None
-        for flag, want, have in (("--layers", self.init.layers, ck.model_config.layers),
-                                 ("--hid-dim", self.init.hid_dim, ck.model_config.hid_dim)):
+        for flag, want, have in (("--layers", self.init.layers, w.config.layers),
+                                 ("--hid-dim", self.init.hid_dim, w.config.hid_dim)):
             if want is not None and want != have:
-                raise TrainError(f"{flag} {want} but --load {path} has {have}: the architecture comes from the "
+                raise TrainError(f"{flag} {want} but --load {w.path} has {have}: the architecture comes from the "
                                  f"checkpoint; drop the flag or load another checkpoint")
-        return ck.model_config, ck.model_state, path
+        return w.config, w.state, w.path
 
     def prepare(self, ckpt: Checkpoint | None) -> None:
         if ckpt is not None:

@@ -18,13 +18,17 @@ from vimpac.data.pretrain_clips import ClipPairDataset, ClipSampling, collate_pa
 from vimpac.data.sampler import EpochBatchSampler
 from vimpac.data.stores import DataError, check_compatible_stores, check_frame_size, open_stores
 from vimpac.eval.copy_baseline import copy_baseline_accuracy, copy_baseline_predictions
-from vimpac.model.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from vimpac.model.checkpoint import Checkpoint, CheckpointError
+from vimpac.model.loading import PRETRAIN, LoadedWeights, read_weights
 from vimpac.model.config import ModelConfig
 from vimpac.model.losses import symmetric_infonce
 from vimpac.model.surgery import WeightsError, check_same_architecture, fit_state_dict, resample_moments
 from vimpac.model.transformer import VimpacForPretraining
 from vimpac.train.errors import TrainError
 
+#: model options no pre-training flag sets: a --load checkpoint's values are kept (e.g. an original VIMPAC
+#: snapshot's bias-free contrastive projection)
+ADOPTED_FROM_LOAD = ("nce_proj_bias", "embed_norm")
 SUMS = ("mp_loss", "mask_correct", "copy_correct", "masked", "cl_loss", "cl_acc", "micro", "valid", "pad", "tokens")
 
 
@@ -84,6 +88,9 @@ class PretrainTask:
             raise TrainError(f"--vocab-size {data.vocab_size} but the token stores hold {vocab} codes "
                              f"({self.train_stores[0].path}); drop the flag or use stores of that tokenizer")
         self.cfg = model_config(vocab, grid)
+        self.init = self._read_load() if load else None
+        if self.init is not None:
+            self.cfg = self.cfg.replace(**{k: getattr(self.init.config, k) for k in ADOPTED_FROM_LOAD})
         self.special = self.cfg.special_tokens
         self.train_set = ClipPairDataset(self.train_stores, data.sampling, seed=data.seed, what="--train-tokens")
         self.valid_set = (ClipPairDataset(self.valid_stores, data.sampling, seed=data.seed + 1, what="--valid-tokens")
@@ -108,10 +115,12 @@ class PretrainTask:
                     log(f"[pretrain] stage 2: input changed from T={old.clip_len}, {old.grid_h}x{old.grid_w} to "
                         f"T={self.cfg.clip_len}, {self.cfg.grid_h}x{self.cfg.grid_w}; resampled {resampled} "
                         f"and their AdamW moments")
-            elif self.load:
-                init = self._read_load()
-                check_same_architecture(init.model_config, self.cfg, f"--load {self.load}")
-                _, self.loaded_weights = fit_state_dict(model, init.model_state, self.load)
+            elif self.init is not None:
+                init = self.init
+                check_same_architecture(init.config, self.cfg, f"--load {init.path}")
+                _, self.loaded_weights = fit_state_dict(model, init.state, init.path)
+                log(f"[pretrain] initialised from {init.path} ({init.source} weights)" +
+                    "".join(f"\n  {n}" for n in init.notes))
             else:
                 return model
         except WeightsError as e:
@@ -119,11 +128,15 @@ class PretrainTask:
         model.load_state_dict(self.loaded_weights)
         return model
 
-    def _read_load(self) -> Checkpoint:
+    def _read_load(self) -> LoadedWeights:
         try:
-            return load_checkpoint(self.load, weights_only=True)
+            w = read_weights(self.load)  # this project's checkpoints and original snapshots alike
         except CheckpointError as e:
             raise TrainError(f"--load: {e}") from None
+        if w.kind != PRETRAIN:
+            raise TrainError(f"--load {w.path}: a fine-tuned classifier has no pre-training heads; load a "
+                             f"pre-training checkpoint (or fine-tune from this one with vimpac.finetune)")
+        return w
 
     def adapt_moments(self, moments: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
         return resample_moments(moments, model)
