@@ -9,8 +9,8 @@ from vimpac.data import registry
 from vimpac.data.clips import ClipSpec
 from vimpac.data.finetune_clips import EvalClips, TrainClips, check_labels
 from vimpac.data.stores import DataError, check_compatible_stores, check_frame_size, open_stores
+from vimpac.model.loading import TASK_KIND
 
-TASK_KIND = "video-classification"
 DEFAULT_EPOCHS = 50
 
 

@@ -14,12 +14,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from vimpac.data.labelled import TASK_KIND, LabelledData
+from vimpac.data.labelled import LabelledData
 from vimpac.data.stores import DataError
 from vimpac.eval.reports import write_reports
 from vimpac.eval.scores import EvalResult, evaluate
 from vimpac.model.checkpoint import CheckpointError, load_checkpoint
-from vimpac.model.loading import resolve_checkpoint
+from vimpac.model.loading import finetune_task_of, resolve_checkpoint
 from vimpac.model.surgery import WeightsError, backbone_state
 from vimpac.model.transformer import VimpacForClassification
 
@@ -80,17 +80,12 @@ def parse_clip_counts(text: str | None) -> list[int]:
     return counts
 
 
-def is_finetuned(config: dict) -> bool:
-    """A checkpoint's config.json says it holds a classifier (written by fine-tuning)."""
-    return isinstance(config.get("train"), dict) and config["train"].get("task", {}).get("kind") == TASK_KIND
-
-
 def evaluate_finetuned(path: str, data: LabelledData, settings: EvalSettings, *, precision: str, device: str,
                        out: str, clip_len: int | None = None, clip_counts: Sequence[int] = ()) -> dict[str, Any]:
     """`finetune --eval-only`: a fine-tuned checkpoint on the test stores -> results (also written under `out`)."""
     path = resolve_checkpoint(path)
     ck = load_checkpoint(path, weights_only=True)
-    if not is_finetuned(ck.config):
+    if finetune_task_of(ck.config) is None:
         raise CheckpointError(f"--eval-only: {path} is not a fine-tuned checkpoint (no classifier); fine-tune first")
     cfg = ck.model_config
     clip = data.clip_spec(clip_len or cfg.clip_len)

@@ -67,7 +67,8 @@ def original_task(conv: ConvertedOriginal) -> dict[str, Any] | None:
     return {k: v for k, v in task.items() if v is not None}
 
 
-def _task_of(config: dict[str, Any]) -> dict[str, Any] | None:
+def finetune_task_of(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The fine-tuning task record of a checkpoint's config.json (None: not a fine-tuned classifier)."""
     train = config.get("train")
     task = train.get("task") if isinstance(train, dict) else None
     return task if isinstance(task, dict) and task.get("kind") == TASK_KIND else None
@@ -92,7 +93,7 @@ def read_weights(path: str | os.PathLike) -> LoadedWeights:
         raise CheckpointError(f"{path}: neither a VIMPAC checkpoint (config.json + model.safetensors, or a run output "
                               f"holding best/ or last/) nor an original VIMPAC snapshot (classifier.pt + args.pickle)")
     ckpt = load_checkpoint(ckpt_dir, weights_only=True)
-    task = _task_of(ckpt.config)
+    task = finetune_task_of(ckpt.config)
     head = ckpt.model_state.get(HEAD_WEIGHT)
     where = os.path.join(ckpt_dir, CONFIG_FILE)
     if head is None:
