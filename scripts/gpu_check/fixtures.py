@@ -84,6 +84,7 @@ def tokenizer_meta(path: str, out: str, *, device: str) -> dict:
     from video2token.tokenizers import load_tokenizer
 
     meta = load_tokenizer("dalle", path, device=device).describe()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
         json.dump(meta, f)
     return {"path": out, "tokenizer": meta}
