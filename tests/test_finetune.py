@@ -113,6 +113,12 @@ def test_eval_only_reproduces_best_checkpoint_numbers(finetuned, data, tmp_path)
     res = json.load(open(os.path.join(out, "results.json")))
     best = load_checkpoint(os.path.join(finetuned, "best"), weights_only=True).config["train"]["eval"]
     assert res["final"]["top1"] == pytest.approx(best["top1"]) and res["final"]["top5"] == pytest.approx(best["top5"])
+    # without --valid-tokens: the run's own test stores, read from its checkpoint
+    again = str(tmp_path / "again")
+    log = ok(run(["--eval-only", "--load", os.path.join(finetuned, "best"), "--output", again, "--num-test-clips", "2",
+                  *FAST]))
+    assert "the test stores of the run" in log
+    assert json.load(open(os.path.join(again, "results.json")))["final"]["top1"] == pytest.approx(best["top1"])
 
 
 def test_different_shape_resamples_and_its_absence_is_a_clear_error(data, tmp_path):

@@ -116,9 +116,29 @@ def test_predict_refuses_another_tokenizer_and_a_missing_video(pipeline, tmp_pat
     proc = run("vimpac.predict", ["--checkpoint", pipeline["out"], "--tokenizer", "vqvae", "--tokenizer-path", other,
                                   video])
     assert proc.returncode == 2 and "another tokenizer" in proc.stderr and "sha256" in proc.stderr
-    proc = run("vimpac.predict", ["--checkpoint", pipeline["out"], "--tokenizer", "vqvae", "--tokenizer-path",
-                                  pipeline["tok"], str(tmp_path / "nope.mp4")])
-    assert proc.returncode == 2 and "nope.mp4 does not exist" in proc.stderr
+    # a missing and a truncated file among good ones: reported, the good one still classified, exit code 1
+    truncated = str(tmp_path / "cut.mp4")
+    with open(video, "rb") as f, open(truncated, "wb") as g:
+        g.write(f.read()[:600])
+    proc = run("vimpac.predict", ["--checkpoint", pipeline["out"], "--json", str(tmp_path / "nope.mp4"), truncated,
+                                  video])
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["failed"] == 2 and "nope.mp4 does not exist" in doc["results"][0]["error"]
+    assert "cut.mp4" in doc["results"][1]["error"] and doc["results"][2]["top"]  # no tokenizer flags: the record's
+
+
+def test_export_with_the_tokenizer_is_self_contained(pipeline, tmp_path):
+    release = str(tmp_path / "release")
+    ok(run("vimpac.export", ["--checkpoint", pipeline["out"], "--output", release, "--with-tokenizer"]))
+    verify_release(release)  # the tokenizer's files are in SHA256SUMS too
+    assert os.path.exists(os.path.join(release, "tokenizer", "model.safetensors"))
+    moved = str(tmp_path / "moved")
+    os.rename(release, moved)  # the release works wherever it is, without the original tokenizer path
+    video = os.path.join(pipeline["videos"], pipeline["items"][0][0])
+    doc = json.loads(ok(run("vimpac.predict", ["--checkpoint", moved, "--json", video])))
+    assert doc["failed"] == 0 and doc["results"][0]["top"]
+    assert "--checkpoint RELEASE_DIR VIDEO" in open(os.path.join(moved, "README.md")).read()
 
 
 def test_export_and_reload_give_identical_outputs(pipeline):

@@ -276,3 +276,15 @@ def test_clear_errors(stores, reference, tmp_path, capsys):
           "dalle_ucf101_train_split1_fps2_hflip0_128center128 does not exist")
     fails(["--train-tokens", stores["train"], "--output", out, *TINY, "--model", "T,H|W"],
           "expected 'efflayout' followed by a layout")
+
+
+def test_a_small_set_trains_with_default_batch_flags_and_debug_is_quick(stores, tmp_path):
+    out = str(tmp_path / "out")
+    log = ok(run(["--train-tokens", stores["train"], "--valid-tokens", stores["valid"], "--output", out, *TINY,
+                  "--epochs", "1"]))  # no --batch-size / --bs-per-gpu: the paper's 1024 would not fit 48 videos
+    assert "warning: --batch-size not given" in log and "using 32 (32 per rank" in log
+    assert [r["step"] for r in train_rows(out)] == [1]
+    big = make_store(str(tmp_path / "big"), num_videos=80, grid=4, vocab_size=32, seed=4)
+    log = ok(run(["--train-tokens", big, "--output", str(tmp_path / "dbg"), *TINY, "--epochs", "1", "--batch-size",
+                  "4", "--debug"]))
+    assert "--debug: 8 of 20 steps per epoch" in log and len(train_rows(str(tmp_path / "dbg"))) == 8

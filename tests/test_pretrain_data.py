@@ -300,3 +300,27 @@ def test_iid_masking_matches_the_block_ratio_without_blocks(tmp_path):
     assert stats["iid"][1] < 0.3 < stats["block"][1]
     with pytest.raises(ValueError, match="masking"):
         ClipSampling(clip_len=5, masking="random")
+
+
+def test_batch_plan_follows_the_flags_given_and_fits_a_small_set():
+    from vimpac.train.runtime import plan_for_data
+
+    kw = dict(default_batch=1024, default_bs_per_gpu=32)
+    plan, warning = plan_for_data(batch_size=None, bs_per_gpu=None, world_size=1, num_videos=5000, **kw)
+    assert (plan.global_batch, plan.micro_batch, plan.accumulation) == (1024, 32, 32) and warning is None
+    # a small set: the default global batch is capped by the data, with a warning that says so
+    plan, warning = plan_for_data(batch_size=None, bs_per_gpu=None, world_size=2, num_videos=100, **kw)
+    assert (plan.global_batch, plan.micro_batch) == (64, 32) and "100 training videos" in warning
+    plan, warning = plan_for_data(batch_size=None, bs_per_gpu=None, world_size=1, num_videos=12, **kw)
+    assert (plan.global_batch, plan.micro_batch, plan.accumulation) == (12, 12, 1) and "pass --batch-size" in warning
+    # only --batch-size: the micro batch follows it (largest divisor of the per-rank share up to the default)
+    plan, _ = plan_for_data(batch_size=48, bs_per_gpu=None, world_size=2, num_videos=12, **kw)
+    assert (plan.micro_batch, plan.accumulation) == (24, 1)
+    plan, _ = plan_for_data(batch_size=96, bs_per_gpu=None, world_size=1, num_videos=12, **kw)
+    assert (plan.micro_batch, plan.accumulation) == (32, 3)
+    # only --bs-per-gpu: the default global batch rounded to a multiple of it
+    plan, _ = plan_for_data(batch_size=None, bs_per_gpu=24, world_size=1, num_videos=5000, **kw)
+    assert (plan.global_batch, plan.accumulation) == (1008, 42)
+    # both given and disagreeing: the error names both flags
+    with pytest.raises(EngineError, match="--batch-size 100 is not divisible by --bs-per-gpu 32"):
+        plan_for_data(batch_size=100, bs_per_gpu=32, world_size=1, num_videos=5000, **kw)

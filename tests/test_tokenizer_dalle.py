@@ -1,4 +1,8 @@
-"""DALL-E dVAE tokenizer: a tiny random-weight dall_e Encoder/Decoder pickled like the release."""
+"""DALL-E dVAE tokenizer: a tiny random-weight dall_e Encoder/Decoder pickled like the release.
+
+Paths: fp32 (`ExactDalleEncoder`, must give the package's fp32 codes exactly) and bf16
+(`FastDalleEncoder`, agreement with the fp32 argmax); `auto` picks between them by hardware.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -9,18 +13,20 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-from dall_e import Decoder, Encoder, unmap_pixels
+from dall_e import Decoder, Encoder, map_pixels, unmap_pixels
 
+from video2token import precision as policy
 from video2token.tokenizers import TokenizerError, load_tokenizer
-from video2token.tokenizers.dalle import DalleTokenizer, main as dalle_cli
+from video2token.tokenizers.dalle import (DalleTokenizer, ExactDalleEncoder, FastDalleEncoder, main as dalle_cli,
+                                          torch_conv_uses_onednn)
 from video2token.tokenizers.safe_pickle import UnsafePickleError
 
 VOCAB = 512  # the package's validators need vocab_size >= 512 and n_hid >= 64
 
 
-def tiny_models() -> tuple[Encoder, Decoder]:
+def tiny_models(n_blk_per_group: int = 1) -> tuple[Encoder, Decoder]:
     torch.manual_seed(0)
-    enc = Encoder(n_hid=64, n_blk_per_group=1, vocab_size=VOCAB)
+    enc = Encoder(n_hid=64, n_blk_per_group=n_blk_per_group, vocab_size=VOCAB)
     dec = Decoder(n_init=8, n_hid=64, n_blk_per_group=1, vocab_size=VOCAB)
     return enc, dec
 
@@ -45,7 +51,28 @@ def frames() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tok(weights_dir):
-    return load_tokenizer("dalle", str(weights_dir), device="cpu")
+    """The bf16 path, whatever this CPU's `auto` is."""
+    return load_tokenizer("dalle", str(weights_dir), device="cpu", precision="bf16")
+
+
+@pytest.fixture(scope="module")
+def tok32(weights_dir):
+    return load_tokenizer("dalle", str(weights_dir), device="cpu", precision="fp32")
+
+
+@pytest.fixture
+def threads():
+    """Set torch's thread count for one test (the package's conv routing depends on it)."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def package_fp32(encoder: Encoder, frames: np.ndarray) -> torch.Tensor:
+    """The `dall-e` package's plain fp32 forward on mapped pixels, as its usage notebook: logits (N, V, h, w)."""
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255)
+    with torch.inference_mode():
+        return encoder(map_pixels(x).contiguous())
 
 
 def test_encode_shapes_dtype_range(tok, frames):
@@ -68,19 +95,71 @@ def test_deterministic_and_independent_of_batch(tok, frames):
         tok.batch_size = 32
 
 
-def test_fast_path_agrees_with_fp32_argmax(weights_dir, tok, frames):
-    exact = DalleTokenizer.load(str(weights_dir), device="cpu", precision="fp32")
-    logits = exact.encoder_logits(frames)  # (N, V, h, w) fp32, the package's forward
-    assert np.array_equal(exact.encode(frames), logits.argmax(1).numpy())
-    fast = tok.encode(frames)
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_fp32_path_gives_the_package_fp32_codes_exactly(weights_dir, tok32, frames, threads, num_threads):
+    threads(num_threads)
+    assert tok32.precision == "fp32" and isinstance(tok32.fast_encoder, ExactDalleEncoder)
+    for sub in (frames[:1], frames[:5], frames):  # batch sizes change torch's conv routing at one thread
+        ref = package_fp32(tok32.encoder, sub)
+        tok32.batch_size = len(sub)
+        with torch.inference_mode():
+            logits = tok32.fast_encoder.logits(tok32._map_pixels(sub))
+        assert torch.equal(logits, ref), f"{num_threads} threads, batch {len(sub)}: logits differ bitwise"
+        assert np.array_equal(tok32.encode(sub), ref.argmax(1).numpy())
+    tok32.batch_size = 32
+
+
+def test_fp32_path_without_a_foldable_gain(tmp_path, frames, threads):
+    """3 blocks per group: post_gain 1/144 is not a power of two, so it is multiplied, not folded."""
+    enc, _ = tiny_models(n_blk_per_group=3)
+    torch.save(enc, tmp_path / "encoder.pkl")
+    tok = load_tokenizer("dalle", str(tmp_path), device="cpu", precision="fp32")
+    assert {gain for blocks, _ in tok.fast_encoder.groups for *_, gain in blocks} == {1 / 144}
+    for n in (1, 2):
+        threads(n)
+        ref = package_fp32(tok.encoder, frames[:4])
+        assert np.array_equal(tok.encode(frames[:4]), ref.argmax(1).numpy())
+
+
+def test_conv_routing_mirrors_torch(threads):
+    """`torch_conv_uses_onednn` says where F.conv2d sends a dense fp32 conv: oneDNN gives the same
+    bits as a oneDNN-tensor conv, torch's own kernels do not (for these shapes)."""
+    torch.manual_seed(0)
+    for n_threads in (1, 2):
+        threads(n_threads)
+        for n, c, size, k in [(1, 64, 8, 1), (2, 64, 8, 1), (16, 64, 8, 1), (1, 64, 8, 3), (1, 256, 16, 3), (2, 3, 8, 7)]:
+            x, w, b = torch.randn(n, c, size, size).relu(), torch.randn(32, c, k, k) / (c * k * k) ** 0.5, torch.randn(32)
+            dense = torch.nn.functional.conv2d(x, w, b, padding=k // 2)
+            onednn = torch.mkldnn_convolution(x.to_mkldnn(), w.to_mkldnn(), b, [k // 2] * 2, [1, 1], [1, 1], 1)
+            assert torch.equal(dense, onednn.to_dense()) == torch_conv_uses_onednn((n, c, size, size), k), \
+                (n_threads, n, c, size, k)
+
+
+def test_bf16_path_agrees_with_fp32_argmax(weights_dir, tok, frames):
+    assert tok.precision == "bf16" and isinstance(tok.fast_encoder, FastDalleEncoder)
+    logits = tok.encoder_logits(frames)  # (N, V, h, w) fp32, the package's forward
     ref = logits.argmax(1).numpy()
+    fast = tok.encode(frames)
     agree = (fast == ref).mean()
-    print(f"bf16 fast path vs fp32 argmax agreement: {agree:.4f}")
+    print(f"bf16 path vs fp32 argmax agreement: {agree:.4f}")
     assert agree >= 0.9
     # Disagreements are near-ties of the fp32 logits, never confident positions.
     top2 = logits.topk(2, dim=1).values
     margin = ((top2[:, 0] - top2[:, 1]) / logits.std()).numpy()
     assert (fast[margin > 0.05] == ref[margin > 0.05]).all()
+
+
+@pytest.mark.parametrize("caps, expected, path", [
+    ({"cpu_name": "AMD EPYC", "avx2": True, "amx_bf16": False, "avx512_bf16": False}, "fp32", ExactDalleEncoder),
+    ({"cpu_name": "Intel Xeon", "avx2": True, "amx_bf16": True, "avx512_bf16": True}, "bf16", FastDalleEncoder),
+], ids=["avx2", "amx"])
+def test_auto_follows_the_policy(weights_dir, monkeypatch, caps, expected, path):
+    monkeypatch.setattr(policy, "cpu_capabilities", lambda: dict(caps))
+    auto = load_tokenizer("dalle", str(weights_dir / "encoder.pkl"), device="cpu")
+    assert auto.precision == expected and isinstance(auto.fast_encoder, path)
+    assert auto.describe()["precision"] == expected and auto.policy.requested == "auto"
+    with pytest.raises(ValueError, match="--precision must be one of"):
+        load_tokenizer("dalle", str(weights_dir / "encoder.pkl"), device="cpu", precision="fast")
 
 
 def test_decode_matches_package_usage(tok, frames):
@@ -104,12 +183,14 @@ def test_decode_errors(weights_dir, tok):
         enc_only.decode(np.zeros((1, 2, 2), dtype=np.int64))
 
 
-def test_describe_names_weights(tok, weights_dir):
+def test_describe_names_weights_and_precision(tok, tok32, weights_dir):
+    assert tok32.describe()["precision"] == "fp32"
     info = tok.describe()
     sha = hashlib.sha256((weights_dir / "encoder.pkl").read_bytes()).hexdigest()
     assert info["name"] == "dalle" and info["vocab_size"] == VOCAB and info["downsample"] == 8
     assert info["sha256"] == sha and info["path"].endswith("encoder.pkl")
     assert info["decoder_sha256"] == hashlib.sha256((weights_dir / "decoder.pkl").read_bytes()).hexdigest()
+    assert info["precision"] == "bf16"
     json.dumps(info)
 
 
@@ -186,10 +267,12 @@ def test_convert_to_safetensors_roundtrip(tmp_path, weights_dir, tok, frames):
     dalle_cli(["convert", "--encoder", str(weights_dir / "encoder.pkl"),
                "--decoder", str(weights_dir / "decoder.pkl"), "--out", str(out)])
     assert {p.name for p in out.iterdir()} == {"config.json", "encoder.safetensors", "decoder.safetensors"}
-    conv = load_tokenizer("dalle", str(out), device="cpu")
+    conv = load_tokenizer("dalle", str(out), device="cpu", precision="bf16")
     assert conv.has_decoder and conv.vocab_size == VOCAB
     codes = conv.encode(frames)
     assert np.array_equal(codes, tok.encode(frames))
+    conv32 = load_tokenizer("dalle", str(out), device="cpu", precision="fp32")
+    assert np.array_equal(conv32.encode(frames), package_fp32(conv32.encoder, frames).argmax(1).numpy())
     assert np.array_equal(conv.decode(codes[:2]), tok.decode(codes[:2]))
     assert conv.describe()["source"]["encoder_sha256"] == tok.describe()["sha256"]
 

@@ -109,6 +109,21 @@ def test_codes_are_deterministic_and_batch_independent(tok_dir, frames):
         assert np.array_equal(again.encode(frames), ref)
 
 
+@pytest.mark.parametrize("caps, expected", [
+    ({"cpu_name": "AMD EPYC", "avx2": True, "amx_bf16": False, "avx512_bf16": False}, "fp32"),
+    ({"cpu_name": "Intel Xeon", "avx2": True, "amx_bf16": True, "avx512_bf16": True}, "bf16"),
+], ids=["avx2", "amx"])
+def test_precision_auto_follows_the_policy(tok_dir, frames, monkeypatch, caps, expected):
+    from video2token import precision as policy
+
+    monkeypatch.setattr(policy, "cpu_capabilities", lambda: dict(caps))
+    tok = load_tokenizer("vqvae", tok_dir, device="cpu")
+    assert tok.precision == expected and tok.describe()["precision"] == expected
+    explicit = VQVAETokenizer.load(tok_dir, device="cpu", precision=expected)
+    assert np.array_equal(tok.encode(frames), explicit.encode(frames))
+    assert VQVAETokenizer.load(tok_dir, device="cpu", precision="fp32").describe()["precision"] == "fp32"
+
+
 def test_quantizer_runs_in_fp32_under_autocast(tok_dir, frames):
     tok = load_tokenizer("vqvae", tok_dir, device="cpu")
     with torch.no_grad():

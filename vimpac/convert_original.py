@@ -15,6 +15,8 @@ import json
 import os
 import sys
 
+from video2token.cli import HelpFormatter
+
 from vimpac.model.checkpoint import CheckpointError, save_checkpoint
 from vimpac.model.loading import original_task
 from vimpac.model.original import read_original
@@ -27,7 +29,7 @@ def _inside(path: str, folder: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vimpac.convert_original", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("src", metavar="SRC", help="original run folder, its last/, or classifier.pt")
     p.add_argument("--output", required=True, metavar="OUT", help="checkpoint folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")

@@ -15,21 +15,25 @@ from __future__ import annotations
 import argparse
 import sys
 
+from video2token.cli import HelpFormatter
+
 from vimpac.serve.classifier import PredictError
 from vimpac.serve.release import FILES, export_release, verify_release
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vimpac.export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="fine-tuning output (best/ or last/) or checkpoint dir")
     p.add_argument("--output", required=True, help="release folder to write")
     p.add_argument("--tokenizer", choices=("dalle", "vqvae"), default=None)
     p.add_argument("--tokenizer-path", default=None, help="check this tokenizer against the fine-tuning stores'")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--with-tokenizer", action="store_true",
+                   help="copy the tokenizer into RELEASE/tokenizer/ (self-contained: predict needs no tokenizer flags)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     a = p.parse_args(argv)
     try:
         out = export_release(a.checkpoint, a.output, tokenizer_kind=a.tokenizer, tokenizer_path=a.tokenizer_path,
-                             overwrite=a.overwrite)
+                             with_tokenizer=a.with_tokenizer, overwrite=a.overwrite)
         verify_release(out)
     except PredictError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

@@ -25,8 +25,12 @@ import torch
 
 from video2token.precision import resolve_precision
 
+from video2token.cli import HelpFormatter
+
 from vimpac.data import registry
 from vimpac.data.labelled import LabelledData, LabelledSource
+from vimpac.model.checkpoint import CheckpointError, load_checkpoint
+from vimpac.model.loading import resolve_checkpoint
 from vimpac.eval.finetuned import RESULTS, EvalSettings, evaluate_finetuned, parse_clip_counts
 from vimpac.train.entry import run_guarded
 from vimpac.train.errors import TrainError
@@ -35,9 +39,12 @@ from vimpac.train.flags import add_data_flags, add_optimisation_flags, add_run_f
 from vimpac.train.hooks import LoopHooks
 from vimpac.train.loop import TrainLoop
 
+BATCH, BS_PER_GPU = 128, 16  # the paper's fine-tuning batch (table 4)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vimpac.finetune", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     d = add_data_flags(p, dataset_default="custom", dataset_help=f"one of {', '.join(registry.finetune_names())}",
                        clip_len_default=None, clip_len_help="frames per clip (default: the pre-training T)")
     d.add_argument("--split-id", type=int, default=1, help="official split (1..3 for ucf101 and hmdb51)")
@@ -53,11 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--linear-probe", action="store_true", help="freeze the backbone, train the classifier only")
     m.add_argument("--from-scratch", action="store_true",
                    help="the same architecture as --load, randomly initialised (the no-pre-training baseline)")
-    m.add_argument("--grad-checkpointing", action="store_true")
+    m.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward (less memory)")
     m.add_argument("--layers", type=int, default=None, help="accepted from the original scripts; must match --load")
     m.add_argument("--hid-dim", type=int, default=None, help="accepted from the original scripts; must match --load")
 
-    add_optimisation_flags(p, lr=1e-4, beta2=0.999, weight_decay=0.01, batch_size=128, bs_per_gpu=16, epochs=None,
+    add_optimisation_flags(p, lr=1e-4, beta2=0.999, weight_decay=0.01, batch_size=BATCH, bs_per_gpu=BS_PER_GPU, epochs=None,
                            epochs_help="default: the dataset's (paper table 4), else 50")
     r = add_run_flags(p)
     r.add_argument("--eval-only", action="store_true", help="evaluate --load (a fine-tuned checkpoint) or OUTPUT/best")
@@ -74,6 +81,25 @@ def labelled_data(a: argparse.Namespace) -> LabelledData:
         need_train=not a.eval_only))
 
 
+#: data flags `--eval-only` takes from the evaluated run when the command line gives no test stores
+RUN_DATA_FLAGS = ("valid_tokens", "dataset_name", "split_id", "data_root", "tokenizer", "fps", "frame_size",
+                  "frame_rate")
+
+
+def reuse_run_stores(a: argparse.Namespace, path: str) -> None:
+    """--eval-only without --valid-tokens / --dataset-name: the test stores of the run that wrote `path`."""
+    try:
+        flags = load_checkpoint(resolve_checkpoint(path), weights_only=True).config.get("train") or {}
+    except CheckpointError as e:
+        raise TrainError(f"--eval-only: {e}") from None
+    if not flags.get("valid_tokens") and flags.get("dataset_name", "custom") == "custom":
+        raise TrainError(f"--eval-only: {path} does not record its test stores; pass --valid-tokens or --dataset-name")
+    for key in RUN_DATA_FLAGS:
+        if key in flags:
+            setattr(a, key, flags[key])
+    print(f"[finetune] --eval-only: the test stores of the run that wrote {path}", flush=True)
+
+
 def check_vocab(a: argparse.Namespace, data: LabelledData) -> None:
     if a.vocab_size is not None and a.vocab_size != data.vocab_size:
         raise TrainError(f"--vocab-size {a.vocab_size} but the token stores hold {data.vocab_size} codes; drop the "
@@ -86,6 +112,9 @@ def run(a: argparse.Namespace, hooks: LoopHooks | None) -> tuple[dict, bool]:
         clip_counts = parse_clip_counts(a.last_test_clips)
     except ValueError as e:
         raise TrainError(str(e)) from None
+    eval_path = a.load or os.path.join(a.output, BEST)
+    if a.eval_only and not a.valid_tokens and a.dataset_name == "custom":
+        reuse_run_stores(a, eval_path)
     data = labelled_data(a)
     check_vocab(a, data)
     settings = EvalSettings(batch_size=a.eval_batch_size, max_videos=a.eval_max_videos, progress=a.tqdm)
@@ -93,14 +122,14 @@ def run(a: argparse.Namespace, hooks: LoopHooks | None) -> tuple[dict, bool]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         precision = resolve_precision(a.precision, device)
         print(f"[finetune] {precision.describe()}", flush=True)
-        path = a.load or os.path.join(a.output, BEST)
-        return evaluate_finetuned(path, data, settings, precision=precision.name, device=device, out=a.output,
+        return evaluate_finetuned(eval_path, data, settings, precision=precision.name, device=device, out=a.output,
                                   clip_len=a.clip_len, clip_counts=clip_counts), True
     init = ClassifierInit(load=a.load, clip_len=a.clip_len, different_shape=a.different_shape, dropout=a.dropout,
                           last_dropout=a.last_dropout, linear_probe=a.linear_probe, from_scratch=a.from_scratch,
                           grad_checkpointing=a.grad_checkpointing, layers=a.layers, hid_dim=a.hid_dim)
     task = FinetuneTask(data, init, settings, seed=a.seed, clip_counts=clip_counts, output=a.output)
-    loop = TrainLoop(loop_config(a, epochs=a.epochs or data.default_epochs), task, hooks=hooks)
+    cfg = loop_config(a, epochs=a.epochs or data.default_epochs, default_batch=BATCH, default_bs_per_gpu=BS_PER_GPU)
+    loop = TrainLoop(cfg, task, hooks=hooks)
     return loop.fit(), loop.main
 
 

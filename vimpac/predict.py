@@ -3,8 +3,12 @@
 Runs the same views as fine-tuning's test (`vimpac.eval.scores`): the checkpoint's frame rate, frame
 size and test crops, `--num-test-clips` uniform clips per crop, softmax scores averaged.
 
-    python -m vimpac.predict --checkpoint snap/finetune/ucf101 --tokenizer dalle --tokenizer-path weights/dalle \
-        video1.mp4 video2.avi [--num-test-clips 10] [--json]
+    python -m vimpac.predict --checkpoint snap/finetune/ucf101 video1.mp4 video2.avi [--num-test-clips 10] [--json]
+    python -m vimpac.predict --checkpoint release/ucf101 --tokenizer dalle --tokenizer-path weights/dalle video.mp4
+
+The tokenizer is the one the checkpoint records (its SHA-256 checked) unless --tokenizer-path
+says otherwise. A video that cannot be read is reported among the results and the others are
+still classified; the exit code is then 1.
 
 `--checkpoint` takes a fine-tuning output (its best/ or last/), one checkpoint dir, an export
 from `vimpac.export`, or an original VIMPAC fine-tuned snapshot (converted in memory); only the
@@ -17,17 +21,21 @@ import json
 import os
 import sys
 
+from video2token.cli import HelpFormatter
 from video2token.precision import add_precision_flag, resolve_precision
 
-from vimpac.serve.classifier import PredictError, check_tokenizer, classify_codes, load_classifier, tokenize_views, top_k
+from vimpac.serve.classifier import (PredictError, classify_codes, load_classifier, load_task_tokenizer, tokenize_views,
+                                     top_k)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vimpac.predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("videos", nargs="+", metavar="VIDEO")
     p.add_argument("--checkpoint", required=True, help="fine-tuning output, checkpoint dir or export dir")
-    p.add_argument("--tokenizer", choices=("dalle", "vqvae"), required=True)
-    p.add_argument("--tokenizer-path", required=True)
+    p.add_argument("--tokenizer", choices=("dalle", "vqvae"), default=None,
+                   help="tokenizer kind (default: the checkpoint's record)")
+    p.add_argument("--tokenizer-path", default=None,
+                   help="tokenizer weights (default: the checkpoint's record; its SHA-256 is checked either way)")
     p.add_argument("--num-test-clips", type=int, default=None, help="default: the fine-tuning run's")
     p.add_argument("--top", type=int, default=5)
     add_precision_flag(p)
@@ -37,9 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0: every video classified; 1: some videos failed (reported with the others); 2: nothing could run."""
     a = build_parser().parse_args(argv)
-    from video2token.tokenizers import TokenizerError, load_tokenizer
-
     try:
         precision = resolve_precision(a.precision, a.device)
     except ValueError as e:
@@ -50,35 +57,39 @@ def main(argv: list[str] | None = None) -> int:
         clf = load_classifier(a.checkpoint, device=a.device)
         for note in clf.notes:
             print(f"[predict] {note}", file=sys.stderr, flush=True)
-        try:
-            tok = load_tokenizer(a.tokenizer, a.tokenizer_path, device=a.device)
-        except (TokenizerError, OSError, ValueError) as e:
-            raise PredictError(f"--tokenizer-path {a.tokenizer_path}: {e}") from None
-        check_tokenizer(clf.task, tok.describe(), f"--tokenizer-path {a.tokenizer_path}")
+        tok = load_task_tokenizer(clf, kind=a.tokenizer, path=a.tokenizer_path, device=a.device,
+                                  precision=precision.name)
         num_clips = a.num_test_clips or int(clf.task.get("num_test_clips", 10))
         if num_clips < 1:
             raise PredictError(f"--num-test-clips must be >= 1, got {num_clips}")
-        results = []
-        for video in a.videos:
+    except PredictError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    results = []
+    for video in a.videos:  # one bad video is reported; the others are still classified
+        try:
             if not os.path.exists(video):
                 raise PredictError(f"{video} does not exist")
             probs = classify_codes(clf, tokenize_views(video, tok, clf.task), num_clips=num_clips,
                                    precision=precision.name)
             results.append({"video": video, "top": top_k(probs, clf.label_names, a.top)})
-    except PredictError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        except PredictError as e:
+            results.append({"video": video, "error": str(e)})
+    failed = [r for r in results if "error" in r]
     if a.json:
-        print(json.dumps({"checkpoint": clf.path, "num_test_clips": num_clips,
-                          "crops": clf.task.get("test_crops"), "results": results}, indent=2))
+        print(json.dumps({"checkpoint": clf.path, "num_test_clips": num_clips, "crops": clf.task.get("test_crops"),
+                          "results": results, "failed": len(failed)}, indent=2))
     else:
         for r in results:
             print(r["video"])
-            for i, t in enumerate(r["top"], 1):
+            if "error" in r:
+                print(f"  error: {r['error']}")
+            for i, t in enumerate(r.get("top", []), 1):
                 print(f"  {i}. {t['label']:<30s} {100 * t['prob']:6.2f}%")
-        print(f"done: {len(results)} video(s), {num_clips} clips x {len(clf.task.get('test_crops') or [1])} crops "
-              f"each, model {clf.path}", flush=True)
-    return 0
+        print(f"done: {len(results) - len(failed)} of {len(results)} video(s) classified"
+              f"{f', {len(failed)} failed' if failed else ''}; {num_clips} clips x "
+              f"{len(clf.task.get('test_crops') or [1])} crops each, model {clf.path}", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

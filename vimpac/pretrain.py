@@ -23,6 +23,8 @@ import os
 import sys
 from typing import Any
 
+from video2token.cli import HelpFormatter
+
 from vimpac.data import registry
 from vimpac.data.pretrain_clips import MASKINGS, ClipSampling
 from vimpac.model.config import CONFIG_NAMES, POS_EMB_KINDS, ModelConfig, apply_halving, named_config
@@ -33,9 +35,12 @@ from vimpac.train.hooks import LoopHooks
 from vimpac.train.loop import TrainLoop
 from vimpac.train.pretrain_task import PretrainData, PretrainObjective, PretrainTask
 
+BATCH, BS_PER_GPU = 1024, 32  # the paper's global batch; per rank on a 32 GB V100
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vimpac.pretrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     d = add_data_flags(p, dataset_default=None, dataset_help=f"locate stores under --data-root by name "
                        f"({', '.join(registry.dataset_names())})", clip_len_default=5,
                        clip_len_help="frames per clip (T)")
@@ -47,16 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--mask-rand-replace", action="store_true", help="BERT 80/10/10 replacement of masked tokens")
 
     m = p.add_argument_group("model")
-    m.add_argument("--config", choices=CONFIG_NAMES, default="small")
+    m.add_argument("--config", choices=CONFIG_NAMES, default="small", help="named model size (paper table 6)")
     m.add_argument("--model", default="efflayoutT,H|W", help="'efflayout' + layout string, e.g. efflayoutT,H|W")
-    m.add_argument("--pos-emb", choices=POS_EMB_KINDS, default="hw_separation")
+    m.add_argument("--pos-emb", choices=POS_EMB_KINDS, default="hw_separation",
+                   help="positional embedding: T + H + W tables, T + (h*w), or one (T*h*w) table")
     m.add_argument("--layers", type=int, default=None, help="override the config's layers")
     m.add_argument("--hid-dim", type=int, default=None, help="override the config's width (heads of 64, MLP 4x)")
     m.add_argument("--heads", type=int, default=None, help="attention heads when --hid-dim is overridden")
-    m.add_argument("--dropout", type=float, default=0.1)
-    m.add_argument("--nce-proj-layers", type=int, default=None)
-    m.add_argument("--nce-proj-hid-dim", type=int, default=None)
-    m.add_argument("--grad-checkpointing", action="store_true")
+    m.add_argument("--dropout", type=float, default=0.1, help="dropout on the residual branches")
+    m.add_argument("--nce-proj-layers", type=int, default=None, help="contrastive head layers (default: the config's)")
+    m.add_argument("--nce-proj-hid-dim", type=int, default=None, help="contrastive head width (default: the config's)")
+    m.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward (less memory)")
     m.add_argument("--pre-activation", action="store_true", help="pre-LN layers + final LayerNorm (original's option)")
     m.add_argument("--halve-att", action="store_true", help="half the attention width (heads of half size)")
     m.add_argument("--halve-mlp", action="store_true", help="half the MLP width")
@@ -64,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--load", default=None, help="initialise weights from a checkpoint directory (fresh schedule)")
 
     o = p.add_argument_group("objective")
-    o.add_argument("--mlm-weight", type=float, default=1.0)
-    o.add_argument("--nce-weight", type=float, default=1.0)
-    o.add_argument("--nce-temperature", type=float, default=0.2)
-    add_optimisation_flags(p, lr=1e-3, beta2=0.98, weight_decay=0.05, batch_size=1024, bs_per_gpu=32, epochs=10,
+    o.add_argument("--mlm-weight", type=float, default=1.0, help="weight of the masked-token loss")
+    o.add_argument("--nce-weight", type=float, default=1.0, help="weight of the contrastive loss (0: MP only)")
+    o.add_argument("--nce-temperature", type=float, default=0.2, help="InfoNCE temperature")
+    add_optimisation_flags(p, lr=1e-3, beta2=0.98, weight_decay=0.05, batch_size=BATCH, bs_per_gpu=BS_PER_GPU, epochs=10,
                            epochs_help="length of the schedule")
     r = add_run_flags(p)
     r.add_argument("--eval-max-batches", type=int, default=None, help="cap on eval micro-batches per rank")
@@ -147,7 +153,8 @@ def main(argv: list[str] | None = None, *, hooks: LoopHooks | None = None) -> in
     a = build_parser().parse_args(argv)
 
     def run() -> tuple[dict[str, Any], bool]:
-        loop = TrainLoop(loop_config(a, epochs=a.epochs), build_task(a), hooks=hooks)
+        cfg = loop_config(a, epochs=a.epochs, default_batch=BATCH, default_bs_per_gpu=BS_PER_GPU)
+        loop = TrainLoop(cfg, build_task(a), hooks=hooks)
         return loop.fit(), loop.main
 
     result = run_guarded(run)

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..precision import Precision
+
 
 class TokenizerError(RuntimeError):
     """A tokenizer could not be loaded or used (missing file, unsafe pickle, bad config)."""
@@ -27,6 +29,9 @@ class Tokenizer(abc.ABC):
     #: frames per forward pass inside encode()/decode()
     batch_size: int = 32
     device: torch.device = torch.device("cpu")
+    #: the compute precision, resolved from a `--precision` value for `device`
+    #: (video2token.precision); its name is recorded by describe() as "precision"
+    policy: Precision
 
     @property
     @abc.abstractmethod

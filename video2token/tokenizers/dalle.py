@@ -8,17 +8,26 @@ package), read through a restricted unpickler (`safe_pickle`), or a directory wr
 
 (`config.json` + `encoder.safetensors` [+ `decoder.safetensors`]: no pickle at all).
 
-Speed: the encoder's graph is re-expressed as plain convolutions with weights cast once to
-bf16 (CPU, AMX) or fp16 (CUDA), channels-last, the residual gain folded into the last conv
-of each block. Low-precision logits are only used to shortlist `RESCORE_TOPK` codes per
-position, which are then re-scored in fp32, so precision costs little agreement with the
-fp32 argmax (measured in tests/test_tokenizer_dalle.py and benchmarks/README.md).
+Precision follows the project's policy (`video2token.precision`): `auto` is bf16 where the
+hardware computes it natively (CPUs with AMX / AVX512-BF16, Ampere+ GPUs), fp16 on older GPUs,
+fp32 elsewhere (AVX2-only CPUs, where emulated bf16 is many times slower than fp32). Both
+paths re-express the package's encoder graph, faster than its own forward:
+
+- fp32 (`ExactDalleEncoder`, CPU): the package's oneDNN convolutions without its layout
+  reorders; logits bitwise equal to the package's fp32 forward, so exactly its codes.
+- bf16 / fp16 (`FastDalleEncoder`): weights cast once, channels-last, the residual gain
+  folded into the last conv of each block; the low-precision logits only shortlist
+  `RESCORE_TOPK` codes per position, re-scored in fp32, so precision costs little agreement
+  with the fp32 argmax (measured in tests/test_tokenizer_dalle.py and benchmarks/README.md).
+
+The precision used is part of `describe()`, so stores encoded differently never mix silently.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -31,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checksum import sha256_file
+from ..precision import Precision, resolve_precision
 from .base import Tokenizer, TokenizerError
 from .safe_pickle import safe_torch_load
 
@@ -42,10 +52,12 @@ CONVERTED_FORMAT = "vimpac-dalle-dvae"
 ENCODER_HPARAMS = ("n_hid", "n_blk_per_group", "input_channels", "vocab_size")
 DECODER_HPARAMS = ("n_init", "n_hid", "n_blk_per_group", "output_channels", "vocab_size")
 
-Precision = Literal["fast", "fp32"]
 
+# ----------------------------------------------------------------------------- fast encoders
 
-# ----------------------------------------------------------------------------- fast encoder
+def _is_power_of_two(x: float) -> bool:
+    return x > 0 and math.frexp(x)[0] == 0.5
+
 
 class _Conv:
     """One dall_e Conv2d's weights, cast once: w (out, in, k, k) channels-last, b (out,)."""
@@ -60,10 +72,11 @@ class _Conv:
 
 
 class FastDalleEncoder:
-    """The `dall_e.Encoder` forward as plain convs in `dtype`; codes via fp32 re-scoring.
+    """The `dall_e.Encoder` forward as plain convs in `dtype` (bf16 / fp16); codes via fp32 re-scoring.
 
     Same maths as the package: per block x + post_gain * res_path(x), with post_gain
-    folded into conv_4 (exact up to rounding), max-pool after groups 1-3.
+    folded into conv_4 (exact up to rounding), max-pool after groups 1-3. With dtype fp32
+    (CUDA only: on CPU `ExactDalleEncoder` is faster and exact) the argmax is taken directly.
     """
 
     def __init__(self, encoder: nn.Module, *, dtype: torch.dtype):
@@ -96,10 +109,11 @@ class FastDalleEncoder:
         x = self.stem(x.to(self.dtype).contiguous(memory_format=torch.channels_last))
         for group_blocks, pool in self.groups:
             for id_conv, res in group_blocks:
-                h = res[0](F.relu(x))  # x itself is still needed by the identity path
+                skip = x if id_conv is None else id_conv(x)
+                h = res[0](F.relu(x) if id_conv is None else x.relu_())  # ReLU in place once x is used
                 for conv in res[1:]:
                     h = conv(h.relu_())
-                x = h.add_(x if id_conv is None else id_conv(x))
+                x = h.add_(skip)
             if pool:
                 x = F.max_pool2d(x, kernel_size=2)
         return x.relu_()
@@ -109,7 +123,9 @@ class FastDalleEncoder:
         feats = self.features(x)  # (N, C, h, w), channels-last
         n, c, h, w = feats.shape
         feats = feats.permute(0, 2, 3, 1).reshape(n * h * w, c)  # (P, C), a view
-        logits = F.linear(feats, self.head_w, self.head_b)  # (P, V) low precision
+        logits = F.linear(feats, self.head_w, self.head_b)  # (P, V) in `dtype`
+        if self.dtype == torch.float32:
+            return logits.argmax(1).view(n, h, w)
         cand = logits.topk(min(RESCORE_TOPK, self.vocab_size), dim=1).indices  # (P, k)
         best = torch.empty(n * h * w, dtype=torch.long, device=feats.device)
         for s in range(0, n * h * w, RESCORE_CHUNK):
@@ -118,6 +134,98 @@ class FastDalleEncoder:
             scores = torch.bmm(self.head_w32[cs], f32).squeeze(-1) + self.head_b32[cs]  # (p, k)
             best[s:s + RESCORE_CHUNK] = cs.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)
         return best.view(n, h, w)
+
+
+def torch_conv_uses_onednn(shape: tuple[int, ...], kernel: int) -> bool:
+    """Whether `F.conv2d` on a dense fp32 CPU input of `shape` (N, C, H, W) with a k x k kernel
+    (stride 1, no dilation, 1 group) runs oneDNN, mirroring torch's `ConvParams::use_mkldnn`
+    (aten/src/ATen/native/Convolution.cpp): single-threaded 1x1 convs on fewer than 16 images,
+    and tiny single-image inputs, go to torch's own kernels instead."""
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return False
+    n, c, h, w = shape
+    return ((n >= 16 or kernel != 1 or torch.get_num_threads() > 1)
+            and (kernel > 3 or n > 1 or n * c * h * w > 20480))
+
+
+class _OneDnnConv:
+    """One dall_e Conv2d for `ExactDalleEncoder`: fp32 weights (scaled by a power of two, which
+    is exact), also held as a oneDNN tensor."""
+
+    def __init__(self, conv: nn.Module, scale: float = 1.0):
+        w, b = conv.w.detach().float(), conv.b.detach().float()
+        self.w = (w * scale if scale != 1.0 else w).contiguous()  # scale 1: the module's own tensors
+        self.b = (b * scale if scale != 1.0 else b).contiguous()
+        self.kernel = int(conv.kw)
+        self.padding = [(self.kernel - 1) // 2] * 2
+        self.w_onednn = self.w.to_mkldnn() if torch.backends.mkldnn.is_available() else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, C, H, W) fp32, a oneDNN tensor or dense NCHW -> the same kind of tensor."""
+        if x.is_mkldnn and torch_conv_uses_onednn(tuple(x.shape), self.kernel):
+            return torch.mkldnn_convolution(x, self.w_onednn, self.b, self.padding, [1, 1], [1, 1], 1)
+        # the package's own call, on the same dense NCHW input: the same kernel torch picks for it
+        y = F.conv2d(x.to_dense() if x.is_mkldnn else x, self.w, self.b, padding=self.padding)
+        return y.to_mkldnn() if x.is_mkldnn else y
+
+
+class ExactDalleEncoder:
+    """The `dall_e.Encoder` fp32 forward on CPU, bit for bit, faster.
+
+    The package runs every conv on dense NCHW tensors, which torch hands to oneDNN: each call
+    reorders its input, weights and output to and from oneDNN's blocked layout. Here the
+    activations stay in that layout (oneDNN tensors) from the stem to the logits, so the same
+    oneDNN kernels compute the same sums without the reorders; ReLU and the residual add run
+    in place, and post_gain (1/n_layers^2, a power of two for the released 2 blocks per
+    group) is folded into conv_4, which scales every product and sum exactly. Convs that torch
+    would not give to oneDNN (see `torch_conv_uses_onednn`) run the package's dense call. So
+    the logits equal the package's bitwise and the codes are its argmax (tested, also at one
+    thread and batch 1).
+    """
+
+    def __init__(self, encoder: nn.Module):
+        self.vocab_size = int(encoder.vocab_size)
+        blocks = encoder.blocks
+        self.stem = _OneDnnConv(blocks.input)
+        # groups: list of (blocks, pool) with blocks = list of (id_conv or None, [conv_1..conv_4], gain)
+        self.groups: list[tuple[list[tuple[_OneDnnConv | None, list[_OneDnnConv], float]], bool]] = []
+        for g in range(1, encoder.group_count + 1):
+            group = getattr(blocks, f"group_{g}")
+            group_blocks = []
+            for name, blk in group.named_children():
+                if not name.startswith("block_"):
+                    continue
+                gain = float(blk.post_gain)
+                fold = _is_power_of_two(gain)  # else multiply after conv_4, as the package does
+                id_conv = None if isinstance(blk.id_path, nn.Identity) else _OneDnnConv(blk.id_path)
+                res = [_OneDnnConv(getattr(blk.res_path, f"conv_{i}"), gain if i == 4 and fold else 1.0)
+                       for i in range(1, 5)]
+                group_blocks.append((id_conv, res, 1.0 if fold else gain))
+            self.groups.append((group_blocks, hasattr(group, "pool")))
+        self.head = _OneDnnConv(blocks.output.conv)
+        self.onednn = torch.backends.mkldnn.is_available()
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """mapped pixels (N, 3, H, W) fp32 -> logits (N, V, H/8, W/8), dense NCHW fp32."""
+        x = x.float().contiguous()
+        x = self.stem(x.to_mkldnn() if self.onednn else x)
+        for group_blocks, pool in self.groups:
+            for id_conv, res, gain in group_blocks:
+                skip = x if id_conv is None else id_conv(x)
+                h = res[0](torch.relu(x) if id_conv is None else x.relu_())  # ReLU in place once x is used
+                for conv in res[1:]:
+                    h = conv(h.relu_())
+                if gain != 1.0:
+                    h = h.mul_(gain)
+                x = h.add_(skip)
+            if pool:
+                x = F.max_pool2d(x, kernel_size=2)
+        logits = self.head(x.relu_())
+        return logits.to_dense() if logits.is_mkldnn else logits
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """mapped pixels (N, 3, H, W) -> int64 codes (N, H/8, W/8): the argmax of the fp32 logits."""
+        return self.logits(x).argmax(1)
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -130,36 +238,36 @@ class DalleTokenizer(Tokenizer):
 
     def __init__(self, encoder: nn.Module, *, decoder: nn.Module | None = None, path: str = "",
                  sha256: str = "", decoder_path: str | None = None, decoder_sha256: str | None = None,
-                 device: str | torch.device = "cpu", precision: Precision = "fast", batch_size: int = 32,
+                 device: str | torch.device = "cpu", precision: str = "auto", batch_size: int = 32,
                  extra: dict[str, Any] | None = None):
-        if precision not in ("fast", "fp32"):
-            raise ValueError(f"precision must be 'fast' or 'fp32', got {precision!r}")
         self.device = torch.device(device)
+        self.policy: Precision = resolve_precision(precision, self.device)
+        self.precision = self.policy.name  # "fp32" | "bf16" | "fp16", recorded by describe()
         self.encoder = encoder.eval().to(self.device)
         self.decoder = None if decoder is None else decoder.eval().to(self.device)
         self.vocab_size = int(encoder.vocab_size)
         if self.decoder is not None and int(self.decoder.vocab_size) != self.vocab_size:
             raise TokenizerError(f"decoder {decoder_path} has vocab_size {self.decoder.vocab_size}, "
                                  f"encoder {path} has {self.vocab_size}")
-        self.precision = precision
         self.batch_size = int(batch_size)
         self.path, self.sha256 = path, sha256
         self.decoder_path, self.decoder_sha256 = decoder_path, decoder_sha256
         self.extra = dict(extra or {})
-        # bf16 is the AMX fast path on CPU; fp16 is what the package itself uses on CUDA
-        self.compute_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        self._fast = FastDalleEncoder(self.encoder, dtype=self.compute_dtype) if precision == "fast" else None
+        if self.precision == "fp32" and self.device.type == "cpu":
+            self.fast_encoder: ExactDalleEncoder | FastDalleEncoder = ExactDalleEncoder(self.encoder)
+        else:  # on CUDA the package itself runs fp16 convs, so fp32 there is plain fp32 convs
+            self.fast_encoder = FastDalleEncoder(self.encoder, dtype=self.policy.dtype)
 
     # --- loading -----------------------------------------------------------------------
 
     @classmethod
     def load(cls, path: str, decoder_path: str | None = None, device: str | None = None, *,
-             precision: Precision = "fast", batch_size: int = 32,
+             precision: str = "auto", batch_size: int = 32,
              cache_dir: str | Path | None = None) -> "DalleTokenizer":
         """Load from `path`: an `encoder.pkl` file, an http(s) URL of one (downloaded once to
         `cache_dir`, default ~/.cache/vimpac/dalle), a directory with `encoder.pkl`
         [+ `decoder.pkl`], or a directory made by `convert`. `device` None picks CUDA when
-        available."""
+        available; `precision` is a `--precision` value (auto, fp32, bf16, fp16)."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         cache = Path(cache_dir).expanduser() if cache_dir is not None else CACHE_DIR.expanduser()
         enc_file = _fetch(path, cache) if _is_url(path) else Path(path).expanduser()
@@ -254,7 +362,7 @@ class DalleTokenizer(Tokenizer):
             for s in range(0, n, self.batch_size):
                 z = torch.from_numpy(codes[s:s + self.batch_size].astype(np.int64)).to(self.device)
                 hid = (table[z] + bias).permute(0, 3, 1, 2)  # (B, n_init, h, w), channels-last layout
-                with torch.autocast(self.device.type, dtype=self.compute_dtype):
+                with self.policy.autocast():
                     stats = blocks[1:](hid).float()  # (B, 2*3, H, W)
                 rgb = unmap_pixels(torch.sigmoid(stats[:, :3]))  # (B, 3, H, W) in [0, 1]
                 frames[s:s + self.batch_size] = (rgb * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -274,9 +382,7 @@ class DalleTokenizer(Tokenizer):
         return map_pixels(x.permute(0, 3, 1, 2).float().div_(255))
 
     def _encode_batch(self, x: torch.Tensor) -> torch.Tensor:
-        if self._fast is not None:
-            return self._fast.codes(x)
-        return self.encoder(x.contiguous()).argmax(1)
+        return self.fast_encoder.codes(x)
 
 
 # ----------------------------------------------------------------------------- loading helpers

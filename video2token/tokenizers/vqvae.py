@@ -3,13 +3,15 @@
 A tokenizer directory holds exactly two files: `config.json` (the `VQVAEConfig` fields) and
 `model.safetensors` (the state dict, codebook included). Nothing is unpickled.
 
-Precision: on CPU the encoder and decoder run under bf16 autocast by default (the AMX fast
-path, ~3x faster; fp32 elsewhere); the nearest-code search always runs in fp32 (see
-`VQVAE.quantize`). bf16 can still move an encoder output across the boundary between two
-codes (about 1.4% of codes on held-out demo frames, with the same PSNR; measured by
-`benchmarks/tokenizer.py`), so `precision="fp32"` is available where agreement with fp32
+Precision follows the project's policy (`video2token.precision`, default `auto`): the encoder
+and decoder run under bf16 autocast where the hardware computes bf16 natively (CPUs with AMX
+or AVX512-BF16: ~2x faster there; Ampere+ GPUs), fp16 autocast on older GPUs, and in fp32
+elsewhere (AVX2-only CPUs emulate bf16, many times slower than fp32). The nearest-code search
+always runs in fp32 (see `VQVAE.quantize`). bf16 can still move an encoder output across the
+boundary between two codes (about 1.5% of codes on held-out demo frames, with the same PSNR;
+measured by `benchmarks/tokenizer.py`), so pass `precision="fp32"` where agreement with fp32
 codes matters more than speed. The precision is part of `describe()`, so stores encoded
-both ways are never mixed silently. Either way, the same frames give the same codes on
+differently are never mixed silently. Either way, the same frames give the same codes on
 every run, whatever the batch they come in.
 """
 from __future__ import annotations
@@ -23,13 +25,13 @@ import torch
 
 from video2token.atomic import atomic_path, fsync_dir
 from video2token.checksum import sha256_file
+from video2token.precision import resolve_precision
 from video2token.vqvae_model import VQVAE, VQVAEConfig, frames_to_tensor, tensor_to_frames
 
 from .base import Tokenizer, TokenizerError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-PRECISIONS = ("bf16", "fp32")
 
 
 def save_vqvae(model: VQVAE, out_dir: str) -> None:
@@ -106,37 +108,32 @@ def load_model(path: str, device: torch.device | str = "cpu") -> tuple[VQVAE, st
 class VQVAETokenizer(Tokenizer):
     name = "vqvae"
 
-    def __init__(self, model: VQVAE, *, path: str, sha256: str, device: torch.device, precision: str = "bf16",
+    def __init__(self, model: VQVAE, *, path: str, sha256: str, device: torch.device, precision: str = "auto",
                  batch_size: int = 64):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.policy = resolve_precision(precision, device)
         self.model = model
         self.config = model.config
         self.vocab_size = model.config.vocab_size
         self.downsample = model.config.downsample
         self.path = path
         self.sha256 = sha256
-        self.device = device
-        self.precision = precision
+        self.device = torch.device(device)
+        self.precision = self.policy.name  # "fp32" | "bf16" | "fp16", recorded by describe()
         self.batch_size = batch_size
 
     @classmethod
     def load(cls, path: str, device: str | torch.device | None = None,
-             precision: str | None = None) -> "VQVAETokenizer":
+             precision: str = "auto") -> "VQVAETokenizer":
         """Load `path/config.json` + `path/model.safetensors`. device None = CUDA when available;
-        precision None = "bf16" on CPU (several times faster there), "fp32" elsewhere."""
+        `precision` is a `--precision` value (auto, fp32, bf16, fp16; see video2token.precision)."""
         path = os.path.abspath(os.fspath(path))
         dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, sha = load_model(path, dev)
-        precision = precision or ("bf16" if dev.type == "cpu" else "fp32")
         return cls(model, path=path, sha256=sha, device=dev, precision=precision)
 
     @property
     def has_decoder(self) -> bool:
         return True
-
-    def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     @torch.inference_mode()
     def encode(self, frames: np.ndarray) -> np.ndarray:
@@ -145,7 +142,7 @@ class VQVAETokenizer(Tokenizer):
         out = np.empty((n, h // self.downsample, w // self.downsample), dtype=np.int64)
         for i in range(0, n, self.batch_size):
             x = frames_to_tensor(torch.from_numpy(frames[i:i + self.batch_size]).to(self.device))
-            with self._autocast():
+            with self.policy.autocast():
                 z = self.model.encoder(x)  # (B, D, h, w)
             out[i:i + len(x)] = self.model.quantize(z)[1].cpu().numpy()
         return out
@@ -161,7 +158,7 @@ class VQVAETokenizer(Tokenizer):
         out = np.empty((n, h * self.downsample, w * self.downsample, 3), dtype=np.uint8)
         for i in range(0, n, self.batch_size):
             c = torch.from_numpy(codes[i:i + self.batch_size].astype(np.int64)).to(self.device)
-            with self._autocast():
+            with self.policy.autocast():
                 x = self.model.decode_codes(c)
             out[i:i + len(c)] = tensor_to_frames(x).cpu().numpy()
         return out

@@ -34,6 +34,8 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from video2token.cli import HelpFormatter
+
 from vimpac.demo.layout import (MAIN_VARIANT, PROFILES, TASKS, VARIANTS, DemoLayout, PretrainVariant,
                                 StepRecord, read_json)
 
@@ -317,7 +319,7 @@ def _list_length(path: Path) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vimpac.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--profile", choices=tuple(PROFILES), default="default",
                    help="default: ~12 min on 2 CPU cores; long: 4x the unlabelled pool (not timed); "
                         "smoke: seconds, for tests")

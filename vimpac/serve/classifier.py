@@ -2,6 +2,7 @@
 views as extraction does, and average the softmax scores of uniform clips x crops (as fine-tuning's test)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,3 +111,37 @@ def classify_codes(clf: Classifier, views: list[np.ndarray], *, num_clips: int, 
 def top_k(probs: np.ndarray, names: list[str], k: int = 5) -> list[dict[str, Any]]:
     order = np.argsort(-probs, kind="stable")[:k]
     return [{"label": names[int(c)], "index": int(c), "prob": float(probs[c])} for c in order]
+
+
+def recorded_tokenizer_path(clf: Classifier) -> str | None:
+    """Where the fine-tuning stores' tokenizer is, from the checkpoint's record: a path inside the checkpoint (an
+    export made with --with-tokenizer) first, then the path as recorded at extraction."""
+    recorded = (clf.task.get("tokenizer") or {}).get("path")
+    if not recorded:
+        return None
+    if not os.path.isabs(recorded) and os.path.exists(os.path.join(clf.path, recorded)):
+        return os.path.join(clf.path, recorded)
+    return recorded
+
+
+def load_task_tokenizer(clf: Classifier, *, kind: str | None = None, path: str | None = None,
+                        device: str = "cpu", precision: str = "auto"):
+    """The tokenizer the model was fine-tuned on: the one given, else the checkpoint's record; its SHA-256 must
+    match the record's either way."""
+    from video2token.tokenizers import TokenizerError, load_tokenizer
+
+    record = clf.task.get("tokenizer") or {}
+    kind = kind or record.get("name")
+    path = path or recorded_tokenizer_path(clf)
+    if not kind or not path:
+        raise PredictError(f"{clf.path} records no tokenizer (an original VIMPAC snapshot?): pass --tokenizer and "
+                           f"--tokenizer-path")
+    where = f"--tokenizer-path {path}" if path != recorded_tokenizer_path(clf) else f"the recorded tokenizer {path}"
+    if not os.path.exists(path):
+        raise PredictError(f"{where} does not exist; pass --tokenizer-path (or export with --with-tokenizer)")
+    try:
+        tok = load_tokenizer(kind, path, device=device, precision=precision)
+    except (TokenizerError, OSError, ValueError) as e:
+        raise PredictError(f"{where}: {e}") from None
+    check_tokenizer(clf.task, tok.describe(), where)
+    return tok

@@ -11,8 +11,10 @@ from video2token.checksum import sha256_file
 
 from vimpac.eval.finetuned import RESULTS
 from vimpac.model.checkpoint import CheckpointError, save_checkpoint
-from vimpac.serve.classifier import Classifier, PredictError, check_tokenizer, load_classifier
+from vimpac.serve.classifier import (Classifier, PredictError, load_classifier, load_task_tokenizer,
+                                     recorded_tokenizer_path)
 
+TOKENIZER_DIR = "tokenizer"  # --with-tokenizer: the tokenizer's files, inside the release
 FILES = ("model.safetensors", "config.json", "labels.json", "tokenizer.json", "README.md")
 
 
@@ -52,37 +54,44 @@ def model_card(clf: Classifier, results: dict[str, Any] | None, tokenizer: dict[
         lines.append("")
     else:
         lines += ["No evaluation numbers were found (results.json missing).", ""]
-    lines += ["## Use", "", "```",
-              f"python -m vimpac.predict --checkpoint RELEASE_DIR --tokenizer {tokenizer.get('kind')} "
-              f"--tokenizer-path TOKENIZER VIDEO", "```", ""]
+    use = ("python -m vimpac.predict --checkpoint RELEASE_DIR VIDEO" if tokenizer.get("path") == TOKENIZER_DIR or
+           str(tokenizer.get("path", "")).startswith(TOKENIZER_DIR + os.sep) else
+           f"python -m vimpac.predict --checkpoint RELEASE_DIR --tokenizer {tokenizer.get('kind')} "
+           f"--tokenizer-path TOKENIZER VIDEO")
+    lines += ["## Use", "", "```", use, "```", ""]
     return "\n".join(lines)
 
 
 def export_release(checkpoint: str, output: str, *, tokenizer_kind: str | None = None,
-                   tokenizer_path: str | None = None, overwrite: bool = False) -> str:
-    """Write the release folder of a fine-tuned checkpoint -> the folder."""
+                   tokenizer_path: str | None = None, with_tokenizer: bool = False, overwrite: bool = False) -> str:
+    """Write the release folder of a fine-tuned checkpoint -> the folder.
+
+    with_tokenizer: copy the tokenizer (given, or the checkpoint's record, SHA-256 checked) into
+    RELEASE/tokenizer/, so the release is self-contained: `predict --checkpoint RELEASE VIDEO`.
+    """
     clf = load_classifier(checkpoint)
     if os.path.exists(output) and not overwrite:
         raise PredictError(f"--output {output} already exists; pass --overwrite to replace it")
     described = dict(clf.task.get("tokenizer", {}))
-    if tokenizer_path is not None:
-        from video2token.tokenizers import TokenizerError, load_tokenizer
-
-        kind = tokenizer_kind or described.get("name")
-        try:
-            tok = load_tokenizer(kind, tokenizer_path)
-        except (TokenizerError, OSError, ValueError) as e:
-            raise PredictError(f"--tokenizer-path {tokenizer_path}: {e}") from None
-        check_tokenizer(clf.task, tok.describe(), f"--tokenizer-path {tokenizer_path}")
+    source = None
+    if tokenizer_path is not None or with_tokenizer:
+        source = tokenizer_path or recorded_tokenizer_path(clf)
+        load_task_tokenizer(clf, kind=tokenizer_kind, path=source)  # loads it and checks its SHA-256
     tokenizer = {"kind": tokenizer_kind or described.get("name"), "path": tokenizer_path or described.get("path"),
                  "sha256": described.get("sha256"), "vocab_size": described.get("vocab_size"),
                  "downsample": described.get("downsample"), "describe": described}
+    task = clf.task
+    if with_tokenizer:
+        inside = os.path.join(TOKENIZER_DIR, os.path.basename(os.path.normpath(source))) if os.path.isfile(source) \
+            else TOKENIZER_DIR
+        tokenizer["path"] = inside
+        task = {**clf.task, "tokenizer": {**described, "path": inside}}
     results = find_results(clf.path)
     if os.path.exists(output):
         shutil.rmtree(output)
     try:
         save_checkpoint(output, model_state=clf.model.state_dict(), model_config=clf.model.cfg,
-                        train_config={"task": clf.task, "results": results, "source": os.path.abspath(clf.path)},
+                        train_config={"task": task, "results": results, "source": os.path.abspath(clf.path)},
                         step=0, epoch=0)
     except CheckpointError as e:
         raise PredictError(str(e)) from None
@@ -92,8 +101,17 @@ def export_release(checkpoint: str, output: str, *, tokenizer_kind: str | None =
         json.dump(tokenizer, f, indent=2)
     with open(os.path.join(output, "README.md"), "w", encoding="utf-8") as f:
         f.write(model_card(clf, results, tokenizer))
+    files = list(FILES)
+    if with_tokenizer:
+        target = os.path.join(output, TOKENIZER_DIR)
+        if os.path.isdir(source):
+            shutil.copytree(source, target)
+        else:
+            os.makedirs(target)
+            shutil.copy2(source, target)
+        files += sorted(os.path.relpath(os.path.join(d, n), output) for d, _, names in os.walk(target) for n in names)
     with open(os.path.join(output, "SHA256SUMS"), "w", encoding="utf-8") as f:
-        f.writelines(f"{sha256_file(os.path.join(output, n))}  {n}\n" for n in FILES)
+        f.writelines(f"{sha256_file(os.path.join(output, n))}  {n}\n" for n in files)
     return output
 
 

@@ -168,8 +168,11 @@ class FinetuneTask:
                 f"{' (linear probe)' if self.init.linear_probe else ''}")
 
     def _settings(self, loop) -> EvalSettings:
+        max_videos = self.evaluation.max_videos
+        if loop.cfg.debug:  # a quick run: a few eval batches
+            max_videos = min(max_videos or len(self.valid_set), loop.cfg.debug_steps * self.evaluation.batch_size)
         return EvalSettings(precision=loop.precision.name, batch_size=self.evaluation.batch_size,
-                            max_videos=self.evaluation.max_videos, progress=loop.main and self.evaluation.progress)
+                            max_videos=max_videos, progress=loop.main and self.evaluation.progress)
 
     def evaluate(self, loop):
         return evaluate_model(loop.engine.module, self.valid_set, self._settings(loop))

@@ -38,19 +38,21 @@ def add_data_flags(p: argparse.ArgumentParser, *, dataset_help: str, dataset_def
 def add_optimisation_flags(p: argparse.ArgumentParser, *, lr: float, beta2: float, weight_decay: float,
                            batch_size: int, bs_per_gpu: int, epochs: int | None, epochs_help: str) -> None:
     o = p.add_argument_group("optimisation")
-    o.add_argument("--lr", type=float, default=lr)
-    o.add_argument("--beta1", type=float, default=0.9)
-    o.add_argument("--beta2", type=float, default=beta2)
-    o.add_argument("--weight-decay", type=float, default=weight_decay)
-    o.add_argument("--clip-grad-norm", type=float, default=1.0)
-    o.add_argument("--lr-scheduler", choices=SCHEDULES, default="linear")
+    o.add_argument("--lr", type=float, default=lr, help="peak learning rate (AdamW)")
+    o.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
+    o.add_argument("--beta2", type=float, default=beta2, help="AdamW beta2")
+    o.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW decoupled weight decay")
+    o.add_argument("--clip-grad-norm", type=float, default=1.0, help="global gradient-norm clipping")
+    o.add_argument("--lr-scheduler", choices=SCHEDULES, default="linear", help="decay after warm-up")
     o.add_argument("--warm-up", type=float, default=0.1, help="warm-up fraction of the whole schedule")
     o.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
     o.add_argument("--interval", type=int, default=None, help="stop this run after N epochs (continue with --resume)")
-    o.add_argument("--batch-size", type=int, default=batch_size,
-                   help="global batch (videos per optimizer step) = --bs-per-gpu x accumulation x ranks")
-    o.add_argument("--bs-per-gpu", type=int, default=bs_per_gpu,
-                   help="micro batch per rank; must divide --batch-size (accumulation fills the rest)")
+    o.add_argument("--batch-size", type=int, default=None,
+                   help=f"global batch (videos per optimizer step) = --bs-per-gpu x accumulation x ranks; default "
+                        f"{batch_size} (the paper's), capped by the number of training videos")
+    o.add_argument("--bs-per-gpu", type=int, default=None,
+                   help=f"micro batch per rank, must divide --batch-size / ranks (accumulation fills the rest); "
+                        f"default: the largest divisor up to {bs_per_gpu}")
     add_precision_flag(o)
     o.add_argument("--zero-stage", type=int, default=None, choices=(0, 1, 2),
                    help="DeepSpeed ZeRO stage (default 0; 1 under fp16, whose fp32 masters need ZeRO)")
@@ -61,7 +63,7 @@ def add_optimisation_flags(p: argparse.ArgumentParser, *, lr: float, beta2: floa
 
 def add_run_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     r = p.add_argument_group("run")
-    r.add_argument("--output", required=True)
+    r.add_argument("--output", required=True, help="run folder (checkpoints, metrics, reports)")
     r.add_argument("--resume", action="store_true", help="continue from OUTPUT/last (model, optimizer, data position)")
     r.add_argument("--seed", type=int, default=9595)
     r.add_argument("--tqdm", action=argparse.BooleanOptionalAction, default=True, help="rank-0 progress bar")
@@ -71,13 +73,14 @@ def add_run_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                    help="also keep the weights of every N-th epoch in OUTPUT/epochN (0: never; OUTPUT/last is "
                         "saved every epoch regardless)")
     r.add_argument("--log-steps", type=int, default=1, help="log train metrics every N steps")
-    r.add_argument("--debug", action="store_true", help="log the video indices of every step (resume checks)")
+    r.add_argument("--debug", action="store_true",
+                   help="a quick run: at most 8 steps per epoch and 8 eval batches; logs every step's video indices")
     # the deepspeed launcher passes --local_rank; LOCAL_RANK in the environment says the same
     r.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return r
 
 
-def loop_config(a: argparse.Namespace, *, epochs: int) -> LoopConfig:
+def loop_config(a: argparse.Namespace, *, epochs: int, default_batch: int, default_bs_per_gpu: int) -> LoopConfig:
     """The loop's config from parsed flags (`epochs` resolved by the caller: fine-tuning has dataset defaults)."""
     return LoopConfig(
         output=a.output, epochs=epochs, batch_size=a.batch_size, bs_per_gpu=a.bs_per_gpu, lr=a.lr,
@@ -86,7 +89,8 @@ def loop_config(a: argparse.Namespace, *, epochs: int) -> LoopConfig:
         precision=a.precision, zero_stage=a.zero_stage, deepspeed_config=a.deepspeed_config,
         max_nonfinite=a.max_nonfinite, save_steps=a.save_steps, save_per_epochs=a.save_per_epochs,
         log_steps=a.log_steps, eval_per_epochs=a.eval_per_epochs, seed=a.seed, num_workers=a.num_workers,
-        progress=a.tqdm, debug=a.debug, flags=flag_record(a))
+        progress=a.tqdm, debug=a.debug, flags=flag_record(a), default_batch=default_batch,
+        default_bs_per_gpu=default_bs_per_gpu)
 
 
 def flag_record(a: argparse.Namespace) -> tuple[tuple[str, Any], ...]:

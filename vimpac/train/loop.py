@@ -3,8 +3,9 @@
 `TrainLoop(cfg, task).fit()` owns everything the two stages share: the process group and
 precision, batch plan and resumable data order, AdamW + schedule (restored at the resumed step,
 in epochs, so a stage with another batch size keeps the curve), gradient accumulation, the
-non-finite guard (a step whose loss or gradient norm is NaN/Inf on any rank is skipped, the run
-stops after `max_nonfinite` in a row), checkpoints (fp32 weights, fp32 masters under fp16,
+non-finite guard (a step whose loss or gradient norm is NaN/Inf on any rank is skipped: no
+update, and the module buffers its forwards touched, e.g. BatchNorm statistics, are put back;
+the run stops after `max_nonfinite` in a row), checkpoints (fp32 weights, fp32 masters under fp16,
 AdamW moments, RNG per rank, data position; refused when non-finite), metrics and progress.
 
 A task (`pretrain_task.PretrainTask`, `finetune_task.FinetuneTask`) supplies the data, the
@@ -32,7 +33,7 @@ from vimpac.train.errors import TrainError
 from vimpac.train.hooks import LoopHooks
 from vimpac.train.memory import HeapTrimmer
 from vimpac.train.optim import LRSchedule, build_optimizer, build_scheduler
-from vimpac.train.runtime import BatchPlan, DistInfo, Launch, any_rank, init_distributed, plan_batches
+from vimpac.train.runtime import BatchPlan, DistInfo, Launch, any_rank, init_distributed, plan_for_data
 from vimpac.train.state import LoopState, rng_state, seed_everything, set_rng_state
 
 LAST = "last"
@@ -44,8 +45,8 @@ class LoopConfig:
 
     output: str
     epochs: int                       # length of the schedule
-    batch_size: int                   # global batch (videos per optimizer step)
-    bs_per_gpu: int                   # micro batch per rank
+    batch_size: int | None            # global batch (videos per optimizer step); None: the default, capped by the data
+    bs_per_gpu: int | None            # micro batch per rank; None: follows the global batch
     lr: float
     betas: tuple[float, float]
     weight_decay: float
@@ -67,6 +68,9 @@ class LoopConfig:
     progress: bool = True
     debug: bool = False               # log the video indices of every step
     flags: tuple[tuple[str, Any], ...] = ()  # the command line's values, recorded in checkpoints
+    default_batch: int = 1024         # the recipe's global batch when --batch-size is not given
+    default_bs_per_gpu: int = 32
+    debug_steps: int = 8              # --debug: at most this many steps per epoch (and eval batches)
 
 
 class StepSums:
@@ -150,8 +154,13 @@ class TrainLoop:
         self.steps_per_epoch = micro_per_epoch // self.plan.accumulation
         if self.steps_per_epoch < 1:
             raise TrainError(f"{len(task.train_set)} training videos do not fill one global batch of "
-                             f"{self.plan.global_batch} (--batch-size); lower --batch-size (and --bs-per-gpu, "
-                             f"which must divide it)")
+                             f"{self.plan.global_batch} (--batch-size {self.plan.global_batch} = --bs-per-gpu "
+                             f"{self.plan.micro_batch} x {self.plan.accumulation} accumulation x "
+                             f"{self.plan.world_size} rank(s)); lower --batch-size or --bs-per-gpu, or leave both "
+                             f"out to fit the data")
+        if cfg.debug and self.steps_per_epoch > cfg.debug_steps:
+            self.log(f"[{task.name}] --debug: {cfg.debug_steps} of {self.steps_per_epoch} steps per epoch")
+            self.steps_per_epoch = cfg.debug_steps
         self.sampler = EpochBatchSampler(len(task.train_set), micro_batch=self.plan.micro_batch,
                                          world_size=self.plan.world_size, rank=self.dist.rank, seed=cfg.seed,
                                          micro_steps_per_epoch=self.steps_per_epoch * self.plan.accumulation)
@@ -181,7 +190,13 @@ class TrainLoop:
             print(msg, flush=True)
 
     def _plan(self, world_size: int) -> BatchPlan:
-        return plan_batches(batch_size=self.cfg.batch_size, bs_per_gpu=self.cfg.bs_per_gpu, world_size=world_size)
+        cfg = self.cfg
+        plan, warning = plan_for_data(batch_size=cfg.batch_size, bs_per_gpu=cfg.bs_per_gpu,
+                                      default_batch=cfg.default_batch, default_bs_per_gpu=cfg.default_bs_per_gpu,
+                                      world_size=world_size, num_videos=len(self.task.train_set))
+        if warning:
+            self.log(f"[{self.task.name}] warning: {warning}")
+        return plan
 
     def _read_checkpoint(self) -> Checkpoint | None:
         cfg = self.cfg
@@ -304,7 +319,11 @@ class TrainLoop:
             for batch in self.loader(task.train_set, self.sampler, task.collate):
                 window_micro += 1
                 boundary = window_micro == plan.accumulation
+                if window_micro == 1:  # a skipped step must not keep what its forwards wrote into buffers
+                    saved_buffers = snapshot_buffers(self.engine.module)
                 if not window_bad:
+                    if self.hooks.before_forward is not None:
+                        self.hooks.before_forward(st.step + 1, self.engine.module)
                     loss, contrib = task.forward(self.engine, batch, self)
                     if boundary and self.hooks.loss_at_boundary is not None:
                         loss = self.hooks.loss_at_boundary(st.step + 1, loss)
@@ -328,6 +347,7 @@ class TrainLoop:
                 lr = self.scheduler.get_last_lr()[0]  # the lr of this update
                 if window_bad:
                     ds_compat.skip_window(self.engine, window_micro=window_micro, accumulation=plan.accumulation)
+                    restore_buffers(saved_buffers)
                 else:
                     self.engine.step()
                     if zero:
@@ -411,3 +431,15 @@ class TrainLoop:
         """Video indices of the global batch of the step just taken (all ranks), from the epoch's order."""
         end = self.state.samples_in_epoch
         return [int(i) for i in self.sampler.order(self.state.epoch)[end - self.plan.global_batch:end]]
+
+
+def snapshot_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(buffer, copy) of every module buffer (BatchNorm running statistics and counters, ...)."""
+    return [(b, b.detach().clone()) for b in model.buffers()]
+
+
+def restore_buffers(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Put buffers back in place (modules keep references to these very tensors)."""
+    with torch.no_grad():
+        for buf, copy in saved:
+            buf.copy_(copy)

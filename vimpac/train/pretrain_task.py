@@ -183,11 +183,15 @@ class PretrainTask:
         from vimpac.train.loop import StepSums
 
         try:
-            sampler = EpochBatchSampler(len(self.valid_set), micro_batch=loop.plan.micro_batch,
-                                        world_size=loop.plan.world_size, rank=loop.dist.rank, shuffle=False)
+            # a valid split smaller than a training micro-batch is evaluated in smaller batches
+            micro = max(1, min(loop.plan.micro_batch, len(self.valid_set) // loop.plan.world_size))
+            sampler = EpochBatchSampler(len(self.valid_set), micro_batch=micro, world_size=loop.plan.world_size,
+                                        rank=loop.dist.rank, shuffle=False)
         except DataError as e:
             raise TrainError(f"--valid-tokens: {e}") from None
         limit = self.objective.eval_max_batches or sampler.micro_steps_per_epoch
+        if loop.cfg.debug:
+            limit = min(limit, loop.cfg.debug_steps)
         sums = StepSums(SUMS)
         module = loop.engine.module
         module.eval()

@@ -112,3 +112,40 @@ def plan_batches(*, batch_size: int, bs_per_gpu: int, world_size: int) -> BatchP
                           f"{world_size} = {per_step}; pick a batch size that is a multiple of {per_step}")
     return BatchPlan(global_batch=batch_size, micro_batch=bs_per_gpu, accumulation=batch_size // per_step,
                      world_size=world_size)
+
+
+def plan_for_data(*, batch_size: int | None, bs_per_gpu: int | None, default_batch: int, default_bs_per_gpu: int,
+                  world_size: int, num_videos: int) -> tuple[BatchPlan, str | None]:
+    """The batch plan from the flags a user gave -> (plan, a warning when the data changed the defaults).
+
+    Both flags given: taken as they are (`plan_batches` names both when they disagree). Only
+    --batch-size: the micro batch is the largest divisor of its per-rank share up to the default.
+    Only --bs-per-gpu: the default global batch rounded down to a multiple of it (at least one
+    micro-step). No --batch-size: the global batch is capped by the training videos, so a small
+    set still trains; the warning says so.
+    """
+    if batch_size is not None and bs_per_gpu is not None:
+        return plan_batches(batch_size=batch_size, bs_per_gpu=bs_per_gpu, world_size=world_size), None
+    if batch_size is not None:
+        if batch_size < 1 or batch_size % world_size:
+            raise EngineError(f"--batch-size {batch_size} must be a positive multiple of the world size {world_size}")
+        share = batch_size // world_size
+        micro = max(d for d in range(1, min(share, default_bs_per_gpu) + 1) if share % d == 0)
+        return plan_batches(batch_size=batch_size, bs_per_gpu=micro, world_size=world_size), None
+    micro = default_bs_per_gpu if bs_per_gpu is None else bs_per_gpu
+    if micro < 1:
+        raise EngineError(f"--bs-per-gpu must be positive, got {micro}")
+    per_step = micro * world_size
+    wanted = max(per_step, default_batch // per_step * per_step)
+    if num_videos >= wanted:
+        return plan_batches(batch_size=wanted, bs_per_gpu=micro, world_size=world_size), None
+    if num_videos < per_step:  # not even one micro-step: shrink the micro batch too (unless it was given)
+        if bs_per_gpu is not None or num_videos < world_size:
+            return plan_batches(batch_size=wanted, bs_per_gpu=micro, world_size=world_size), None  # the loop explains
+        micro = num_videos // world_size
+        per_step = micro * world_size
+    capped = num_videos // per_step * per_step
+    warning = (f"--batch-size not given: the default of {default_batch} videos per step does not fit the "
+               f"{num_videos} training videos; using {capped} ({micro} per rank x {capped // per_step} accumulation "
+               f"x {world_size} rank(s)); pass --batch-size to choose")
+    return plan_batches(batch_size=capped, bs_per_gpu=micro, world_size=world_size), warning
