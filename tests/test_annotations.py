@@ -112,6 +112,65 @@ def test_bad_files_raise_naming_file_and_line(tmp_path, root):
         read_annotations([good], str(tmp_path / "no_root"))
 
 
+def test_list_class_names_need_label_names(tmp_path, root):
+    write(root / "a.mp4", b"")
+    write(root / "b.mp4", b"")
+    f = write(tmp_path / "named.txt", "a.mp4 archery\nb.mp4 playing guitar\n")
+    ann = read_annotations([f], str(root), label_names=["archery", "playing guitar"])
+    assert [(it.video_id, it.label) for it in ann.items] == [("a.mp4", 0), ("b.mp4", 1)]
+    ann = read_annotations([f], str(root))
+    assert "pass --label-names" in ann.skipped[0].reason and ann.skipped[0].source == f"{f}:1"
+
+
+def test_list_label_beyond_int32_is_skipped(tmp_path, root):
+    f = write(tmp_path / "l.txt", f"a.mp4 0\nb.mp4 {2 ** 31}\n")
+    ann = read_annotations([f], str(root))
+    assert [it.video_id for it in ann.items] == ["a.mp4"]
+    assert "int32" in ann.skipped[0].reason
+
+
+def test_multi_label_list_is_refused_naming_file_and_line(tmp_path, root):
+    # MMAction2's tests/data/annotations/video_test_list_multi_label.txt, behind one single-label line
+    f = write(tmp_path / "video_test_list_multi_label.txt", "one.mp4 1\ntest.mp4 0 3\ntest.mp4 0 2 4\n")
+    with pytest.raises(AnnotationError, match=r"multi-label lists are not supported") as e:
+        read_annotations([f], str(root))
+    assert f"{f}:2:" in str(e.value) and "one int32 label per video" in str(e.value)
+
+
+def test_multi_label_check_keeps_real_files_with_digits(tmp_path, root):
+    write(root / "take 2", b"")  # a real video named "take 2", labelled 3
+    write(root / "clip 7 8.mp4", b"")
+    f = write(tmp_path / "l.txt", "take 2 3\nclip 7 8.mp4 1\n")
+    ann = read_annotations([f], str(root))
+    assert [(it.video_id, it.label) for it in ann.items] == [("take 2", 3), ("clip 7 8.mp4", 1)]
+
+
+@pytest.mark.parametrize("text", ["imgs 5 127\nimgs 5 127\n", "imgs 5 1\nimgs 5 3 5\n",
+                                  "rawvideo_dataset 1 2 0\n"])
+def test_raw_frame_lists_are_refused_naming_the_format(tmp_path, root, text):
+    f = write(tmp_path / "frame_test_list.txt", text)
+    with pytest.raises(AnnotationError, match=r"frame_test_list.txt:1: .*MMAction2 raw-frame list"):
+        read_annotations([f], str(root))
+
+
+def test_raw_frame_list_of_existing_frame_dirs_is_refused(tmp_path, root):
+    (root / "imgs").mkdir()
+    f = write(tmp_path / "frames.txt", "imgs 5\n")  # frame_dir total_frames, no label
+    with pytest.raises(AnnotationError, match="raw-frame list"):
+        read_annotations([f], str(root), fmt="list")
+
+
+@pytest.mark.parametrize("record, name", [
+    ({"video_dir": "rawvideo_dataset", "label": 1, "num_clips": 2, "positive_clip_inds": [0]}, "raw-video JSON"),
+    ({"frame_dir": "imgs", "total_frames": 5, "label": 127}, "raw-frame JSON"),
+    ({"filename": "test.mp4", "label": 0}, "MMAction2 video JSON"),
+])
+def test_other_json_formats_are_refused_naming_the_format(tmp_path, root, record, name):
+    f = write(tmp_path / "rawvideo_test_anno.json", json.dumps([record], indent=2))
+    with pytest.raises(AnnotationError, match=f"{name}.* not supported"):
+        read_annotations([f], str(root))
+
+
 def test_format_spec_and_option_errors(tmp_path, root):
     assert parse_format_spec("hmdb51:subset=train,split=1") == ("hmdb51", {"subset": "train", "split": "1"})
     assert parse_format_spec("list") == ("list", {})

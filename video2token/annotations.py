@@ -9,7 +9,8 @@ Contract
 - Every item is keyed by its path relative to the video root (posix separators), which must
   stay inside the root after resolving `..` and symlinks. Escaping paths are skipped with a
   reason (one bad line does not stop a million-video job).
-- Labels are class indices in [0, num_classes), -1 when unlabeled.
+- Labels are class indices in [0, num_classes), -1 when unlabeled; a label that does not fit
+  the stores' int32 is skipped with a reason.
 - A line/record that cannot be interpreted, an unknown label, an escaping path or a duplicate
   id is *skipped* and recorded in `Annotations.skipped` with its "file:line" and a reason.
 - An unreadable or invalid file (missing, not UTF-8, bad JSON, bad CSV header, bad class
@@ -23,7 +24,16 @@ Format names and options (pass options as keyword arguments, or inside the forma
 
 - "list": MMAction2 lists, `relpath label` (0-based) per line, or `relpath` alone (unlabeled).
   Whether a file is labeled is decided by its first entry; blank lines and `#` comments are
-  ignored; unlabeled paths may contain spaces.
+  ignored; unlabeled paths may contain spaces. With `label_names`, the label column may hold
+  class names instead of indices (mapped through them). Without, a class name there is
+  skipped with a reason (recognised when `relpath` exists but `relpath name` does not).
+  Refused as a whole file (`AnnotationError` naming file:line), since reading them as paths
+  with spaces would only fail later as missing videos:
+  MMAction2 multi-label lists (`relpath l1 l2 ...`): the stores hold one int32 label per video,
+  and a multi-hot label set would change the store format, the fine-tuning loss and its
+  metrics; keeping the lines that happen to have one label would silently bias the set.
+  MMAction2 raw-frame lists (`frame_dir total_frames label`, also its raw-video
+  `video_dir label num_clips ...`): extraction decodes video files, not frame folders.
 - "ucf101": `trainlistNN.txt` (`relpath label`, 1-based) and `testlistNN.txt` (`relpath`,
   label from the folder name) with `classInd.txt` (`index name`, 1-based). classInd.txt is
   taken from the files given, option `class_index=PATH`, or found next to the list.
@@ -58,7 +68,8 @@ directory -> "folder"; `classInd.txt`/`trainlistNN.txt`/`testlistNN.txt` -> "ucf
 `<class>_test_split<k>.txt` -> "hmdb51"; `*.csv` -> "kinetics"; `*.json` whose name mentions
 something-something/sthv2/ssv2 -> "ssv2", diving48 -> "diving48", otherwise by content (a
 record key "vid_name" or a list of lists -> "diving48"; "template"/"id" or a top-level object
--> "ssv2"); anything else -> "list" (MMAction2 lists are 0-based, unlike the UCF101 files).
+-> "ssv2"; MMAction2's raw-frame/raw-video/video JSON and ActivityNet-style JSON are refused
+naming the format); anything else -> "list" (MMAction2 lists are 0-based, unlike the UCF101 files).
 """
 from __future__ import annotations
 
@@ -93,6 +104,8 @@ KINETICS_LAYOUTS = {
 }
 
 _INT_RE = re.compile(r"-?[0-9]+")
+_TRAILING_INTS_RE = re.compile(r"(\s+-?[0-9]+)+$")
+LABEL_MAX = 2 ** 31 - 1  # labels are stored as int32
 _HMDB_RE = re.compile(r"(?P<cls>.+)_test_split(?P<k>[0-9]+)\.txt")
 _UCF_RE = re.compile(r"(classind|trainlist[0-9]+|testlist[0-9]+)\.txt", re.IGNORECASE)
 _WS_RE = re.compile(r"[ \t\n\r]*")
@@ -222,6 +235,9 @@ class _Collector:
         rel, path_or_reason = self._resolve(relpath)
         if rel is None:
             self.skip(source, relpath, path_or_reason)
+            return
+        if label > LABEL_MAX:
+            self.skip(source, rel, f"label {label} does not fit the stored int32 (at most {LABEL_MAX})")
             return
         if label != -1 and (label < 0 or (self.num_classes is not None and label >= self.num_classes)):
             self.skip(source, rel, f"unknown label {label} (expected 0..{(self.num_classes or 0) - 1})"
@@ -384,18 +400,29 @@ def _as_int(text: str) -> int | None:
 
 def _parse_list(files: list[str], col: _Collector, label_names: list[str] | None) -> list[str] | None:
     col.num_classes = None if label_names is None else len(label_names)
+    by_name = {n: i for i, n in enumerate(label_names or [])}
+    spaced = sorted((n for n in by_name if any(c.isspace() for c in n)), key=len, reverse=True)
     for f in files:
         labeled: bool | None = None
         for lineno, s in _numbered_lines(f):
             src = f"{f}:{lineno}"
             parts = s.rsplit(None, 1)
             has_label = len(parts) == 2 and _INT_RE.fullmatch(parts[1]) is not None
+            if has_label:
+                _refuse_other_list_kinds(col, src, s, parts[0])
+            named = None if has_label else _class_name_column(s, parts, by_name, spaced)
+            if named is None and not has_label and label_names is None and _looks_named(col, s, parts):
+                col.skip(src, parts[0], f"{parts[1]!r} in the label column is a class name but no label map was "
+                                        f"given: pass --label-names FILE (one class name per line, line i = label i)")
+                continue
             if labeled is None:
-                labeled = has_label
-            if labeled and not has_label:
+                labeled = has_label or named is not None
+            if labeled and not has_label and named is None:
                 col.skip(src, None, f"malformed line: expected 'relpath label' (the list's first entry has a label), got {s!r}")
-            elif not labeled and has_label:
+            elif not labeled and (has_label or named is not None):
                 col.skip(src, None, f"malformed line: a label in an unlabeled list (the first entry has none): {s!r}")
+            elif named is not None:
+                col.add(named[0], by_name[named[1]], src)
             elif labeled:
                 label = int(parts[1])
                 if label < 0:
@@ -405,6 +432,54 @@ def _parse_list(files: list[str], col: _Collector, label_names: list[str] | None
             else:
                 col.add(s, -1, src)
     return label_names
+
+
+def _refuse_other_list_kinds(col: _Collector, src: str, line: str, head: str) -> None:
+    """Raise when a `relpath label` line is really an MMAction2 multi-label or raw-frame line.
+
+    `head` is the line minus its last integer. A multi-label line (`test.mp4 0 3`) or a
+    raw-frame line (`imgs 5 127`: frame_dir total_frames label) would otherwise be read as a
+    video path with a space in it ("test.mp4 0") and fail much later as a missing file.
+    """
+    words = head.rsplit(None, 1)
+    multi = len(words) == 2 and _INT_RE.fullmatch(words[1]) is not None
+    if not multi and os.path.splitext(head)[1].lower() in VIDEO_EXTENSIONS:
+        return  # the common case: `relpath.mp4 label`, no stat needed
+    if os.path.isfile(os.path.join(col.root, head)) or os.path.isfile(os.path.join(col.root, line)):
+        return  # a real file whose name has spaces and digits in it
+    path = _TRAILING_INTS_RE.sub("", line) or line  # the line without all its integer columns
+    frames_dir = (os.path.splitext(path)[1].lower() not in VIDEO_EXTENSIONS
+                  or os.path.isdir(os.path.join(col.root, path)))
+    if frames_dir and (multi or os.path.isdir(os.path.join(col.root, head))):
+        raise AnnotationError(
+            f"{src}: {line!r} looks like an MMAction2 raw-frame list ('frame_dir total_frames label'); "
+            "raw-frame lists are not supported: extraction decodes video files, so list the videos "
+            "themselves ('relpath label' per line)")
+    if multi:
+        raise AnnotationError(
+            f"{src}: multi-label lists are not supported ('relpath label1 label2 ...', got {line!r}): "
+            "the token stores hold one int32 label per video; write one label per video "
+            "('relpath label' per line)")
+
+
+def _class_name_column(line: str, parts: list[str], by_name: dict[str, int],
+                       spaced: list[str]) -> tuple[str, str] | None:
+    """(relpath, class name) when the line ends in a class name of the label map."""
+    if len(parts) == 2 and parts[1] in by_name:
+        return parts[0], parts[1]
+    for name in spaced:  # names with spaces ("playing guitar"): the longest that ends the line
+        if line.endswith(name) and len(line) > len(name) and line[-len(name) - 1].isspace():
+            rel = line[:-len(name)].rstrip()
+            if rel:
+                return rel, name
+    return None
+
+
+def _looks_named(col: _Collector, line: str, parts: list[str]) -> bool:
+    """`relpath word` where relpath is a file and the whole line is not: a class name in the label column."""
+    if len(parts) != 2 or os.path.isabs(parts[0]) or ".." in parts[0].split("/"):
+        return False
+    return os.path.isfile(os.path.join(col.root, parts[0])) and not os.path.exists(os.path.join(col.root, line))
 
 
 def _read_ucf_class_index(path: str) -> list[str]:
@@ -828,7 +903,27 @@ def _detect_one(path: str) -> str:
         stripped = head.lstrip()
         if '"vid_name"' in head or re.match(r"\[\s*\[", stripped):
             return "diving48"
+        other = _other_json_format(head)
+        if other is not None:
+            raise AnnotationError(f"{path}: {other} annotations are not supported; list the videos in a "
+                                  "'relpath label' text file (MMAction2's video list format) instead")
         if stripped.startswith("{") or '"template"' in head or '"id"' in head:
             return "ssv2"
         raise AnnotationError(f"{path}: cannot tell which JSON annotation format this is; pass the format explicitly")
     return "list"
+
+
+# JSON annotation formats we recognise only to refuse them by name (keys of their records)
+_OTHER_JSON = (
+    ('"frame_dir"', "MMAction2 raw-frame JSON (records with frame_dir, total_frames)"),
+    ('"video_dir"', "MMAction2 raw-video JSON (records with video_dir, num_clips, positive_clip_inds)"),
+    ('"filename"', "MMAction2 video JSON (records with filename, label)"),
+    ('"duration_second"', "ActivityNet-style temporal JSON (videos with annotated segments)"),
+)
+
+
+def _other_json_format(head: str) -> str | None:
+    for key, name in _OTHER_JSON:
+        if key in head:
+            return name
+    return None
