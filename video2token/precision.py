@@ -5,7 +5,12 @@ fine-tuning, prediction, benchmarks).
 - CUDA: bf16 where the GPU supports it (Ampere and newer), else fp16 (training adds dynamic loss
   scaling; a V100 has no fast bf16);
 - CPU: bf16 only where the CPU has native bf16 instructions (AMX or AVX512-BF16, as torch's
-  cpuinfo reports them), else fp32: on AVX2-only CPUs bf16 is emulated and 5-100x slower.
+  cpuinfo reports them) and torch uses them (ATen's AVX512 kernels, oneDNN's bf16), else fp32: on
+  AVX2-only CPUs bf16 is emulated and 5-100x slower.
+
+Capping the instruction set (`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`) makes an AMX
+machine answer like an AVX2-only one. `VIMPAC_CPU_BF16=1` / `=0` overrides the CPU's answer
+outright (e.g. to run the fp32 branch on an AMX machine); the run's log line says so.
 
 Explicit `fp32`, `bf16` and `fp16` are honoured as asked (a caller may still refuse a combination
 it cannot run, e.g. fp16 training on CPU). `describe()` gives the one log line every run prints.
@@ -15,8 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import torch
 
@@ -24,27 +30,71 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+CPU_BF16_ENV = "VIMPAC_CPU_BF16"  # "1" / "0": override the CPU's native-bf16 answer (and so what auto picks)
+
+
 def cpu_capabilities() -> dict:
-    """What torch's cpuinfo reports about this CPU (empty on torch builds without the query)."""
+    """What torch reports about this CPU: cpuinfo's flags (empty on torch builds without the query), plus
+    `isa`, the ATen dispatcher's level (capped by ATEN_CPU_CAPABILITY), and `onednn_bf16`, whether oneDNN
+    runs bf16 here (False under ONEDNN_MAX_CPU_ISA=AVX2 even on an AMX CPU)."""
+    caps: dict = {}
     query = getattr(torch.cpu, "get_capabilities", None)
-    if query is None:
-        return {}
+    if query is not None:
+        try:
+            caps = dict(query())
+        except Exception:  # a platform where cpuinfo cannot read the CPU: assume nothing
+            caps = {}
+    caps["isa"] = torch.backends.cpu.get_cpu_capability()
     try:
-        return dict(query())
-    except Exception:  # a platform where cpuinfo cannot read the CPU: assume nothing
-        return {}
+        caps["onednn_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # torch built without oneDNN
+        caps["onednn_bf16"] = False
+    return caps
+
+
+def cpu_bf16_override(environ: Mapping[str, str] | None = None) -> bool | None:
+    """The user's override of the native-bf16 check: VIMPAC_CPU_BF16=1 (native) / 0 (not), else None."""
+    value = (os.environ if environ is None else environ).get(CPU_BF16_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value in ("1", "yes", "true"):
+        return True
+    if value in ("0", "no", "false"):
+        return False
+    raise ValueError(f"{CPU_BF16_ENV} must be 1 or 0 (or unset), got {value!r}")
 
 
 def cpu_native_bf16(caps: dict | None = None) -> tuple[bool, str]:
-    """(native, which instructions) for bf16 matmuls on this CPU, from torch's report, not CPU names."""
-    caps = cpu_capabilities() if caps is None else caps
-    if caps:
-        have = [k for k in ("amx_bf16", "avx512_bf16") if caps.get(k)]
-        return bool(have), "+".join(have) if have else "no AMX-BF16 / AVX512-BF16"
-    # older torch: the dispatcher's ISA level is all it says; only AVX512 builds may have bf16 units
-    isa = torch.backends.cpu.get_cpu_capability()
-    native = isa.startswith("AVX512") and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return native, f"oneDNN bf16 {'supported' if native else 'not native'} ({isa})"
+    """(native, why) for bf16 on this CPU, from what torch and oneDNN report, never from CPU names.
+
+    Native needs bf16 units (cpuinfo's amx_bf16 or avx512_bf16) that torch actually uses: an AVX512
+    ATen dispatch level and oneDNN's bf16 support (ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA can cap
+    either, which is how an AMX machine emulates an AVX2-only one). VIMPAC_CPU_BF16=1 / 0 overrides
+    the answer when `caps` is not given.
+    """
+    if caps is None:
+        forced = cpu_bf16_override()
+        if forced is not None:
+            return forced, f"forced by {CPU_BF16_ENV}={int(forced)}"
+        caps = cpu_capabilities()
+    isa = caps.get("isa")
+    flags = [k for k in ("amx_bf16", "avx512_bf16") if caps.get(k)]
+    has_cpuinfo = any(k in caps for k in ("amx_bf16", "avx512_bf16"))
+    if not has_cpuinfo:
+        # older torch: the dispatcher's level and oneDNN are all it says; only AVX512 builds may have bf16 units
+        native = bool(isa and isa.startswith("AVX512") and caps.get("onednn_bf16"))
+        return native, f"oneDNN bf16 {'supported' if native else 'not native'} ({isa})"
+    if not flags:
+        return False, "no AMX-BF16 / AVX512-BF16"
+    why = "+".join(flags)
+    capped = []
+    if isa is not None and not isa.startswith("AVX512"):
+        capped.append(f"ATen dispatch capped at {isa}")
+    if caps.get("onednn_bf16") is False:
+        capped.append("oneDNN bf16 off (ONEDNN_MAX_CPU_ISA)")
+    if capped:
+        return False, f"{why} present but unused: {', '.join(capped)}"
+    return True, why
 
 
 def cuda_native_bf16(device: torch.device) -> bool:
@@ -55,8 +105,7 @@ def cuda_native_bf16(device: torch.device) -> bool:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    caps = cpu_capabilities()
-    name = caps.get("cpu_name") or "CPU"
+    name = cpu_capabilities().get("cpu_name") or "CPU"
     return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
 
 
