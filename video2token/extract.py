@@ -4,7 +4,7 @@ r"""Extraction job: videos -> frames at a fixed FPS -> VQ codes -> an HDF5 token
         --anno data/annotations/ucf101/ucf101_train_split_1_videos.txt \
         --output data/video_tokens/dalle_ucf101_train_split1_fps2_hflip0_128center128 \
         --fps 2 --frame-shorter-side 128 --crop-size 128 --crop-type center \
-        --tokenizer dalle --tokenizer-path weights/dalle
+        --tokenizer-path weights/dalle
 
 Decoding runs in worker processes (a video that hangs or crashes its decoder is killed
 after --timeout and logged) while the parent encodes fixed-size batches. Work is committed
@@ -41,7 +41,7 @@ class ExtractConfig:
     crop_size: int
     crop_type: str = "center"
     hflip: bool = False
-    tokenizer: str = "dalle"
+    tokenizer: str = "auto"  # or one of tokenizers.KINDS; auto reads what tokenizer_path is
     tokenizer_path: str = ""
     anno_format: str = "auto"
     #: a file with one class name per line (line i = label i), for formats that carry none
@@ -252,9 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the square crop sits along the long side; 'none' keeps the resized frame "
                         "(trimmed to a multiple of the tokenizer stride)")
     p.add_argument("--hflip", action="store_true", help="flip frames horizontally")
-    p.add_argument("--tokenizer", default="dalle", choices=KINDS)
+    p.add_argument("--tokenizer", default="auto", choices=("auto", *KINDS),
+                   help="tokenizer kind; auto tells from --tokenizer-path (encoder.pkl: dalle, a directory "
+                        "with config.json + model.safetensors: vqvae)")
     p.add_argument("--tokenizer-path", required=True,
-                   help="dalle: encoder.pkl, a directory with it, or a URL; vqvae: a trained tokenizer directory")
+                   help="dalle: encoder.pkl, a directory with it, or a URL; vqvae: a directory made by "
+                        "python -m video2token.train_tokenizer")
     p.add_argument("--decoder", default="auto", choices=["auto", "av", "decord"],
                    help="video decoder; auto picks per container (see the README)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per encoder call")

@@ -41,6 +41,7 @@ from torch import nn
 
 from ..checksum import sha256_file
 from ..precision import Precision, resolve_precision
+from . import DALLE_CONVERTED_FORMAT
 from .base import Tokenizer, TokenizerError
 from .safe_pickle import safe_torch_load
 
@@ -48,7 +49,7 @@ DOWNSAMPLE = 8  # three 2x max-pools in the dVAE encoder
 RESCORE_TOPK = 4  # low-precision logits shortlist this many codes; fp32 picks among them
 RESCORE_CHUNK = 2048  # positions per fp32 re-scoring step: bounds the gathered (p, k, C) fp32 rows to 64 MB at C=2048
 CACHE_DIR = Path("~/.cache/vimpac/dalle")
-CONVERTED_FORMAT = "vimpac-dalle-dvae"
+CONVERTED_FORMAT = DALLE_CONVERTED_FORMAT
 ENCODER_HPARAMS = ("n_hid", "n_blk_per_group", "input_channels", "vocab_size")
 DECODER_HPARAMS = ("n_init", "n_hid", "n_blk_per_group", "output_channels", "vocab_size")
 
