@@ -1,6 +1,7 @@
 """The built-in VQ-VAE tokenizer: shapes, determinism, save/load, loading errors, trainer resume."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -448,3 +449,58 @@ def test_no_progress_hides_bars_and_precision_is_logged(demo, tmp_path, capsys):
     assert "train_tokenizer: 2 steps" in out
     for bar in ("decoding", "train vqvae", "it/s", "step/s", "%|"):
         assert bar not in err, err
+
+
+def test_held_out_count_is_a_fraction_with_at_least_one_video_never_all():
+    from video2token.train_tokenizer import held_out_count
+
+    assert [held_out_count(n, val_videos=None, val_fraction=0.1) for n in (1, 2, 12, 25, 100)] == [0, 1, 1, 2, 10]
+    assert held_out_count(12, val_videos=None, val_fraction=0.0) == 0
+    assert held_out_count(12, val_videos=3, val_fraction=0.1) == 3
+    assert held_out_count(4, val_videos=8, val_fraction=0.1) == 3  # never all of them
+
+
+def test_hold_out_warning_says_how_many(demo, monkeypatch, capsys):
+    import video2token.train_tokenizer as tt
+
+    decoded: dict[str, list[str]] = {}
+
+    def fake_load_frames(paths, *, desc, **kw):
+        decoded[desc] = list(paths)
+        return np.zeros((len(paths), 32, 32, 3), np.uint8), []
+
+    monkeypatch.setattr(tt, "load_frames", fake_load_frames)
+    data = tt.DataConfig(video_root=str(demo), anno=(str(demo / "pretrain_videos.txt"),), fps=4, frame_size=32)
+    train, val = tt.prepare_data(data, seed=0, progress=False)
+    assert (len(train), len(val)) == (5, 1)
+    assert not set(decoded["decoding train videos"]) & set(decoded["decoding held-out videos"])
+    assert "warning: holding out 1 of 6 videos (10%, --val-fraction)" in capsys.readouterr().err
+    tt.prepare_data(dataclasses.replace(data, val_videos=9), seed=0, progress=False)
+    assert "warning: holding out 5 of 6 videos, not --val-videos 9" in capsys.readouterr().err
+
+
+def test_val_fraction_flag_checks_and_old_checkpoints_resume_with_val_videos(tmp_path):
+    import video2token.train_tokenizer as tt
+
+    base = ["--video-root", str(tmp_path), "--anno", "a.txt", "--fps", "4", "--frame-size", "32",
+            "--vocab-size", "32", "--output", str(tmp_path / "out")]
+    args = tt.build_parser().parse_args([*base, "--val-fraction", "1.5"])
+    with pytest.raises(tt.TokenizerTrainError, match=r"--val-fraction must be in \[0, 1\)"):
+        tt.configs_from_args(args)
+    # a checkpoint from before --val-fraction (data_config without it, val_videos 8) resumes with --val-videos 8
+    args = tt.build_parser().parse_args([*base, "--val-videos", "8", "--precision", "fp32"])
+    model_cfg, train_cfg, data_cfg = tt.configs_from_args(args)
+    model = VQVAE(model_cfg)
+    optimizer = torch.optim.AdamW(model.parameters())
+    ckpt = tmp_path / "out" / "last"
+    tt.save_checkpoint(str(ckpt), model=model, optimizer=optimizer, scaler=torch.amp.GradScaler("cpu", enabled=False),
+                       step=1, sampler=torch.Generator(), train_cfg=train_cfg, data_cfg=data_cfg, elapsed=0.0)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    del state["data_config"]["val_fraction"]
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    assert tt.check_output(str(tmp_path / "out"), resume=True, model_cfg=model_cfg, train_cfg=train_cfg,
+                           data_cfg=data_cfg) is not None
+    _, _, fraction_cfg = tt.configs_from_args(tt.build_parser().parse_args([*base, "--precision", "fp32"]))
+    with pytest.raises(tt.TokenizerTrainError, match="val_videos: checkpoint 8 vs now None"):
+        tt.check_output(str(tmp_path / "out"), resume=True, model_cfg=model_cfg, train_cfg=train_cfg,
+                        data_cfg=fraction_cfg)

@@ -1,12 +1,14 @@
-"""Train the built-in VQ-VAE frame tokenizer (van den Oord et al. 2017) on frames of your own videos.
+r"""Train the built-in VQ-VAE frame tokenizer (van den Oord et al. 2017) on frames of your own videos.
 
     python -m video2token.train_tokenizer --video-root data/demo --anno data/demo/pretrain_videos.txt \
         --fps 8 --frame-size 64 --vocab-size 512 --output weights/vqvae_demo
 
 Frames are sampled from the listed videos at --fps, resized and center-cropped to
---frame-size, and cached in memory as uint8; the frames of --val-videos videos are held out
-for the held-out PSNR. OUTPUT ends up as a tokenizer directory (`config.json` +
-`model.safetensors`, loadable with `--tokenizer vqvae --tokenizer-path OUTPUT`) plus:
+--frame-size, and cached in memory as uint8; a seeded --val-fraction of the videos (10%, at
+least one; or exactly --val-videos) is held out for the held-out PSNR, never trained on, and a
+warning says how many. OUTPUT is checked (a finished run needs --resume) before any video is
+decoded. OUTPUT ends up as a tokenizer directory (`config.json` + `model.safetensors`, which
+`python -m video2token.extract --tokenizer-path OUTPUT` recognises) plus:
 
     last/                     the resumable checkpoint, written atomically every --save-every steps
         model.safetensors     model state (codebook buffers included)
@@ -39,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from video2token.atomic import atomic_dir, recover_dir, remove_tmp_leftovers
+from video2token.cli import HelpFormatter
 from video2token.precision import Precision, add_precision_flag, resolve_precision
 from video2token.runlog import MetricsLogger, plot_curves
 from video2token.tokenizers.vqvae import save_vqvae
@@ -93,7 +96,9 @@ class DataConfig:
     fps: float
     frame_size: int
     max_frames_per_video: int = 32
-    val_videos: int = 8
+    #: videos held out; None: `val_fraction` of them (at least one, never all)
+    val_videos: int | None = None
+    val_fraction: float = 0.1
 
 
 def training_precision(requested: str, device: torch.device) -> Precision:
@@ -132,6 +137,16 @@ def load_frames(paths: list[str], *, fps: float, frame_size: int, max_frames_per
     return np.concatenate(chunks), failed
 
 
+def held_out_count(num_videos: int, *, val_videos: int | None, val_fraction: float) -> int:
+    """How many of `num_videos` are held out: `val_videos` when given, else round(val_fraction *
+    num_videos) but at least one; never all of them (a single video is trained on, none held out)."""
+    if val_videos is not None:
+        wanted = val_videos
+    else:
+        wanted = max(1, round(val_fraction * num_videos)) if val_fraction > 0 else 0
+    return min(wanted, max(num_videos - 1, 0))
+
+
 def split_videos(paths: list[str], val_videos: int, seed: int) -> tuple[list[str], list[str]]:
     """(train paths, held-out paths): a seeded choice of `val_videos` videos is held out, but
     never all of them."""
@@ -155,7 +170,14 @@ def prepare_data(data: DataConfig, seed: int, *, progress: bool = True) -> tuple
     paths = [it.path for it in anno.items]
     if not paths:
         raise TokenizerTrainError(f"--anno: no videos listed in {', '.join(data.anno)}")
-    train_paths, val_paths = split_videos(paths, data.val_videos, seed)
+    n_val = held_out_count(len(paths), val_videos=data.val_videos, val_fraction=data.val_fraction)
+    if data.val_videos is None:
+        print(f"warning: holding out {n_val} of {len(paths)} videos ({data.val_fraction:.0%}, --val-fraction) for the "
+              f"held-out PSNR; they are not trained on (--val-videos N sets the number)", file=sys.stderr)
+    elif n_val < data.val_videos:
+        print(f"warning: holding out {n_val} of {len(paths)} videos, not --val-videos {data.val_videos}: "
+              f"at least one video must be trained on", file=sys.stderr)
+    train_paths, val_paths = split_videos(paths, n_val, seed)
     kw = dict(fps=data.fps, frame_size=data.frame_size, max_frames_per_video=data.max_frames_per_video,
               progress=progress)
     train, failed = load_frames(train_paths, desc="decoding train videos", **kw)
@@ -309,7 +331,9 @@ def check_output(output: str, *, resume: bool, model_cfg: VQVAEConfig, train_cfg
     ckpt = load_checkpoint(ckpt_dir)
     saved, now = ckpt.trainer_state, _configs(model_cfg, train_cfg, data_cfg)
     problems = _diff(saved.get("model_config", {}), now["model_config"])
-    problems += _diff(saved.get("data_config", {}), now["data_config"])
+    # an explicit --val-videos makes the fraction irrelevant (checkpoints from before --val-fraction lack it)
+    problems += _diff(saved.get("data_config", {}), now["data_config"],
+                      ignore=("val_fraction",) if data_cfg.val_videos is not None else ())
     problems += _diff(saved.get("train_config", {}), now["train_config"],
                       ignore=("steps", "eval_every", "save_every", "log_every"))
     if problems:
@@ -494,15 +518,18 @@ def train(*, model_cfg: VQVAEConfig, train_cfg: TrainConfig, data_cfg: DataConfi
 
 def build_parser() -> argparse.ArgumentParser:
     d_m, d_t = VQVAEConfig(), TrainConfig()
-    p = argparse.ArgumentParser(description="Train the built-in VQ-VAE frame tokenizer.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m video2token.train_tokenizer", description=__doc__,
+                                formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--video-root", required=True, help="directory the annotation paths are relative to")
     g.add_argument("--anno", nargs="+", required=True, help="annotation list file(s) naming the videos")
     g.add_argument("--fps", type=float, required=True, help="frames sampled per second of video")
     g.add_argument("--frame-size", type=int, required=True, help="shorter side resize + square center crop (px)")
     g.add_argument("--max-frames-per-video", type=int, default=32, help="cap on frames cached per video")
-    g.add_argument("--val-videos", type=int, default=8, help="videos held out for the held-out PSNR")
+    g.add_argument("--val-fraction", type=float, default=0.1,
+                   help="fraction of the videos held out for the held-out PSNR (at least one video)")
+    g.add_argument("--val-videos", type=int, default=None,
+                   help="hold out exactly this many videos instead of --val-fraction (0: none)")
     g = p.add_argument_group("model")
     g.add_argument("--vocab-size", type=int, required=True, help="codebook size")
     g.add_argument("--downsample", type=int, default=d_m.downsample, choices=DOWNSAMPLES)
@@ -538,6 +565,10 @@ def configs_from_args(args: argparse.Namespace) -> tuple[VQVAEConfig, TrainConfi
     for name in ("steps", "batch_size", "eval_every", "save_every", "log_every", "max_frames_per_video"):
         if getattr(args, name) < 1:
             raise TokenizerTrainError(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 <= args.val_fraction < 1:
+        raise TokenizerTrainError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if args.val_videos is not None and args.val_videos < 0:
+        raise TokenizerTrainError(f"--val-videos must be >= 0, got {args.val_videos}")
     try:
         model_cfg = VQVAEConfig(vocab_size=args.vocab_size, downsample=args.downsample, channels=args.channels,
                                 max_channels=args.max_channels, code_dim=args.code_dim, patch_size=args.patch_size,
@@ -549,7 +580,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[VQVAEConfig, TrainConfi
                             eval_every=args.eval_every, save_every=args.save_every, log_every=args.log_every)
     data_cfg = DataConfig(video_root=os.path.abspath(args.video_root), anno=tuple(os.path.abspath(a) for a in args.anno),
                           fps=args.fps, frame_size=args.frame_size, max_frames_per_video=args.max_frames_per_video,
-                          val_videos=args.val_videos)
+                          val_videos=args.val_videos, val_fraction=args.val_fraction)
     return model_cfg, train_cfg, data_cfg
 
 
