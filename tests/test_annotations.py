@@ -536,6 +536,22 @@ def test_script_folder_and_custom(tmp_path, root):
     assert os.path.basename(flag_values(cmd, "--output")[0]) == store_name("dalle", "custom", "mine", 0.5, 0, 128, "center", 128)
 
 
+def test_script_custom_anno_paths_with_spaces_and_tokenizer_kind(tmp_path):
+    spaced = write(tmp_path / "my lists" / "train list.txt", "x 0\n")
+    other = write(tmp_path / "my lists" / "more.txt", "y 1\n")
+    res = run_script(["custom", "mine", "128", "128", "center", "0", "2"], {"ANNO": spaced})
+    assert res.returncode == 0, res.stderr
+    assert flag_values(shlex.split(res.stdout), "--anno") == [spaced]
+    res = run_script(["custom", "mine", "128", "128", "center", "0", "2"], {"ANNO": f"{spaced}\n{other}\n"})
+    assert flag_values(shlex.split(res.stdout), "--anno") == [spaced, other]
+    vq = tmp_path / "vq"
+    write(vq / "model.safetensors", b"")
+    res = run_script(["custom", "mine", "128", "128", "center", "0", "2"], {"ANNO": spaced, "TOKENIZER_PATH": str(vq)})
+    cmd = shlex.split(res.stdout)
+    assert flag_values(cmd, "--tokenizer") == ["vqvae"] and os.path.basename(flag_values(cmd, "--output")[0]).startswith("vqvae_")
+    assert cmd[0] == str(REPO / ".venv" / "bin" / "python")  # the default interpreter
+
+
 @pytest.mark.parametrize("args,env,message", [
     (["ucf102", "train", "128", "128", "center", "0", "2"], {}, "unknown dataset 'ucf102'"),
     (["ucf101", "train", "128", "128", "center", "0", "2"], {}, "unknown split 'train' for ucf101"),

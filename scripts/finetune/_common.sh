@@ -7,7 +7,8 @@
 # Extra flags come last and win (e.g. --split-id 2, or --different-shape --clip-len 10 --frame-rate 4
 # --frame-size 256 --bs-per-gpu 2). PRETRAIN=DIR overrides the pre-trained checkpoint, SNAP_ROOT
 # (default snap/finetune) the output root. The script and command line are copied to the output
-# directory and the log is teed there.
+# directory (the --output of an extra flag, when given) and the log is teed there. PYTHON: see
+# scripts/lib/launch.sh (default .venv/bin/python); DRY_RUN=1 prints the command only.
 set -euo pipefail
 SCRIPT=$(realpath "$0")
 DEVICES=${1:?"usage: bash $0 GPU_IDS|cpu:N [extra flags]   (e.g. 0,1,2,3 or cpu:2)"}

@@ -7,7 +7,8 @@
 #
 # --resume loads $SNAP_ROOT/large/last: weights (positional tables interpolated from 16x16 to
 # 32x32), AdamW state (moments of the tables interpolated with them), step, schedule and RNG.
-# Extra flags come last and win; this stage's log and script copy go to $SNAP_ROOT/large_frame256cont/.
+# Extra flags come last and win; this stage's log and script copy go to $SNAP_ROOT/large_frame256cont/
+# (with an extra --output DIR: stage 1's run is DIR, the log goes to large_frame256cont/ beside it).
 set -euo pipefail
 SCRIPT=$(realpath "$0")
 NAME=large_frame256cont
@@ -30,8 +31,9 @@ ARGS=(
     --num-workers 4 --save-steps 2000 --output "$OUTPUT" --resume
 )
 
-if [ ! -d "$OUTPUT/last" ]; then
-    echo "error: no stage-1 checkpoint in $OUTPUT/last; run scripts/pretrain/large.sh first" >&2
+STAGE1=$(vimpac_last_output "${ARGS[@]}" "$@")   # an extra --output names stage 1's run elsewhere
+if [[ ! -d $STAGE1/last && ${DRY_RUN:-0} != 1 ]]; then
+    echo "error: no stage-1 checkpoint in $STAGE1/last; run scripts/pretrain/large.sh first" >&2
     exit 2
 fi
 vimpac_run "$SNAP" "${ARGS[@]}" "$@"

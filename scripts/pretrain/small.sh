@@ -6,7 +6,8 @@
 #   bash scripts/pretrain/small.sh cpu:2 [extra flags]     # 2 CPU ranks (gloo)
 #
 # Extra flags come last and win (e.g. --train-tokens STORE --bs-per-gpu 8). The script and
-# the command line are copied to $SNAP_ROOT/small/ (default snap/pretrain) and the log is teed there.
+# the command line are copied to $SNAP_ROOT/small/ (default snap/pretrain) and the log is teed there;
+# with an extra --output, into that directory instead. DRY_RUN=1 prints the command only.
 set -euo pipefail
 SCRIPT=$(realpath "$0")
 NAME=small

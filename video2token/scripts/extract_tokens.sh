@@ -14,7 +14,8 @@
 #   kinetics400      train, val, test
 #   diving48         train, test
 #   howto100m        train          (every video under VIDEO_ROOT, unlabeled)
-#   custom           any name       (ANNO="file [file ...]", ANNO_FORMAT, default auto)
+#   custom           any name       (ANNO="file [file ...]", ANNO_FORMAT, default auto; a path
+#                                    with spaces: ANNO naming that one file, or one file a line)
 # Annotations are looked up in ANNO_ROOT; an MMAction2 list (e.g.
 # ucf101_train_split_1_videos.txt, sthv2_train_list_videos.txt) wins over the official files.
 # Official files: ucfTrainTestlist/{trainlist,testlist}0K.txt (+classInd.txt),
@@ -26,10 +27,11 @@
 #   VIDEO_ROOT      videos of this dataset        (default data/videos/$DATASET)
 #   TOKEN_ROOT      where token stores go         (default data/video_tokens)
 #   ANNO_ROOT       annotation files              (default data/annotations/$DATASET)
-#   TOKENIZER       dalle | vqvae                 (default dalle)
+#   TOKENIZER       dalle | vqvae                 (default: vqvae when TOKENIZER_PATH is a
+#                                                  directory with model.safetensors, else dalle)
 #   TOKENIZER_PATH  tokenizer weights             (default: extract's own default)
 #   ANNO_FORMAT     override the annotation format, options after ':' (e.g. kinetics:layout=flat)
-#   PYTHON          interpreter                   (default python)
+#   PYTHON          interpreter                   (default: the repository's .venv/bin/python)
 #   DRY_RUN=1       print the command instead of running it
 #
 # Output: $TOKEN_ROOT/${TOKENIZER}_${DATASET}_${SPLIT}_fps${FPS}_hflip${USE_HFLIP}_${S}${CROP_TYPE}${C}
@@ -39,7 +41,7 @@ set -euo pipefail
 die() { echo "extract_tokens.sh: error: $*" >&2; exit 2; }
 
 if [[ $# -lt 7 ]]; then
-  sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//' >&2
   die "expected 7 arguments (got $#)"
 fi
 DATASET=$1 SPLIT=$2 SHORTER_SIDE=$3 CROP_SIZE=$4 CROP_TYPE=$5 USE_HFLIP=$6 FPS=$7
@@ -56,8 +58,17 @@ shift 7
 VIDEO_ROOT=${VIDEO_ROOT:-data/videos/$DATASET}
 TOKEN_ROOT=${TOKEN_ROOT:-data/video_tokens}
 ANNO_ROOT=${ANNO_ROOT:-data/annotations/$DATASET}
-TOKENIZER=${TOKENIZER:-dalle}
 TOKENIZER_PATH=${TOKENIZER_PATH:-}
+if [[ -z ${TOKENIZER:-} ]]; then  # the kind is part of the store name; extract checks it against the path
+  TOKENIZER=$([[ -n $TOKENIZER_PATH && -f $TOKENIZER_PATH/model.safetensors ]] && echo vqvae || echo dalle)
+fi
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+if [[ -z ${PYTHON:-} ]]; then
+  [[ -x $repo_root/.venv/bin/python ]] || [[ ${DRY_RUN:-0} == 1 ]] ||
+    die "no Python to run with: $repo_root/.venv/bin/python does not exist (\`make install\` creates it) and" \
+        "PYTHON is not set; set PYTHON=/path/to/python (with the project's requirements installed)"
+  PYTHON=$repo_root/.venv/bin/python
+fi
 
 anno=()
 fmt=
@@ -114,7 +125,13 @@ case $DATASET in
     ;;
   custom)
     [[ -n ${ANNO:-} ]] || die "DATASET=custom needs ANNO (annotation file(s), space-separated)"
-    read -r -a anno <<< "$ANNO"
+    if [[ -e $ANNO ]]; then
+      anno=("$ANNO")                      # one file, spaces in its path and all
+    elif [[ $ANNO == *$'\n'* ]]; then
+      mapfile -t anno < <(printf '%s\n' "$ANNO" | sed '/^$/d')   # one file a line
+    else
+      read -r -a anno <<< "$ANNO"
+    fi
     fmt=auto
     ;;
   *)
@@ -125,7 +142,7 @@ fmt=${ANNO_FORMAT:-$fmt}
 
 OUTPUT=$TOKEN_ROOT/${TOKENIZER}_${DATASET}_${SPLIT}_fps${FPS}_hflip${USE_HFLIP}_${SHORTER_SIDE}${CROP_TYPE}${CROP_SIZE}
 
-cmd=("${PYTHON:-python}" -m video2token.extract
+cmd=("$PYTHON" -m video2token.extract
      --video-root "$VIDEO_ROOT" --anno "${anno[@]}" --anno-format "$fmt"
      --output "$OUTPUT" --fps "$FPS" --frame-shorter-side "$SHORTER_SIDE"
      --crop-size "$CROP_SIZE" --crop-type "$CROP_TYPE")
@@ -141,7 +158,6 @@ if [[ ${DRY_RUN:-0} == 1 ]]; then
 fi
 
 # the package lives two levels up from this script; callers need not set PYTHONPATH
-repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
 echo "extract_tokens.sh: $DATASET $SPLIT -> $OUTPUT" >&2
 exec "${cmd[@]}"
