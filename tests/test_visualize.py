@@ -11,7 +11,8 @@ import torch
 from video2token.extract import ExtractConfig, run
 from video2token.store import TokenStore
 from video2token.tokenizers import load_tokenizer
-from video2token.visualize import code_palette, codes_to_image, draw_grid, frame_psnr, main, pick_frames, visualize_video
+from video2token.visualize import (closest_ids, code_palette, codes_to_image, draw_grid, frame_psnr, main, pick_frames,
+                                   unknown_id_message, visualize_video)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -118,6 +119,19 @@ def test_visualize_vqvae_store(demo, tmp_path, tiny_vqvae, capsys):
 
     assert main([store, "no/such.mp4", "--out", str(tmp_path / "x.png")]) == 2
     assert "no/such.mp4" in capsys.readouterr().err
+    # the file name without its folder: the real id is suggested
+    assert main([store, os.path.basename(vid), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: video id {os.path.basename(vid)!r} is not in token store") and f"did you mean {vid!r}?" in err
+
+
+def test_unknown_ids_suggest_the_closest_real_ones():
+    ids = ["ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi", "Archery/v_Archery_g01_c01.avi", "Archery/v_Archery_g02_c01.avi"]
+    assert closest_ids("v_Archery_g02_c01.avi", ids) == ["Archery/v_Archery_g02_c01.avi"]  # folder left out
+    assert closest_ids("Archery/v_Archery_g2_c01.avi", ids)[0] == "Archery/v_Archery_g02_c01.avi"  # a typo
+    assert closest_ids("zzz", ids) == []
+    assert unknown_id_message("zzz", ids, "S").endswith(f"ids look like {ids[0]!r} (python -m video2token.inspect S lists them)")
+    assert unknown_id_message("zzz", [], "S").endswith("(the store is empty)")
 
 
 def test_visualize_dalle_store_needs_a_decoder(demo, tmp_path, capsys):

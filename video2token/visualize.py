@@ -12,7 +12,9 @@ predictions with it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import posixpath
 import sys
 from collections.abc import Sequence
 
@@ -147,6 +149,24 @@ def _read_originals(store, video_id: str, idx: np.ndarray) -> np.ndarray | None:
     return frames[idx]
 
 
+def closest_ids(video_id: str, ids: Sequence[str], n: int = 3) -> list[str]:
+    """The stored ids `video_id` most likely meant: the same file name in another folder first (a
+    relpath typed without its class folder), then the closest spellings (difflib)."""
+    name = posixpath.basename(video_id)
+    same_name = [i for i in ids if posixpath.basename(i) == name]
+    if same_name:
+        return same_name[:n]
+    return difflib.get_close_matches(video_id, ids, n=n, cutoff=0.5)
+
+
+def unknown_id_message(video_id: str, ids: Sequence[str], store_path: str) -> str:
+    close = closest_ids(video_id, ids)
+    hint = (f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else
+            f"; ids look like {ids[0]!r} (python -m video2token.inspect {store_path} lists them)" if ids else
+            " (the store is empty)")
+    return f"video id {video_id!r} is not in token store {store_path}{hint}"
+
+
 def visualize_video(store_path: str, video_id: str, out_png: str, *, max_frames: int = 8,
                     tokenizer_path: str | None = None, decoder_path: str | None = None,
                     device: str | None = None) -> dict:
@@ -155,7 +175,12 @@ def visualize_video(store_path: str, video_id: str, out_png: str, *, max_frames:
     from video2token.store import TokenStore
 
     with TokenStore(store_path) as store:
-        codes, label = store.read(video_id)  # (T, h, w) int16
+        try:
+            codes, label = store.read(video_id)  # (T, h, w) int16
+        except KeyError:
+            if video_id in store.video_ids:
+                raise
+            raise KeyError(unknown_id_message(video_id, store.video_ids, store_path)) from None
         idx = pick_frames(len(codes), max_frames)
         codes = codes[idx].astype(np.int64)
         times = store.timestamps(video_id)[idx]
@@ -181,7 +206,9 @@ def visualize_video(store_path: str, video_id: str, out_png: str, *, max_frames:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Draw a stored video's frames, their reconstructions and code maps.")
+    from video2token.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="python -m video2token.visualize", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("store", help="token store directory (or shard file)")
     p.add_argument("video_id", help="video id (its relpath in the annotation list)")
     p.add_argument("--out", required=True, help="output PNG")
@@ -199,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         info = visualize_video(args.store, args.video_id, args.out, max_frames=args.max_frames,
                                tokenizer_path=args.tokenizer_path, decoder_path=args.decoder_path, device=args.device)
     except (StoreError, TokenizerError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
     psnr = "" if info["psnr"] is None else f", mean PSNR {info['psnr']:.2f} dB"
     print(f"visualize: {info['frames']} frames of {args.video_id} -> {info['out']}{psnr}")
