@@ -16,6 +16,12 @@ from vimpac.model.special_tokens import SpecialTokens
 #: positional-embedding kinds: one full table / T + (h*w) tables / T + H + W tables
 POS_EMB_KINDS = ("default", "temporal_separation", "hw_separation")
 AXES = "THW"
+#: sane upper bounds, checked before anything is built from a config (a config.json with hid_dim 1e9 or
+#: layers 1e6 is refused, not allocated); far above the paper's models (Large-half: 24 x 1024)
+LIMITS = {"vocab_size": 1 << 20, "clip_len": 4096, "grid_h": 1024, "grid_w": 1024, "layers": 256,
+          "hid_dim": 32768, "heads": 1024, "head_dim": 4096, "mlp_dim": 131072, "nce_proj_layers": 16,
+          "nce_proj_hid_dim": 65536, "nce_proj_out_dim": 65536}
+MAX_PARAMETERS = 50_000_000_000  # 200 GB of fp32 weights
 
 
 def parse_layout(layout: str) -> tuple[tuple[str, ...], ...]:
@@ -75,6 +81,8 @@ class ModelConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ModelConfig.{key} must be a positive int, got {value!r}")
+            if value > LIMITS[key]:
+                raise ValueError(f"ModelConfig.{key} = {value} is beyond the sane limit {LIMITS[key]}")
         if self.pos_emb not in POS_EMB_KINDS:
             raise ValueError(f"ModelConfig.pos_emb must be one of {POS_EMB_KINDS}, got {self.pos_emb!r}")
         for key in ("dropout", "attn_dropout"):
@@ -85,6 +93,22 @@ class ModelConfig:
             if len(parts) > self.heads:
                 raise ValueError(f"ModelConfig.layout {self.layout!r} has a block with {len(parts)} parallel "
                                  f"parts but only {self.heads} heads to split between them")
+        if self.approx_parameters > MAX_PARAMETERS:
+            raise ValueError(f"ModelConfig describes about {self.approx_parameters / 1e9:.0f}B parameters, beyond "
+                             f"the sane limit of {MAX_PARAMETERS / 1e9:.0f}B")
+
+    @property
+    def approx_parameters(self) -> int:
+        """Parameters to within a few percent (embeddings, layers, both heads): a bound checked before building."""
+        d, a = self.hid_dim, self.heads * self.head_dim
+        t, h, w = self.clip_len, self.grid_h, self.grid_w
+        pos = {"default": t * h * w, "temporal_separation": t + h * w, "hw_separation": t + h + w}.get(self.pos_emb, 0)
+        embed = (self.vocab_size + 8) * d + pos * d
+        layer = 4 * d * a * len(self.layout.split(",")) + 2 * d * self.mlp_dim  # q, k, v, out per block + MLP
+        # the masked-token decoder is tied to the code embedding: only its bias is its own
+        heads = d * d + self.vocab_size + d * self.nce_proj_hid_dim \
+            + (self.nce_proj_layers - 2) * self.nce_proj_hid_dim ** 2 + self.nce_proj_hid_dim * self.nce_proj_out_dim
+        return embed + self.layers * layer + heads
 
     @property
     def special_tokens(self) -> SpecialTokens:
