@@ -25,6 +25,7 @@ import numpy as np
 
 from .annotations import AnnotationError, read_annotations
 from .batcher import FrameBatcher
+from .cli import HelpFormatter
 from .decode_pool import DEFAULT_READER, DecodePool, read_inline
 from .store import MAX_VOCAB, ShardWriter, StoreError, VideoRecord
 from .tokenizers import KINDS, TokenizerError, load_tokenizer
@@ -233,7 +234,7 @@ def _progress(total: int, initial: int, show: bool):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m video2token.extract", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--video-root", required=True, help="directory the annotation paths are relative to")
     p.add_argument("--anno", nargs="+", required=True,
                    help="annotation file(s): MMAction2 list, UCF101/HMDB51 split files, SSv2/Diving48 JSON, "

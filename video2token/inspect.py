@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from .cli import HelpFormatter
 from .store import StoreError, TokenStore
 
 
@@ -66,7 +67,7 @@ def inspect_store(path: str, check_codes: bool = True) -> tuple[dict, list[str]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m video2token.inspect", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m video2token.inspect", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("path", help="token store directory (or one shard .h5 file)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-check-codes", action="store_true", help="skip the scan of every code (faster on huge stores)")

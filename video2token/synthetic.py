@@ -257,7 +257,10 @@ def make_dataset(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from video2token.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="python -m video2token.synthetic", description=__doc__.split("\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--num-pool", type=int, default=200, help="unlabelled pre-training videos")
     parser.add_argument("--num-train", type=int, default=80, help="labelled training videos")

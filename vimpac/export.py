@@ -1,4 +1,4 @@
-"""Release folder for a fine-tuned VIMPAC classifier (safetensors + config + labels + tokenizer reference + model card).
+r"""Release folder for a fine-tuned VIMPAC classifier (safetensors + config + labels + tokenizer reference + model card).
 
     python -m vimpac.export --checkpoint snap/finetune/ucf101 --output release/vimpac-small-ucf101 \
         [--tokenizer dalle --tokenizer-path weights/dalle]

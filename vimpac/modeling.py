@@ -8,12 +8,14 @@ import argparse
 
 import torch
 
+from video2token.cli import HelpFormatter
 from vimpac.model.config import CONFIG_NAMES, apply_halving, named_config
 from vimpac.model.transformer import VimpacForPretraining, param_table
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Parameter counts of a named VIMPAC config.")
+    ap = argparse.ArgumentParser(prog="python -m vimpac.modeling", description="Parameter counts of a named VIMPAC config.",
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--config", choices=CONFIG_NAMES, default="small")
     ap.add_argument("--vocab-size", type=int, default=8192)
     ap.add_argument("--clip-len", type=int, default=None)

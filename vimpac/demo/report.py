@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from video2token.cli import HelpFormatter
 from vimpac.demo.layout import MAIN_VARIANT, PROFILES, VARIANTS, DemoConfig, DemoLayout, read_json
 
 TIME_TARGET_S = 15 * 60
@@ -279,7 +280,9 @@ def write_report(demo: DemoLayout, variants: Sequence[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Rebuild the demo report from a finished demo directory.")
+    ap = argparse.ArgumentParser(prog="python -m vimpac.demo.report",
+                                 description="Rebuild the demo report from a finished demo directory.",
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("snap/demo"))
     ap.add_argument("--data", type=Path, default=Path("data/demo"))
     a = ap.parse_args(argv)
