@@ -1,26 +1,45 @@
-"""Benchmark one VIMPAC pre-training step (Tan et al., 2021): this package's model vs a naive reference.
+"""Benchmark one VIMPAC pre-training step (Tan et al., 2021): this package's model vs a reference.
 
-One step = forward + masked-token loss + symmetric InfoNCE + backward + AdamW, on a batch of
-`--batch-size` clips (pairs of clips from the same video: clips 2i and 2i+1) of T x h x w random
-codes, block-masked as in pre-training. Each measurement runs in a fresh subprocess so that
-peak RSS belongs to that model alone.
+One step = forward + masked-token loss + contrastive loss + backward + AdamW, on a batch of
+`--batch-size` clips (pairs of clips from the same video) of T x h x w random codes, block-masked
+as in pre-training. The reference is the original VIMPAC code (github.com/airsplay/vimpac) when
+`--original-repo` points at a checkout of it, imported at run time (nothing of it is copied
+here); without it, benchmarks/naive_model.py, which imitates it. Ours runs at `--precision`
+(auto: bf16 where the CPU computes it natively, else fp32; video2token.precision); the reference
+runs at every precision this machine computes natively (fp32, plus bf16 on AMX / AVX512-BF16),
+never at an emulated one. All models are timed in one process, step by step in turn; peak RSS
+comes from one fresh process per model.
 
-  python benchmarks/train_step.py --config small --batch-size 4 --clip-len 5 --grid 16 --precision bf16 --json
-  python benchmarks/train_step.py --precision fp32 --reference same
-  python benchmarks/train_step.py --sweep --precision bf16     # step time vs T, grid and layout -> PNG
+  python benchmarks/train_step.py                                   # small, batch 4, T=5, 16x16, auto
+  python benchmarks/train_step.py --original-repo ../vimpac-original  # vs the original code
+  python benchmarks/train_step.py --precision fp32 --original-repo ../vimpac-original
+  python benchmarks/train_step.py --precision auto --json           # one JSON object: clips_per_s, precision, ...
+  python benchmarks/train_step.py --sweep --threads 1               # step time vs T, grid and layout -> PNG
+
+The original code: `git clone https://github.com/airsplay/vimpac ../vimpac-original` (its model
+imports only torch). An AVX2-only CPU, emulated on an AMX one (the precision policy then picks fp32):
+
+  MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/train_step.py ...
+
+The run prints the machine (CPU model, native bf16, threads, torch) and the precision first, and
+says which reference precisions it skips (bf16 where it would be emulated). `--budget-s` (default
+420) cuts timed rounds and the peak-RSS runs so a slow CPU still finishes in under 10 minutes.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
+import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import torch
@@ -32,6 +51,7 @@ from vimpac.model.config import CONFIG_NAMES, ModelConfig, named_config  # noqa:
 from vimpac.model.losses import symmetric_infonce  # noqa: E402
 from vimpac.data.masking import apply_mask, block_mask, expected_block_mask_ratio  # noqa: E402
 from vimpac.model.transformer import VimpacForPretraining  # noqa: E402
+from video2token.precision import Precision, autocast, resolve_precision  # noqa: E402
 
 SWEEP_LAYOUTS = ("T,H|W", "T,H,W", "THW")
 SWEEP_T = (5, 10, 20)
@@ -79,6 +99,73 @@ def matmul_tflops(dtype: torch.dtype, device: torch.device, n: int = 2048, reps:
     return 2 * n ** 3 / best / 1e12
 
 
+# ----------------------------------------------------------------------------- the original VIMPAC code
+
+def import_original(repo: str | Path) -> SimpleNamespace:
+    """The original VIMPAC's `vimpac.modeling` and `vimpac.nce_support`, imported from a checkout at `repo`.
+
+    Its package is also named `vimpac`: this repo's `vimpac.*` modules are set aside while the
+    checkout is first on sys.path, the original's modules are then filed under `_original_vimpac.*`
+    and ours put back. The original's modules import only torch.
+    """
+    root = Path(repo).resolve()
+    if not (root / "vimpac" / "modeling.py").is_file():
+        raise FileNotFoundError(f"--original-repo {repo}: no vimpac/modeling.py there; expected a checkout of "
+                                f"https://github.com/airsplay/vimpac")
+    ours = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "vimpac" or k.startswith("vimpac.")}
+    sys.path.insert(0, str(root))
+    try:
+        modeling = importlib.import_module("vimpac.modeling")
+        nce_support = importlib.import_module("vimpac.nce_support")
+        positional = importlib.import_module("vimpac.positional_embedding")
+    finally:
+        sys.path.remove(str(root))
+        for k in [k for k in sys.modules if k == "vimpac" or k.startswith("vimpac.")]:
+            sys.modules["_original_" + k] = sys.modules.pop(k)
+        sys.modules.update(ours)
+    return SimpleNamespace(modeling=modeling, nce_support=nce_support, option2args=positional.option2args,
+                           root=root)
+
+
+def build_original(orig: SimpleNamespace, cfg: ModelConfig) -> torch.nn.Module:
+    """The original's model as its pretrain.py (`Trainer.__init__`) builds it, sizes from `cfg`.
+
+    Shims: `TransformerLayout` and `PositionalEmbedding` call `dist.get_rank()` while being built,
+    so a 1-rank gloo group exists during construction only; with no group left afterwards the
+    CL head's `SyncBatchNorm` runs as plain BatchNorm on CPU (over one rank they are the same).
+    """
+    if any(len(part) != 1 for parts in cfg.blocks for part in parts):
+        raise ValueError(f"the original code supports single-axis parts only (e.g. 'T,H|W'), not {cfg.layout!r}")
+    # its sizes: heads from the flag arithmetic, attention width hid or hid/2, MLP width 4x or 2x hid
+    halve = SimpleNamespace(halve_att=cfg.attn_dim == cfg.hid_dim // 2, halve_mlp=cfg.mlp_dim == 2 * cfg.hid_dim)
+    if cfg.attn_dim not in (cfg.hid_dim, cfg.hid_dim // 2) or cfg.mlp_dim not in (2 * cfg.hid_dim, 4 * cfg.hid_dim):
+        raise ValueError(f"config {cfg.name!r} has no equivalent in the original code (attention {cfg.attn_dim}, "
+                         f"MLP {cfg.mlp_dim} for width {cfg.hid_dim})")
+    import torch.distributed as dist
+
+    m = orig.modeling
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # its construction prints; stdout carries our JSON
+            backbone = m.TransformerLayout(
+                height=cfg.grid_h, width=cfg.grid_w, length=cfg.clip_len, vocab_size=cfg.vocab_size + 5,
+                hid_dim=cfg.hid_dim, layers=cfg.layers, heads=cfg.heads, dropout=cfg.dropout,
+                use_cls_token=True, pre_activation=False, output_mode="both",
+                pos_emb_args=orig.option2args(cfg.pos_emb), grad_checkpoint=False, layout=cfg.layout,
+                args=halve)
+            mlm_head = m.BertLMPredictionHead(hid_dim=cfg.hid_dim, output_labels=cfg.vocab_size + 5,
+                                              tied_embedding=backbone.embedding)
+            cls_head = m.CLSMLPHead(num_layers=cfg.nce_proj_layers, input_dim=cfg.hid_dim,
+                                    hid_dim=cfg.nce_proj_hid_dim, output_dim=256, norm_type="bn",
+                                    activation="relu", bn_after_proj=False)
+    finally:
+        if created:
+            dist.destroy_process_group()
+    return m.ModelWithHead(model=backbone, mlm_head=mlm_head, cls_head=cls_head)
+
+
 # ----------------------------------------------------------------------------- one measurement
 
 def _sync(device: torch.device) -> None:
@@ -86,18 +173,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _build(impl: str, cfg: ModelConfig) -> torch.nn.Module:
-    if impl == "vimpac":
-        return VimpacForPretraining(cfg)
-    from naive_model import NaivePretrainModel  # benchmarks/ is on sys.path when run as a script
-    return NaivePretrainModel(cfg)
-
-
 def make_step(*, impl: str, cfg: ModelConfig, batch_size: int, precision: str, num_blocks: int,
-              device: torch.device, seed: int = 0) -> Callable[[], None]:
-    """Build a model, AdamW and one block-masked batch; return a function running one training step."""
+              device: torch.device, seed: int = 0, original_repo: str | None = None) -> Callable[[], None]:
+    """Build a model, AdamW and one block-masked batch; return a function running one training step.
+
+    impl: "vimpac" (this package), "naive" (benchmarks/naive_model.py) or "original" (the original
+    code from `original_repo`, its own losses: cross-entropy over every position with ignore index
+    -100, DistributedNCELoss over one rank). precision: "fp32", "bf16" or "fp16" (autocast).
+    """
     torch.manual_seed(seed)
-    model = _build(impl, cfg).to(device).train()
+    if impl == "vimpac":
+        model = VimpacForPretraining(cfg)
+    elif impl == "naive":
+        from naive_model import NaivePretrainModel  # benchmarks/ is on sys.path when run as a script
+        model = NaivePretrainModel(cfg)
+    elif impl == "original":
+        if original_repo is None:
+            raise ValueError("impl 'original' needs original_repo")
+        orig = import_original(original_repo)
+        model = build_original(orig, cfg)
+    else:
+        raise ValueError(f"unknown impl {impl!r}")
+    model = model.to(device).train()
+    # the same optimizer for every model, so the step compares model code only
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.05,
                             fused=device.type in ("cpu", "cuda"))
     g = torch.Generator().manual_seed(seed)
@@ -105,17 +203,33 @@ def make_step(*, impl: str, cfg: ModelConfig, batch_size: int, precision: str, n
     codes = torch.randint(0, cfg.vocab_size, shape, generator=g)
     codes_in, mask = apply_mask(codes, block_mask(shape, num_blocks, g), cfg.special_tokens)
     codes, codes_in, mask = codes.to(device), codes_in.to(device), mask.to(device)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
 
-    def step() -> None:
-        with autocast():
+    if impl == "original":
+        # the original's batch order: first clips of every video, then the second clips (its NCE
+        # loss chunks the batch in halves); its [MASK] id is 8196 (vocab + 4), labels -100 where not masked
+        order = torch.cat([torch.arange(0, batch_size, 2), torch.arange(1, batch_size, 2)]).to(device)
+        codes, codes_in, mask = codes[order], codes_in[order], mask[order]
+        codes_in = torch.where(mask, torch.full_like(codes_in, cfg.vocab_size + 4), codes_in)
+        labels = torch.where(mask, codes, torch.full_like(codes, -100))
+        criterion = torch.nn.CrossEntropyLoss()
+        nce = orig.nce_support.DistributedNCELoss()
+
+        def forward_loss() -> torch.Tensor:
+            cls_hiddens, logits = model(codes_in)
+            mlm_loss = criterion(logits.flatten(0, -2), labels.flatten())
+            return mlm_loss + nce(cls_hiddens, hidden_norm=True, temperature=0.2, dist=False)
+    else:
+        def forward_loss() -> torch.Tensor:
             if impl == "vimpac":
                 out = model(codes_in, mask, codes)
                 mp_loss, proj = out.mp_loss, out.cls_proj
             else:
                 mp_loss, proj = model(codes_in, mask, codes)
-            nce = symmetric_infonce(proj[0::2], proj[1::2], temperature=0.2)
-            loss = mp_loss + nce.loss
+            return mp_loss + symmetric_infonce(proj[0::2], proj[1::2], temperature=0.2).loss
+
+    def step() -> None:
+        with autocast(precision, device):
+            loss = forward_loss()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -124,35 +238,52 @@ def make_step(*, impl: str, cfg: ModelConfig, batch_size: int, precision: str, n
 
 
 def time_interleaved(steps: dict[str, Callable[[], None]], *, warmup: int, rounds: int,
-                     device: torch.device) -> dict[str, list[float]]:
-    """Step times per name; each round runs one step of every entry, so load from other
-    processes on a shared machine hits all of them alike."""
+                     device: torch.device, budget_s: float = float("inf"),
+                     cpu_times: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """Wall step times per name; each round runs one step of every entry, so load from other
+    processes on a shared machine hits all of them alike. Rounds stop early (one timed round at
+    least) when the next one would end past `budget_s` seconds from the start. `cpu_times`, if
+    given, receives each step's process CPU time (with 1 thread: the work done, minus the time
+    other jobs held the core)."""
     times: dict[str, list[float]] = {name: [] for name in steps}
+    start = time.perf_counter()
     for i in range(warmup + rounds):
+        round_start = time.perf_counter()
         for name, step in steps.items():
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
             _sync(device)
             if i >= warmup:
                 times[name].append(time.perf_counter() - t0)
+                if cpu_times is not None:
+                    cpu_times.setdefault(name, []).append(time.process_time() - c0)
+        now = time.perf_counter()
+        if i >= warmup and now + (now - round_start) - start > budget_s:
+            break
     return times
 
 
-def _summary(times: list[float], batch_size: int) -> dict:
-    return {"step_s": [round(t, 4) for t in times], "step_s_median": round(statistics.median(times), 4),
-            "clips_per_s": round(batch_size / statistics.median(times), 3),
-            "clips_per_s_best": round(batch_size / min(times), 3)}
+def _summary(times: list[float], batch_size: int, cpu: list[float] | None = None) -> dict:
+    out = {"step_s": [round(t, 4) for t in times], "step_s_median": round(statistics.median(times), 4),
+           "clips_per_s": round(batch_size / statistics.median(times), 3),
+           "clips_per_s_best": round(batch_size / min(times), 3)}
+    if cpu:
+        out["step_cpu_s_median"] = round(statistics.median(cpu), 4)
+    return out
 
 
 def worker(args: argparse.Namespace, cfg: ModelConfig, device: torch.device) -> dict:
     """--worker-mode time: all specs in one process, interleaved; mem: one spec alone, with its peak memory."""
     specs = [tuple(spec.split("@")) for spec in args.worker.split(",")]
-    common = dict(cfg=cfg, batch_size=args.batch_size, num_blocks=args.num_blocks, device=device)
+    common = dict(cfg=cfg, batch_size=args.batch_size, num_blocks=args.num_blocks, device=device,
+                  original_repo=args.original_repo)
     if args.worker_mode == "time":
         steps = {f"{impl}@{prec}": make_step(impl=impl, precision=prec, **common) for impl, prec in specs}
-        times = time_interleaved(steps, warmup=args.warmup, rounds=args.steps, device=device)
-        return {name: _summary(t, args.batch_size) for name, t in times.items()}
+        cpu: dict[str, list[float]] = {}
+        times = time_interleaved(steps, warmup=args.warmup, rounds=args.steps, device=device,
+                                 budget_s=args.budget_s, cpu_times=cpu)
+        return {name: _summary(t, args.batch_size, cpu.get(name)) for name, t in times.items()}
     (impl, prec), = specs
     step = make_step(impl=impl, precision=prec, **common)
     if device.type == "cuda":
@@ -174,7 +305,9 @@ def _run_worker(args: argparse.Namespace, specs: list[str], mode: str) -> dict:
            "--config", args.config, "--batch-size", str(args.batch_size), "--clip-len", str(args.clip_len),
            "--grid", str(args.grid), "--vocab-size", str(args.vocab_size), "--num-blocks", str(args.num_blocks),
            "--warmup", str(args.warmup), "--steps", str(args.steps), "--device", args.device,
-           "--layout", args.layout, "--threads", str(args.threads)]
+           "--layout", args.layout, "--threads", str(args.threads), "--budget-s", str(args.budget_s)]
+    if args.original_repo:
+        cmd += ["--original-repo", args.original_repo]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"worker {specs} ({mode}) failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -256,6 +389,45 @@ def sweep(args: argparse.Namespace, device: torch.device) -> None:
 
 # ----------------------------------------------------------------------------- CLI
 
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (platform's guess elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def reference_precisions(device: torch.device) -> list[str]:
+    """The precisions the reference runs at: fp32 and what `auto` picks here, i.e. only native ones
+    (bf16 on an AVX2-only CPU is emulated: a step would take minutes and say nothing)."""
+    auto = resolve_precision("auto", device).name
+    return ["fp32"] if auto == "fp32" else ["fp32", auto]
+
+
+def machine_line(prec: Precision, device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return (f"machine: {name} ({prec.device_name}), {torch.get_num_threads()} torch threads, torch "
+            f"{torch.__version__}; native bf16: {'yes' if prec.native_bf16 else 'no'}; precision {prec.name} "
+            f"({prec.reason})")
+
+
+def skipped_references(ref_impl: str, prec: Precision, reference: str) -> dict[str, str]:
+    """Reference precisions left out on this machine, with the reason (printed and in the JSON)."""
+    if reference == "none":
+        return {}
+    skipped = {}
+    if prec.device.type == "cpu" and not prec.native_bf16:
+        skipped["bf16"] = ("bf16 is emulated on this CPU (no native bf16): a step takes minutes and would not "
+                           "finish in the benchmark's budget, nor tell anything about this model")
+    if reference == "same":  # only --precision's own value was asked for
+        skipped = {p: why for p, why in skipped.items() if p == prec.name}
+    return skipped
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", choices=CONFIG_NAMES, default="small")
@@ -265,12 +437,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vocab-size", type=int, default=8192)
     ap.add_argument("--layout", default="T,H|W")
     ap.add_argument("--num-blocks", type=int, default=5)
-    ap.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
-    ap.add_argument("--reference", choices=("both", "same", "none"), default="both",
-                    help="naive reference at fp32 and bf16 / at --precision only / not at all")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="this package's model; auto: bf16 where the hardware computes it natively, else fp32")
+    ap.add_argument("--reference", choices=("native", "same", "none"), default="native",
+                    help="reference at every precision native here (fp32, plus bf16 on AMX / AVX512-BF16) / "
+                         "at --precision only (if native) / not at all")
+    ap.add_argument("--original-repo", metavar="PATH",
+                    help="checkout of github.com/airsplay/vimpac: the reference is the original code, imported "
+                         "from there at run time (default: benchmarks/naive_model.py, which imitates it)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per model (interleaved between models)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS runs (one process per model)")
+    ap.add_argument("--budget-s", type=float, default=420.0,
+                    help="timed rounds stop early (one at least) and the peak-RSS runs are skipped when they would "
+                         "go past this many seconds, so the whole run stays under 10 minutes on a slow CPU")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ap.add_argument("--sweep", action="store_true", help="scaling sweep over T, grid and layout (writes a PNG)")
@@ -283,6 +464,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.batch_size < 2 or args.batch_size % 2:
         ap.error("--batch-size must be even and >= 2 (clips come in pairs for the contrastive loss)")
+    if args.original_repo:
+        args.original_repo = str(Path(args.original_repo).resolve())
+        if not (Path(args.original_repo) / "vimpac" / "modeling.py").is_file():
+            ap.error(f"--original-repo {args.original_repo}: no vimpac/modeling.py there (clone "
+                     f"https://github.com/airsplay/vimpac)")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.threads = torch.get_num_threads()  # workers inherit the parent's count
@@ -293,58 +479,82 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         print(json.dumps(worker(args, cfg, device)))
         return
+    prec = resolve_precision(args.precision, device)
+    args.precision = prec.name
     if args.sweep:
         sweep(args, device)
         return
 
     from tqdm import tqdm
-    specs = [f"vimpac@{args.precision}"]
-    if args.reference == "both":
-        specs += ["naive@fp32", "naive@bf16"]
-    elif args.reference == "same":
-        specs += [f"naive@{args.precision}"]
-    bar = tqdm(total=1 + len(specs), desc="train step", unit="run", disable=args.json)
+    ref_impl = "original" if args.original_repo else "naive"
+    native = reference_precisions(device)
+    ref_precs = {"native": native, "same": [p for p in native if p == prec.name], "none": []}[args.reference]
+    specs = [f"vimpac@{prec.name}"] + [f"{ref_impl}@{p}" for p in ref_precs]
+    skipped = skipped_references(ref_impl, prec, args.reference)
+    log = sys.stderr if args.json else sys.stdout
+    print(machine_line(prec, device), file=log, flush=True)
+    for p, why in skipped.items():
+        print(f"reference {ref_impl} at {p}: skipped, {why}", file=log, flush=True)
+    started = time.perf_counter()
+    bar = tqdm(total=len(specs) * (1 + (not args.no_memory)), desc="train step", unit="run", disable=args.json)
     timing = _run_worker(args, specs, "time")  # interleaved, the numbers to compare
-    bar.update()
+    bar.update(len(specs))
     memory = {}
-    for spec in specs:  # peak memory needs one process per model
-        memory[spec] = _run_worker(argparse.Namespace(**{**vars(args), "warmup": 1, "steps": 1}), [spec], "mem")
-        bar.update()
+    if not args.no_memory:
+        # one process per model, 1 warm-up + 1 step: about 2 steps plus start-up each
+        need = sum(2 * timing[spec]["step_s_median"] + 20 for spec in specs)
+        if time.perf_counter() - started + need > args.budget_s:
+            print(f"peak-RSS runs skipped: about {need:.0f} s more would pass the {args.budget_s:.0f} s budget",
+                  file=log, flush=True)
+        else:
+            for spec in specs:  # peak memory needs one process per model
+                memory[spec] = _run_worker(argparse.Namespace(**{**vars(args), "warmup": 1, "steps": 1}), [spec],
+                                           "mem")
+                bar.update()
     bar.close()
-    results = {spec: {**timing[spec], "peak_rss_mb": memory[spec]["peak_rss_mb"],
-                      **({"peak_gpu_mb": memory[spec]["peak_gpu_mb"]} if "peak_gpu_mb" in memory[spec] else {})}
+    results = {spec: {**timing[spec], **{k: memory[spec][k] for k in ("peak_rss_mb", "peak_gpu_mb")
+                                         if k in memory.get(spec, {})}}
                for spec in specs}
     ours = results[specs[0]]
     frac = expected_block_mask_ratio((cfg.clip_len, cfg.grid_h, cfg.grid_w), args.num_blocks)
     flops = train_flops_per_clip(cfg, cfg.clip_len, cfg.grid_h, cfg.grid_w, frac)
     achieved = flops * ours["clips_per_s"] / 1e12
-    # best step vs best matmul: both estimate the machine when other jobs leave it alone
-    achieved_best = flops * ours["clips_per_s_best"] / 1e12
-    ref_tflops = matmul_tflops(torch.bfloat16, device)
-    summary = {"impl": "vimpac", "precision": args.precision, "device": str(device),
-               "threads": torch.get_num_threads(), "config": args.config, "batch_size": args.batch_size,
-               "clip_len": cfg.clip_len, "grid": cfg.grid_h, "layout": cfg.layout, **ours,
-               "gflop_per_clip": round(flops / 1e9, 1), "achieved_tflops": round(achieved, 3),
-               "bf16_matmul_tflops": round(ref_tflops, 3), "fraction_of_bf16_matmul": round(achieved / ref_tflops, 3),
-               "achieved_tflops_best": round(achieved_best, 3),
-               "fraction_of_bf16_matmul_best": round(achieved_best / ref_tflops, 3),
-               "naive": {spec.split("@")[1]: r for spec, r in results.items() if spec.startswith("naive")}}
-    for prec, r in summary["naive"].items():
-        summary[f"speedup_vs_naive_{prec}"] = round(ours["clips_per_s"] / r["clips_per_s"], 2)
+    ref_tflops = matmul_tflops(prec.dtype if prec.lowp else torch.float32, device)
+    summary = {"impl": "vimpac", "precision": prec.name, "precision_requested": prec.requested,
+               "precision_reason": prec.reason, "native_bf16": prec.native_bf16, "cpu": cpu_model(),
+               "device": str(device), "device_name": prec.device_name, "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "wall_s": round(time.perf_counter() - started, 1), "config": args.config,
+               "batch_size": args.batch_size, "clip_len": cfg.clip_len, "grid": cfg.grid_h, "layout": cfg.layout,
+               **ours, "gflop_per_clip": round(flops / 1e9, 1), "achieved_tflops": round(achieved, 3),
+               "matmul_tflops": round(ref_tflops, 3), "fraction_of_matmul": round(achieved / ref_tflops, 3),
+               "reference": ref_impl, "reference_skipped": skipped,
+               ref_impl: {spec.split("@")[1]: r for spec, r in results.items() if not spec.startswith("vimpac@")}}
+    for p, r in summary[ref_impl].items():
+        summary[f"speedup_vs_{ref_impl}_{p}"] = round(ours["clips_per_s"] / r["clips_per_s"], 2)
+        if "step_cpu_s_median" in r and "step_cpu_s_median" in ours:  # steadier on a shared machine at 1 thread
+            summary[f"cpu_time_ratio_vs_{ref_impl}_{p}"] = round(r["step_cpu_s_median"] / ours["step_cpu_s_median"], 2)
+    if summary[ref_impl]:
+        best_p, best = max(summary[ref_impl].items(), key=lambda kv: kv[1]["clips_per_s"])
+        summary[f"speedup_vs_{ref_impl}_best"] = round(ours["clips_per_s"] / best["clips_per_s"], 2)
+        summary[f"{ref_impl}_best_precision"] = best_p
     if args.json:
         print(json.dumps(summary))
         return
-    print(f"| model | precision | clips/s (median) | clips/s (best) | peak RSS (MB) |")
-    print("|---|---|---|---|---|")
+    print("| model | precision | clips/s (median) | clips/s (best) | CPU s/step (median) | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|")
     for spec, r in results.items():
-        impl, prec = spec.split("@")
-        print(f"| {impl} | {prec} | {r['clips_per_s']:.2f} | {r['clips_per_s_best']:.2f} | {r['peak_rss_mb']:.0f} |")
-    speedups = ", ".join(f"{k.removeprefix('speedup_vs_')}: {v}x" for k, v in summary.items() if k.startswith("speedup"))
+        impl, p = spec.split("@")
+        rss = f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"
+        cpu = f"{r['step_cpu_s_median']:.2f}" if "step_cpu_s_median" in r else "-"
+        print(f"| {impl} | {p} | {r['clips_per_s']:.2f} | {r['clips_per_s_best']:.2f} | {cpu} | {rss} |")
+    speedups = ", ".join([f"vs {k.removeprefix('speedup_vs_')}: {v}x" for k, v in summary.items()
+                          if k.startswith("speedup")]
+                         + [f"CPU time vs {k.removeprefix('cpu_time_ratio_vs_')}: {v}x" for k, v in summary.items()
+                            if k.startswith("cpu_time_ratio")])
     print(f"train step ({args.config}, batch {args.batch_size}, T={cfg.clip_len}, {cfg.grid_h}x{cfg.grid_w}, "
-          f"{args.device}, {summary['threads']} threads): {ours['clips_per_s']:.2f} clips/s {args.precision}, "
-          f"{achieved:.3f} TFLOP/s = {achieved / ref_tflops:.0%} of a bf16 matmul ({ref_tflops:.2f} TFLOP/s; "
-          f"best step: {achieved_best / ref_tflops:.0%}); "
-          f"speedup {speedups}")
+          f"{args.device}, {summary['threads']} threads): {ours['clips_per_s']:.2f} clips/s {prec.name}, "
+          f"{achieved:.3f} TFLOP/s = {achieved / ref_tflops:.0%} of a {prec.name} matmul ({ref_tflops:.2f} TFLOP/s)"
+          + (f"; {speedups}" if speedups else ""))
 
 
 if __name__ == "__main__":
