@@ -192,6 +192,16 @@ def test_model_config_limits_hold_for_direct_construction():
         ModelConfig(**{**TINY, "hid_dim": 10 ** 9})
 
 
+@pytest.mark.parametrize("key,value", [("layer_norm_eps", math.nan), ("layer_norm_eps", math.inf),
+                                       ("layer_norm_eps", -1e-5), ("init_std", math.nan), ("init_std", "0.02"),
+                                       ("dropout", math.nan)])
+def test_a_non_finite_or_wrong_float_in_a_config_is_refused(tmp_path, key, value):
+    ckpt = _checkpoint(str(tmp_path / "ck"))
+    _edit_config(ckpt, **{key: value})  # json writes NaN / Infinity, which Python's reader accepts
+    with pytest.raises(CheckpointError, match=f"bad model_config \\(ModelConfig.{key} must be"):
+        load_checkpoint(ckpt, weights_only=True)
+
+
 # ----------------------------------------------------------------------------- skipped steps restore buffers
 
 def _hooked(entry: str, hooks: list[str], args: list[str]) -> subprocess.CompletedProcess:

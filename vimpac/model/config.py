@@ -89,6 +89,10 @@ class ModelConfig:
             value = getattr(self, key)
             if not 0.0 <= float(value) < 1.0:
                 raise ValueError(f"ModelConfig.{key} must be in [0, 1), got {value!r}")
+        for key, hi in (("layer_norm_eps", 1.0), ("init_std", 1.0)):  # a NaN here makes every output NaN
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= hi:
+                raise ValueError(f"ModelConfig.{key} must be a number in [0, {hi:g}], got {value!r}")
         for parts in parse_layout(self.layout):
             if len(parts) > self.heads:
                 raise ValueError(f"ModelConfig.layout {self.layout!r} has a block with {len(parts)} parallel "
