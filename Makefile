@@ -2,6 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# Where torch comes from. Empty (default): the CPU wheel this machine's pip resolves. On a CUDA
+# machine, PyTorch's index for a CUDA build your driver supports, e.g.
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_INDEX ?=
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: install demo demo-ablation demo-long test bench gpu-wheels
@@ -9,8 +13,8 @@ export PYTHONPATH := $(CURDIR)
 install:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	# CPU wheel on this machine; an unpinned `torch` would pull GBs of CUDA packages.
-	$(PIP) install torch==2.13.0
+	# CPU wheel on this machine (TORCH_INDEX: a CUDA build); an unpinned `torch` would pull GBs of CUDA packages.
+	$(PIP) install torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -r requirements.txt
 	# DeepSpeed from its sdist, built against the torch above (no isolated build env,
 	# no C++ ops ahead of time).
