@@ -17,7 +17,7 @@ from dall_e import Decoder, Encoder, map_pixels, unmap_pixels
 
 from video2token import precision as policy
 from video2token.tokenizers import TokenizerError, load_tokenizer
-from video2token.tokenizers.dalle import (DalleTokenizer, ExactDalleEncoder, FastDalleEncoder, main as dalle_cli,
+from video2token.tokenizers.dalle import (ExactDalleEncoder, FastDalleEncoder, main as dalle_cli,
                                           torch_conv_uses_onednn)
 from video2token.tokenizers.safe_pickle import UnsafePickleError
 
