@@ -179,7 +179,7 @@ def test_symmetric_infonce_on_cuda_matches_cpu():
     z_a, z_b = torch.randn(32, 256, generator=g), torch.randn(32, 256, generator=g)
     results = {}
     for device in ("cpu", "cuda"):
-        a, b = z_a.to(device).requires_grad_(), z_b.to(device).requires_grad_()
+        a, b = z_a.to(device, copy=True).requires_grad_(), z_b.to(device, copy=True).requires_grad_()
         out = symmetric_infonce(a, b, temperature=0.2)
         out.loss.backward()
         results[device] = (out.loss.item(), out.acc.item(), a.grad.cpu(), b.grad.cpu())

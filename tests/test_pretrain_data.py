@@ -220,18 +220,22 @@ def _tiny_cfg():
 
 def test_checkpoint_round_trip_refuses_nan_and_recovers_swap(tmp_path):
     d = str(tmp_path / "last")
-    weights = {"a.weight": torch.randn(3, 4), "n": torch.tensor(7)}
-    moments = {"a.weight::exp_avg": torch.randn(3, 4), "a.weight::exp_avg_sq": torch.rand(3, 4)}
+    from vimpac.model.transformer import VimpacForPretraining
+    torch.manual_seed(0)
+    weights = VimpacForPretraining(_tiny_cfg()).state_dict()  # loading checks the weights fit the config
+    name = "backbone.embeddings.code.weight"
+    moments = {f"{name}::exp_avg": torch.randn(weights[name].shape),
+               f"{name}::exp_avg_sq": torch.rand(weights[name].shape)}
     save_checkpoint(d, model_state=weights, model_config=_tiny_cfg(), train_config={"lr": 1e-3}, step=5, epoch=1,
                     optimizer_state=moments, trainer_state={"step": 5})
     ck = load_checkpoint(d)
     assert ck.model_config == _tiny_cfg() and ck.trainer_state == {"step": 5} and ck.config["train"] == {"lr": 1e-3}
-    assert torch.equal(ck.model_state["a.weight"], weights["a.weight"]) and int(ck.model_state["n"]) == 7
-    assert torch.equal(ck.optimizer_state["a.weight::exp_avg"], moments["a.weight::exp_avg"])
+    assert all(torch.equal(ck.model_state[k], v) for k, v in weights.items()) and set(ck.model_state) == set(weights)
+    assert torch.equal(ck.optimizer_state[f"{name}::exp_avg"], moments[f"{name}::exp_avg"])
     cfg, state = load_pretrained(d)  # the fine-tuning path: no DeepSpeed, no optimizer
-    assert cfg.vocab_size == 16 and set(state) == {"a.weight", "n"}
+    assert cfg.vocab_size == 16 and set(state) == set(weights)
 
-    bad = dict(weights, **{"a.weight": torch.full((3, 4), float("nan"))})
+    bad = dict(weights, **{name: torch.full_like(weights[name], float("nan"))})
     with pytest.raises(CheckpointError, match="non-finite values"):
         save_checkpoint(d, model_state=bad, model_config=_tiny_cfg(), train_config={}, step=6, epoch=1)
     assert load_checkpoint(d).config["step"] == 5  # previous checkpoint kept

@@ -487,7 +487,7 @@ def step_cuda_tests(c: Check) -> dict:
     if res.rc not in (0, 5) or counts.get("failures") or counts.get("errors"):
         out["status_override"] = "fail"
         out["error"] = f"{counts.get('failures', '?')} failed, {counts.get('errors', '?')} errors"
-    if c.p.mode == "gpu" and counts.get("skipped") == counts.get("tests"):
+    if c.p.mode == "gpu" and "tests" in counts and counts["skipped"] == counts["tests"]:
         out["status_override"] = "fail"
         out["error"] = "every CUDA test was skipped on the GPU machine"
     return out
@@ -501,9 +501,11 @@ def _junit_counts(path: str) -> dict:
         suite = root if root.tag == "testsuite" else root.find("testsuite")
         counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
         counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-        counts["failed_tests"] = [f"{tc.get('name')}: {(tc.find('failure') or tc.find('error')).get('message', '')[:300]}"
-                                  for tc in suite.iter("testcase")
-                                  if tc.find("failure") is not None or tc.find("error") is not None]
+        counts["failed_tests"] = []
+        for tc in suite.iter("testcase"):
+            bad = tc.find("failure") if tc.find("failure") is not None else tc.find("error")
+            if bad is not None:
+                counts["failed_tests"].append(f"{tc.get('name')}: {bad.get('message', '')[:300]}")
         return counts
     except (OSError, ET.ParseError, AttributeError):
         return {"junit": "missing"}

@@ -178,10 +178,18 @@ def _relink_zero_state(engine, *, init_step: int | None = None) -> None:
         for group in base.param_groups:
             for flat in group["params"]:
                 if not base.state.get(flat):
-                    base.state[flat] = {"step": torch.tensor(float(init_step)),
+                    base.state[flat] = {"step": _step_tensor(group, flat, init_step),
                                         **{key: torch.zeros_like(flat) for key in MOMENTS}}
     zero._hp_optimizer_states_linked = False
     zero._lazy_init_hp_params_optimizer_state()
+
+
+def _step_tensor(group: dict, param: torch.Tensor, step: int) -> torch.Tensor:
+    """AdamW's step count as torch.optim.AdamW keeps it: on the parameter's device for the fused and
+    capturable kernels (they refuse a CPU count beside CUDA parameters), a CPU scalar otherwise."""
+    if group.get("fused") or group.get("capturable"):
+        return torch.tensor(float(step), dtype=torch.float32, device=param.device)
+    return torch.tensor(float(step))
 
 
 def gather_optimizer_state(engine) -> tuple[dict[str, torch.Tensor], int]:
@@ -236,11 +244,14 @@ def restore_optimizer_state(engine, moments: Mapping[str, torch.Tensor], adam_st
             p = params[name]
             for key in MOMENTS:
                 safe_set_full_optimizer_state(p, moments[f"{name}::{key}"].to(p.device, torch.float32), key)
-        for st in opt.state.values():
-            if "step" in st:
-                st["step"] = torch.tensor(float(adam_step)) if torch.is_tensor(st["step"]) else adam_step
+        for group in opt.param_groups:
+            for flat in group["params"]:
+                st = opt.state.get(flat, {})
+                if "step" in st:
+                    st["step"] = _step_tensor(group, flat, adam_step) if torch.is_tensor(st["step"]) else adam_step
     else:
+        group_of = {p: g for g in opt.param_groups for p in g["params"]}
         for name in names:
             p = params[name]
-            opt.state[p] = {"step": torch.tensor(float(adam_step)),
+            opt.state[p] = {"step": _step_tensor(group_of[p], p, adam_step),
                             **{key: moments[f"{name}::{key}"].to(p.device, p.dtype).clone() for key in MOMENTS}}
