@@ -309,6 +309,17 @@ def test_index_checks_run_without_the_sha256(clean_store, tmp_path):
     _flip_codes(str(out / SHARD))
     assert _open_in_subprocess(out, verify=False).returncode == 0
     assert _open_in_subprocess(out, verify=True).returncode == 3
+    # a record whose facts were edited (its SHA-256 still matches the shard): refused with or without verify
+    shutil.rmtree(out)
+    shutil.copytree(clean_store, out)
+    rec = json.load(open(record_path(str(out / SHARD))))
+    rec["videos"] += 1
+    json.dump(rec, open(record_path(str(out / SHARD)), "w"))
+    for verify in (True, False):
+        with pytest.raises(StoreError, match=r"disagrees with its integrity record: videos 12 \(record: 13\)"):
+            TokenStore(str(out), verify=verify)
+    summary, problems = inspect_store(str(out))
+    assert len(problems) == 1 and "disagrees with its integrity record" in problems[0]
 
 
 def test_a_shard_without_a_record_is_refused_until_sealed(clean_store, tmp_path, capsys):
@@ -331,7 +342,48 @@ def test_a_shard_without_a_record_is_refused_until_sealed(clean_store, tmp_path,
     with h5py.File(out / SHARD, "r+") as f:
         f["codes"][0] = 31000
     r = _inspect(out, "--seal", capsys=capsys)
-    assert r.returncode == 1 and "not sealed" in r.stderr and not os.path.exists(rec)
+    assert r.returncode == 1 and "holds codes outside [0, 32); not sealed" in r.stderr and not os.path.exists(rec)
+    with h5py.File(out / SHARD, "r+") as f:  # 0xFF bytes in the timestamps read as NaN
+        f["codes"][0] = 0
+        f["timestamps"][5] = np.nan
+    r = _inspect(out, "--seal", capsys=capsys)
+    assert r.returncode == 1 and "non-finite or decreasing timestamps; not sealed" in r.stderr
+    assert not os.path.exists(rec)
+
+
+def test_swapped_shards_and_foreign_or_garbage_records_are_refused(tmp_path):
+    out = tmp_path / "store"
+    meta = store_meta(32, 32)
+    for sid in (0, 1):
+        w = ShardWriter(str(out), meta, sid, 2)
+        w.add(_record(sid))
+        w.finalize()
+    a, b = str(out / shard_name(0, 2)), str(out / shard_name(1, 2))
+    assert TokenStore(str(out)).video_ids == ["vid_0000.mp4", "vid_0001.mp4"]
+    for p in (a, record_path(a)):  # a consistent swap: shard 1's bytes (and record) under shard 0's name
+        os.replace(p, p + ".x")
+    os.replace(b, a)
+    os.replace(record_path(b), record_path(a))
+    os.replace(a + ".x", b)
+    os.replace(record_path(a) + ".x", record_path(b))
+    with pytest.raises(StoreError, match=f"{a}: its integrity record .* is the record of '{os.path.basename(b)}'"):
+        TokenStore(str(out))
+    rec = json.load(open(record_path(a)))
+    rec["file"] = os.path.basename(a)  # records edited to match: the shard says which shard it is
+    json.dump(rec, open(record_path(a), "w"))
+    rec = json.load(open(record_path(b)))
+    rec["file"] = os.path.basename(b)
+    json.dump(rec, open(record_path(b), "w"))
+    with pytest.raises(StoreError, match=f"{a} holds shard 1 of 2, not the one its name says"):
+        TokenStore(str(out))
+    with open(record_path(a), "w") as f:
+        f.write("{not json")
+    with pytest.raises(StoreError, match="unreadable integrity record"):
+        TokenStore(str(out))
+    with open(record_path(a), "w") as f:
+        json.dump({"sha256": 5}, f)
+    with pytest.raises(StoreError, match="is not a token-store integrity record"):
+        TokenStore(str(out))
 
 
 def test_a_damaged_part_is_discarded_and_its_videos_redone(tmp_path):

@@ -2,18 +2,42 @@
 
 A reader therefore sees either the previous complete file or the new complete file, never
 a half-written one, whatever moment a process is killed (kill -9 included). Temporary
-names end in `.tmp` so that cleanup code can recognise and delete leftovers.
+names are `.<final name>.<8 random chars>.tmp` (and `<final dir>.old.tmp` during a directory
+swap), so cleanup code recognises its own leftovers and nothing else. Files and folders get
+the permissions the user's umask gives (mkstemp / mkdtemp alone would make them 0600 / 0700).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from typing import Iterator
+from typing import Iterable, Iterator
 
 TMP_SUFFIX = ".tmp"
+# what atomic_path / atomic_dir leave behind after a kill: ".<final>.<tempfile's 8 chars>.tmp", "<final>.old.tmp"
+_LEFTOVER_RE = re.compile(r"^\.(?P<final>.+)\.[a-z0-9_]{8}\.tmp$|^(?P<old>.+)\.old\.tmp$")
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (/proc), else by setting it back."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str, *, directory: bool = False) -> None:
+    """Give `path` the mode a plain open() / mkdir() would have (mkstemp and mkdtemp ignore the umask)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
 def fsync_dir(path: str) -> None:
@@ -50,6 +74,7 @@ def atomic_path(final_path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        follow_umask(tmp)
         fsync_file(tmp)
         os.replace(tmp, final_path)
         fsync_dir(directory)
@@ -72,6 +97,7 @@ def atomic_dir(final_dir: str) -> Iterator[str]:
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(final_dir) + ".", suffix=TMP_SUFFIX, dir=parent)
     try:
         yield tmp
+        follow_umask(tmp, directory=True)
         for root, _, files in os.walk(tmp):
             for name in files:
                 fsync_file(os.path.join(root, name))
@@ -115,15 +141,28 @@ def atomic_write_json(path: str, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def remove_tmp_leftovers(directory: str) -> list[str]:
-    """Delete `*.tmp` files/dirs left in `directory` by a killed writer; return what was removed."""
+def is_leftover(name: str, finals: Iterable[str] | None = None) -> bool:
+    """Whether `name` is a temporary that atomic_path / atomic_dir made (for one of `finals`, when given)."""
+    m = _LEFTOVER_RE.match(name)
+    if m is None:
+        return False
+    return finals is None or (m.group("final") or m.group("old")) in set(finals)
+
+
+def remove_tmp_leftovers(directory: str, finals: Iterable[str] | None = None) -> list[str]:
+    """Delete what a killed writer left in `directory`; return what was removed.
+
+    Only this module's temporary names are touched (`.<final>.<8 chars>.tmp`, `<final>.old.tmp`),
+    and with `finals` only those of these final names: a user's own `*.tmp` files stay.
+    """
     removed = []
     if not os.path.isdir(directory):
         return removed
+    finals = None if finals is None else set(finals)
     for name in os.listdir(directory):
-        if name.endswith(TMP_SUFFIX):
+        if is_leftover(name, finals):
             p = os.path.join(directory, name)
-            if os.path.isdir(p):
+            if os.path.isdir(p) and not os.path.islink(p):
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 with contextlib.suppress(FileNotFoundError):

@@ -1,8 +1,11 @@
 """`python -m video2token.inspect STORE`: summarise a token store and report what is wrong with it.
 
-Prints videos, frames, token-map sizes, labels, metadata and problems found (missing
-shards, an unfinished extraction, failed videos, codes outside the vocabulary, shards
-with inconsistent metadata). Exit status 1 when problems were found.
+Prints videos, frames, token-map sizes, labels, metadata and problems found: shards whose
+bytes differ from their integrity record (SHA-256, size) or whose index arrays do not tile
+their code array, missing shards, an unfinished extraction, videos that were not stored,
+codes outside the vocabulary, shards with inconsistent metadata. Exit status 1 when
+problems were found. `--seal` records the SHA-256 of shards made before stores had
+integrity records (after checking what can be checked).
 """
 from __future__ import annotations
 
@@ -12,17 +15,45 @@ import json
 import os
 import sys
 
-import numpy as np
 
 from .cli import HelpFormatter
-from .store import StoreError, TokenStore
+from .store import StoreError, TokenStore, list_shards, record_path, seal_shard, shard_name, verify_file
+
+
+def _shard_files(path: str) -> list[str]:
+    if os.path.isdir(path):
+        return [os.path.join(path, shard_name(i, n)) for i, n in list_shards(path)]
+    return [path] if os.path.isfile(path) else []
+
+
+def verify_shards(path: str) -> list[str]:
+    """Problems of the shards' bytes (size, SHA-256 against the integrity records), one per bad shard."""
+    problems = []
+    for f in _shard_files(path):
+        try:
+            verify_file(f)
+        except StoreError as e:
+            problems.append(str(e))
+    return problems
+
+
+def seal_store(path: str) -> list[str]:
+    """Record the SHA-256 of every shard without an integrity record; return what was sealed."""
+    sealed = []
+    for f in _shard_files(path):
+        if not os.path.exists(record_path(f)):
+            seal_shard(f)
+            sealed.append(f)
+    return sealed
 
 
 def inspect_store(path: str, check_codes: bool = True) -> tuple[dict, list[str]]:
     """Return (summary dict, list of problems)."""
-    problems: list[str] = []
+    problems = verify_shards(path)
+    if problems:  # HDF5 never reads a shard whose bytes are not the ones written
+        return {"path": os.path.abspath(path)}, problems
     try:
-        store = TokenStore(path, allow_partial=True)
+        store = TokenStore(path, allow_partial=True, verify=False)  # verified just above
     except StoreError as e:
         return {"path": os.path.abspath(path)}, [str(e)]
     if store.missing_shards:
@@ -47,6 +78,12 @@ def inspect_store(path: str, check_codes: bool = True) -> tuple[dict, list[str]]
     names = store.label_names
     hist = collections.Counter(int(x) for x in labels)
     not_stored = dict(collections.Counter(f["stage"] for f in store.failures))
+    if not_stored:
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(not_stored.items()))
+        problems.append(f"{sum(not_stored.values())} listed videos were not stored ({detail}); the reasons are in "
+                        f"errors.jsonl")
+    if n == 0:
+        problems.append("the store holds no video")
     summary = {
         "path": store.path,
         "shards": len(store.shard_paths),
@@ -71,7 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path", help="token store directory (or one shard .h5 file)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-check-codes", action="store_true", help="skip the scan of every code (faster on huge stores)")
+    p.add_argument("--seal", action="store_true",
+                   help="first record the SHA-256 of shards that have no integrity record (stores made before "
+                        "records existed; only on storage you trust: their bytes cannot be checked)")
     a = p.parse_args(argv)
+    if a.seal:
+        try:
+            for f in seal_store(a.path):
+                print(f"sealed {f}")
+        except StoreError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     summary, problems = inspect_store(a.path, check_codes=not a.no_check_codes)
     if a.json:
         print(json.dumps({"summary": summary, "problems": problems}, indent=2, default=str))

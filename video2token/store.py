@@ -7,8 +7,10 @@ flat code array plus small index arrays, not one HDF5 dataset per video):
       meta.json                      store metadata (tokenizer, fps, view, labels, sources)
       shard-00000-of-00002.h5        finished shards (written atomically, never modified)
       shard-00001-of-00002.h5
+      shard-00000-of-00002.integrity.json   SHA-256, size and index facts of the finished shard
       errors.jsonl                   one JSON object per video that was not stored
       .parts/shard-00001-of-00002/   committed work of an unfinished shard (resume state)
+      .lock, .setup.lock, .shard-00001-of-00002.lock   writer locks (video2token.store_lock)
 
 Each shard file holds, for its N videos (sorted by their position in the source list):
 
@@ -26,40 +28,182 @@ Readers (`TokenStore`) open HDF5 files lazily, per process, so DataLoader worker
 share a handle. Writers (`ShardWriter`) commit work in small part files (temp + fsync +
 rename) and merge them at the end, so a kill at any moment loses at most the uncommitted
 part and a rerun continues to a result bit-identical to an uninterrupted run.
+
+Integrity: at finalize each shard's SHA-256, size and index facts (videos, codes, frames)
+go into its `.integrity.json`, written before the shard is renamed into place. A reader
+checks size and SHA-256 before the HDF5 library sees a byte of the shard (corrupt bytes can
+make HDF5 spin forever), then checks the index arrays: offsets and shapes tile the code and
+timestamp arrays exactly, ids and source positions are in order, labels are in range. Part
+files carry a SHA-256 too; a damaged part is discarded and its videos are redone.
+`verify=False` skips the SHA-256 only (trusted storage).
+
+Finalize order (a kill or a full disk at any step leaves the old state or one the rerun
+completes): parts committed -> shard's errors file -> shard temp + its integrity record ->
+rename of the shard (the commit point) -> parts deleted -> merged errors.jsonl. A rerun
+that finds the shard rewrites a missing errors file, deletes leftover parts and merges.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import h5py
 import numpy as np
 
-from .atomic import atomic_path, atomic_write_json, atomic_write_text, fsync_dir, remove_tmp_leftovers
+from .atomic import atomic_path, atomic_write_json, atomic_write_text, fsync_dir, is_leftover, remove_tmp_leftovers
+from .checksum import sha256_file
+from .store_lock import LOCK_NAME_RE, ShardLock, StoreLockedError, setup_lock, shard_counts_in_use
 
 FORMAT = "vimpac-token-store"
 VERSION = 1
 CODE_DTYPE = np.int16
 MAX_VOCAB = int(np.iinfo(CODE_DTYPE).max) + 1  # codes must be in [0, 32768)
+RECORD_FORMAT = "vimpac-token-store-integrity"
 _SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.h5$")
+_RECORD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.integrity\.json$")
+_ERRORS_RE = re.compile(r"^errors(-\d{5}-of-\d{5})?\.jsonl$")
 _PART_RE = re.compile(r"^part-(\d{8})\.h5$")
 _CHUNK = 1 << 16
+META = "meta.json"
+PARTS = ".parts"
+# index sanity bounds: a token map side, frames per video (far above any --max-frames)
+_MAX_SIDE, _MAX_FRAMES = 1 << 15, 1 << 31
 
 
 class StoreError(RuntimeError):
-    """A token store is missing, incomplete, inconsistent or would be overwritten."""
+    """A token store is missing, incomplete, inconsistent, corrupt or would be overwritten."""
 
 
 def shard_name(shard_id: int, num_shards: int) -> str:
     return f"shard-{shard_id:05d}-of-{num_shards:05d}.h5"
 
 
+def record_path(shard_path: str) -> str:
+    """The integrity record beside a shard: shard-00000-of-00001.h5 -> shard-00000-of-00001.integrity.json."""
+    return shard_path[:-3] + ".integrity.json" if shard_path.endswith(".h5") else shard_path + ".integrity.json"
+
+
 def errors_name(shard_id: int, num_shards: int) -> str:
     return "errors.jsonl" if num_shards == 1 else f"errors-{shard_id:05d}-of-{num_shards:05d}.jsonl"
+
+
+def is_store_name(name: str) -> bool:
+    """Whether a directory entry is something this project puts into a store (cleanup touches nothing else)."""
+    return bool(name in (META, PARTS) or _SHARD_RE.match(name) or _RECORD_RE.match(name)
+                or _ERRORS_RE.match(name) or LOCK_NAME_RE.match(name)
+                or (is_leftover(name) and is_store_name(_leftover_final(name))))
+
+
+def _leftover_final(name: str) -> str:
+    return name[1:].rsplit(".", 2)[0] if name.startswith(".") else name[:-len(".old.tmp")]
+
+
+def _is_store_meta(obj: Any) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("tokenizer"), dict) and "vocab_size" in obj["tokenizer"]
+
+
+# ----------------------------------------------------------------------------- integrity
+
+def _file_record(path: str) -> dict:
+    return {"bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+
+
+def _read_record(path: str, what: str) -> dict:
+    rp = record_path(path)
+    try:
+        with open(rp, encoding="utf-8") as f:
+            rec = json.load(f)
+    except FileNotFoundError:
+        raise StoreError(f"{what} {path} has no integrity record ({os.path.basename(rp)}): it was written before "
+                         f"stores recorded SHA-256s, or the record was lost. Check and record it with "
+                         f"`python -m video2token.inspect STORE --seal`, or re-extract it") from None
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{what} {path}: unreadable integrity record {rp} ({e})") from None
+    if not isinstance(rec, dict) or rec.get("format") != RECORD_FORMAT or not isinstance(rec.get("sha256"), str):
+        raise StoreError(f"{what} {path}: {rp} is not a token-store integrity record")
+    if rec.get("file", os.path.basename(path)) != os.path.basename(path):
+        raise StoreError(f"{what} {path}: its integrity record {rp} is the record of {rec.get('file')!r} (files "
+                         f"renamed or swapped?); re-extract it (rerun with --overwrite)")
+    return rec
+
+
+def verify_file(path: str, what: str = "shard") -> dict:
+    """Check size and SHA-256 of a shard (or part) against its integrity record; return the record."""
+    rec = _read_record(path, what)
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise StoreError(f"{what} {path}: {e.strerror}") from None
+    if size != rec.get("bytes"):
+        raise StoreError(f"{what} {path} is corrupt: {size} bytes, its integrity record says {rec.get('bytes')} "
+                         f"(truncated or appended to); re-extract it (rerun with --overwrite)")
+    digest = sha256_file(path)
+    if digest != rec["sha256"]:
+        raise StoreError(f"{what} {path} is corrupt: SHA-256 {digest[:16]}... differs from its integrity record "
+                         f"{rec['sha256'][:16]}... (bytes changed on disk); re-extract it (rerun with --overwrite)")
+    return rec
+
+
+def _record_if_any(path: str) -> dict | None:
+    try:
+        return _read_record(path, "shard")
+    except StoreError:
+        return None
+
+
+def _write_record(data_path: str, record_of: str, facts: dict) -> None:
+    """The integrity record of `data_path` (a temp file about to be renamed to `record_of`)."""
+    atomic_write_json(record_path(record_of), {"format": RECORD_FORMAT, "version": 1,
+                                               "file": os.path.basename(record_of), **_file_record(data_path),
+                                               **facts})
+
+
+def check_index(path: str, *, shapes: np.ndarray, code_offsets: np.ndarray, frame_offsets: np.ndarray,
+                labels: np.ndarray, source_index: np.ndarray, num_ids: int, num_codes: int, num_timestamps: int,
+                num_classes: int | None) -> dict:
+    """The index arrays must tile the code and timestamp arrays exactly (no gap, no overlap); return the facts."""
+    n = len(shapes)
+    def bad(msg: str) -> StoreError:
+        return StoreError(f"shard {path} has an inconsistent index: {msg}; re-extract it (rerun with --overwrite)")
+
+    if shapes.ndim != 2 or shapes.shape[1:] != (3,):
+        raise bad(f"shapes has shape {shapes.shape}, expected (N, 3)")
+    for name, arr in (("code_offsets", code_offsets), ("frame_offsets", frame_offsets), ("labels", labels),
+                      ("source_index", source_index)):
+        if arr.shape != (n,):
+            raise bad(f"{name} has shape {arr.shape} for {n} videos")
+    if num_ids != n:
+        raise bad(f"{num_ids} video ids for {n} videos")
+    if n:
+        t, hw = shapes[:, 0].astype(np.int64), shapes[:, 1:].astype(np.int64)
+        if t.min() < 0 or t.max() >= _MAX_FRAMES or hw.min() < 1 or hw.max() > _MAX_SIDE:
+            raise bad("a video shape (T, h, w) is out of range")
+        sizes = t * hw[:, 0] * hw[:, 1]
+        if sizes.max() > num_codes or t.max() > num_timestamps:
+            raise bad("a video is larger than the code array")
+        ends = np.cumsum(sizes)
+        starts = ends - sizes
+        if not np.array_equal(code_offsets.astype(np.int64), starts) or int(ends[-1]) != num_codes:
+            k = int(np.flatnonzero(code_offsets.astype(np.int64) != starts)[0]) if not np.array_equal(
+                code_offsets.astype(np.int64), starts) else n - 1
+            raise bad(f"code offsets do not tile the {num_codes} codes (first wrong at video {k})")
+        fends = np.cumsum(t)
+        if not np.array_equal(frame_offsets.astype(np.int64), fends - t) or int(fends[-1]) != num_timestamps:
+            raise bad(f"frame offsets do not tile the {num_timestamps} timestamps")
+        if source_index.min() < 0 or (n > 1 and np.any(np.diff(source_index) <= 0)):
+            raise bad("source positions are not strictly increasing")
+        hi = num_classes if num_classes is not None else np.iinfo(np.int32).max
+        if labels.min() < -1 or labels.max() >= hi:
+            raise bad(f"labels outside [-1, {hi})")
+    elif num_codes or num_timestamps:
+        raise bad(f"{num_codes} codes and {num_timestamps} timestamps but no video")
+    return {"videos": n, "codes": int(num_codes), "frames": int(num_timestamps)}
 
 
 def check_codes_fit(codes: np.ndarray, vocab_size: int, where: str) -> np.ndarray:
@@ -158,12 +302,17 @@ def _meta_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 class ShardWriter:
-    """Crash-safe, resumable writer of one shard of a store.
+    """Crash-safe, resumable writer of one shard of a store; the only writer of that shard while it lives.
 
     Usage: `w = ShardWriter(store, meta, shard_id, num_shards, overwrite)`; skip the source
     indices in `w.done`; `w.add(record)` / `w.add_failure(...)`; `w.commit()` now and then
     (each commit is one atomic part file); `w.finalize()` merges the parts into the shard
     file. `w.complete` is True when the shard file already exists (nothing to do).
+
+    The constructor takes the shard's lock (video2token.store_lock) and `finalize()` or
+    `close()` drops it: a second writer of the same shard meanwhile gets StoreError naming
+    this one. A non-empty directory that is not a store is refused unless `overwrite`, and
+    nothing but this project's own names in it is ever deleted.
     """
 
     def __init__(self, store_dir: str, meta: dict, shard_id: int = 0, num_shards: int = 1,
@@ -174,49 +323,103 @@ class ShardWriter:
         self.meta = json.loads(json.dumps(meta))  # JSON-normalised copy, so comparisons are exact
         self.shard_id, self.num_shards = shard_id, num_shards
         self.final_path = os.path.join(self.store_dir, shard_name(shard_id, num_shards))
-        self.parts_dir = os.path.join(self.store_dir, ".parts", shard_name(shard_id, num_shards)[:-3])
+        self.errors_path = os.path.join(self.store_dir, errors_name(shard_id, num_shards))
+        self.parts_dir = os.path.join(self.store_dir, PARTS, shard_name(shard_id, num_shards)[:-3])
         self._buffer = _Buffer()
         self.done: set[int] = set()
         self.num_parts = 0
+        self._lock: ShardLock | None = None
         if os.path.exists(self.store_dir) and not os.path.isdir(self.store_dir):
             raise StoreError(f"{self.store_dir} exists and is not a token-store directory")
         os.makedirs(self.store_dir, exist_ok=True)
-        self._check_or_write_meta(overwrite)
-        if overwrite:
-            if os.path.exists(self.final_path):
-                os.remove(self.final_path)
-            shutil.rmtree(self.parts_dir, ignore_errors=True)
-        self.complete = os.path.exists(self.final_path)
-        if self.complete:
-            shutil.rmtree(self.parts_dir, ignore_errors=True)  # leftovers of a kill after the merge
-        else:
-            self._load_parts()
+        self._check_directory(overwrite)
+        try:
+            with setup_lock(self.store_dir):
+                self._setup(overwrite)
+        except StoreLockedError as e:
+            raise StoreError(str(e)) from None
+        try:
+            self.complete = os.path.exists(self.final_path)
+            if not self.complete:
+                self._load_parts()
+        except BaseException:
+            self.close()
+            raise
 
     # -- setup
-    def _check_or_write_meta(self, overwrite: bool) -> None:
-        meta_path = os.path.join(self.store_dir, "meta.json")
-        remove_tmp_leftovers(self.store_dir)
+    def _check_directory(self, overwrite: bool) -> None:
+        """Refuse a foreign directory: a non-store meta.json always, other content without --overwrite."""
+        meta_path = os.path.join(self.store_dir, META)
+        names = os.listdir(self.store_dir)
+        if META in names:
+            try:
+                with open(meta_path, encoding="utf-8") as f:
+                    existing = json.load(f)
+            except (OSError, ValueError):
+                return  # unreadable store metadata: _setup says so
+            if not _is_store_meta(existing):
+                raise StoreError(f"{self.store_dir} holds a {META} that is not a token store's; choose another "
+                                 f"--output (nothing there was changed)")
+            return
+        foreign = sorted(n for n in names if not is_store_name(n))
+        if foreign and not overwrite:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise StoreError(f"{self.store_dir} is not empty and is not a token store (it holds {shown}); choose "
+                             f"another --output, or pass --overwrite to write the store into it (files that are "
+                             f"not the store's are never deleted)")
+
+    def _setup(self, overwrite: bool) -> None:
+        """Under the store's setup lock: check or write meta.json, take this shard's locks, clean up."""
+        meta_path = os.path.join(self.store_dir, META)
+        remove_tmp_leftovers(self.store_dir, finals=(META, "errors.jsonl"))
+        diff: list[str] = []
         if os.path.exists(meta_path):
             try:
                 with open(meta_path, encoding="utf-8") as f:
                     existing = json.load(f)
             except (OSError, json.JSONDecodeError) as e:
-                raise StoreError(f"{meta_path}: unreadable store metadata ({e}); pass --overwrite to start over")
-            diff = _meta_diff(existing, self.meta)
+                if not overwrite:
+                    raise StoreError(f"{meta_path}: unreadable store metadata ({e}); pass --overwrite to start over")
+                existing = {}
+            diff = _meta_diff(existing, self.meta) if existing else ["metadata unreadable"]
             if diff and not overwrite:
                 raise StoreError(f"{self.store_dir} already holds a store made with other settings:\n  "
                                  + "\n  ".join(diff) + "\npass --overwrite to replace it, or choose another --output")
-            if not diff:
-                return
-            if overwrite:  # other settings: every shard of the old store is invalid now
+        other_counts = sorted({n for _, n in list_shards(self.store_dir)} - {self.num_shards})
+        if other_counts and not overwrite:
+            raise StoreError(f"{self.store_dir} already holds shards of a {other_counts[0]}-shard extraction; this "
+                             f"job writes {self.num_shards} shard(s). Use the same --num-shards, or pass --overwrite "
+                             f"to replace the store")
+        own_lock = f".shard-{self.shard_id:05d}-of-{self.num_shards:05d}.lock"
+        busy = sorted(shard_counts_in_use(self.store_dir, except_name=own_lock) - {self.num_shards})
+        if busy:
+            raise StoreError(f"{self.store_dir} is being written by jobs with --num-shards {busy[0]}; this job has "
+                             f"{self.num_shards}. Wait for them, or use the same shard count")
+        replace = overwrite and bool(diff or other_counts)
+        self._lock = ShardLock(self.store_dir, self.shard_id, self.num_shards, replace_store=replace)
+        try:
+            if replace:  # other settings or shard count: every shard of the old store is invalid now
                 for name in os.listdir(self.store_dir):
-                    if _SHARD_RE.match(name) or name.startswith("errors"):
+                    if _SHARD_RE.match(name) or _RECORD_RE.match(name) or _ERRORS_RE.match(name):
                         os.remove(os.path.join(self.store_dir, name))
-                shutil.rmtree(os.path.join(self.store_dir, ".parts"), ignore_errors=True)
-        atomic_write_json(meta_path, self.meta)
+                shutil.rmtree(os.path.join(self.store_dir, PARTS), ignore_errors=True)
+            if diff or not os.path.exists(meta_path):
+                atomic_write_json(meta_path, self.meta)
+            own = (os.path.basename(self.final_path), os.path.basename(record_path(self.final_path)),
+                   os.path.basename(self.errors_path) if self.num_shards > 1 else "")
+            remove_tmp_leftovers(self.store_dir, finals=[n for n in own if n])
+            if overwrite and not replace:
+                for path in (self.final_path, record_path(self.final_path)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
+                shutil.rmtree(self.parts_dir, ignore_errors=True)
+            if not os.path.exists(self.final_path):
+                os.makedirs(self.parts_dir, exist_ok=True)  # under the setup lock: another shard may rmdir .parts
+        except BaseException:
+            self.close()
+            raise
 
     def _load_parts(self) -> None:
-        os.makedirs(self.parts_dir, exist_ok=True)
         remove_tmp_leftovers(self.parts_dir)
         for name in sorted(os.listdir(self.parts_dir)):
             m = _PART_RE.match(name)
@@ -224,10 +427,13 @@ class ShardWriter:
                 continue
             path = os.path.join(self.parts_dir, name)
             try:
+                verify_file(path, "part")
                 records, failures = _read_shard_records(path)
-            except (OSError, KeyError, ValueError) as e:  # cannot happen after an atomic rename; be safe
-                os.remove(path)
-                print(f"warning: discarded unreadable part {path}: {e}")
+            except (StoreError, OSError, KeyError, ValueError) as e:  # damaged on disk: redo its videos
+                for p in (path, record_path(path)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(p)
+                print(f"warning: discarded part {path}, its videos are redone: {e}", file=sys.stderr)
                 continue
             self.done.update(r.source_index for r in records)
             self.done.update(int(x["source_index"]) for x in failures)
@@ -249,51 +455,96 @@ class ShardWriter:
         return len(self._buffer)
 
     def commit(self) -> None:
-        """Atomically persist everything added since the last commit as one part file."""
+        """Atomically persist everything added since the last commit as one part file (with its SHA-256)."""
         if not len(self._buffer):
             return
         part = os.path.join(self.parts_dir, f"part-{self.num_parts:08d}.h5")
         with atomic_path(part) as tmp:
             _write_shard_file(tmp, self._buffer.records, self._buffer.failures, {"format": FORMAT + "-part"})
+            _write_record(tmp, part, {})
         self.done.update(r.source_index for r in self._buffer.records)
         self.done.update(x["source_index"] for x in self._buffer.failures)
         self.num_parts += 1
         self._buffer = _Buffer()
 
-    def finalize(self) -> tuple[str, list[dict]]:
-        """Merge all parts into the shard file (atomic); return (path, failures)."""
-        if self.complete:
-            with h5py.File(self.final_path, "r") as f:
-                return self.final_path, json.loads(f.attrs.get("failures", "[]"))
-        self.commit()
-        records, failures = [], []
-        for name in sorted(os.listdir(self.parts_dir)):
-            if _PART_RE.match(name):
-                r, fl = _read_shard_records(os.path.join(self.parts_dir, name))
-                records += r
-                failures += fl
-        records.sort(key=lambda r: r.source_index)
-        failures.sort(key=lambda x: x["source_index"])
-        seen = set()
-        for r in records:
-            if r.source_index in seen:
-                raise StoreError(f"{self.parts_dir}: video {r.video_id} committed twice")
-            seen.add(r.source_index)
-        attrs = {"format": FORMAT, "version": VERSION, "shard_id": self.shard_id,
-                 "num_shards": self.num_shards, "meta": json.dumps(self.meta, sort_keys=True)}
-        with atomic_path(self.final_path) as tmp:
-            _write_shard_file(tmp, records, failures, attrs)
-        errors_path = os.path.join(self.store_dir, errors_name(self.shard_id, self.num_shards))
-        atomic_write_text(errors_path, "".join(json.dumps(_public_failure(x), sort_keys=True) + "\n" for x in failures))
+    def finalize(self) -> tuple[str, list[dict], int]:
+        """Merge all parts into the shard file (atomic, ordered as in the module docstring); drop the lock.
+
+        Returns (path, failures, number of videos in the shard).
+        """
+        try:
+            if self.complete:
+                shard = _Shard(self.final_path, verify=True)
+                failures = shard.failures
+                self._settle(failures)
+                return self.final_path, failures, len(shard.video_ids)
+            self.commit()
+            records, failures = [], []
+            for name in sorted(os.listdir(self.parts_dir)):
+                if _PART_RE.match(name):
+                    path = os.path.join(self.parts_dir, name)
+                    verify_file(path, "part")
+                    r, fl = _read_shard_records(path)
+                    records += r
+                    failures += fl
+            records.sort(key=lambda r: r.source_index)
+            failures.sort(key=lambda x: x["source_index"])
+            seen = set()
+            for r in records:
+                if r.source_index in seen:
+                    raise StoreError(f"{self.parts_dir}: video {r.video_id} committed twice")
+                seen.add(r.source_index)
+            attrs = {"format": FORMAT, "version": VERSION, "shard_id": self.shard_id,
+                     "num_shards": self.num_shards, "meta": json.dumps(self.meta, sort_keys=True)}
+            self._write_errors(failures)
+            with atomic_path(self.final_path) as tmp:
+                _write_shard_file(tmp, records, failures, attrs)
+                _write_record(tmp, self.final_path, {"videos": len(records),
+                                                     "codes": int(sum(r.codes.size for r in records)),
+                                                     "frames": int(sum(r.codes.shape[0] for r in records)),
+                                                     "failures": len(failures)})
+            self.complete = True  # the rename above is the commit point
+            self._settle(failures)
+            return self.final_path, failures, len(records)
+        finally:
+            self.close()
+
+    def _write_errors(self, failures: list[dict]) -> None:
+        text = "".join(json.dumps(_public_failure(x), sort_keys=True) + "\n" for x in failures)
+        try:
+            with open(self.errors_path, encoding="utf-8") as f:
+                if f.read() == text:
+                    return
+        except OSError:
+            pass
+        atomic_write_text(self.errors_path, text)
+
+    def _settle(self, failures: list[dict]) -> None:
+        """After the commit point (idempotent, so a rerun finishes what a kill or a full disk interrupted)."""
+        self._write_errors(failures)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
-        parts_root = os.path.dirname(self.parts_dir)
-        if os.path.isdir(parts_root) and not os.listdir(parts_root):
-            os.rmdir(parts_root)
         fsync_dir(self.store_dir)
-        self.complete = True
-        if self.num_shards > 1:
-            merge_error_logs(self.store_dir)
-        return self.final_path, failures
+        with setup_lock(self.store_dir):
+            parts_root = os.path.dirname(self.parts_dir)
+            if os.path.isdir(parts_root) and not os.listdir(parts_root):
+                os.rmdir(parts_root)
+            if self.num_shards > 1:
+                merge_error_logs(self.store_dir)
+
+    def close(self) -> None:
+        """Drop the shard's locks (finalize does; call it when a job ends early)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _public_failure(x: dict) -> dict:
@@ -301,7 +552,7 @@ def _public_failure(x: dict) -> dict:
 
 
 def merge_error_logs(store_dir: str) -> None:
-    """Write STORE/errors.jsonl from the per-shard logs once every shard is finished."""
+    """Write STORE/errors.jsonl from the per-shard logs once every shard is finished (under the setup lock)."""
     shards = list_shards(store_dir)
     if not shards or len(shards) != shards[0][1]:
         return
@@ -316,6 +567,32 @@ def merge_error_logs(store_dir: str) -> None:
 
 # ----------------------------------------------------------------------------- reading
 
+def seal_shard(path: str) -> dict:
+    """Write the integrity record of a shard that has none (made before records existed).
+
+    The shard is checked first as far as its bytes allow (index arrays, codes inside the
+    vocabulary, finite increasing timestamps); HDF5 reads it unverified, so run this only on
+    storage you trust.
+    """
+    if os.path.exists(record_path(path)):
+        raise StoreError(f"{path} already has an integrity record")
+    shard = _Shard(path, verify=False)
+    vocab = int(shard.meta["tokenizer"]["vocab_size"])
+    for i in range(len(shard.video_ids)):
+        codes = shard.read(i)
+        if codes.size and (codes.min() < 0 or codes.max() >= vocab):
+            raise StoreError(f"{path}: video {shard.video_ids[i]} holds codes outside [0, {vocab}); not sealed")
+        ts = shard.timestamps(i)
+        if not np.all(np.isfinite(ts)) or np.any(np.diff(ts) < 0):
+            raise StoreError(f"{path}: video {shard.video_ids[i]} has non-finite or decreasing timestamps; not sealed")
+    shard.close()
+    _write_record(path, path, {"videos": len(shard.video_ids), "codes": int(shard.shapes.astype(np.int64).prod(1).sum()),
+                               "frames": int(shard.shapes[:, 0].astype(np.int64).sum()),
+                               "failures": len(shard.failures)})
+    return _read_record(path, "shard")
+
+
+
 def list_shards(store_dir: str) -> list[tuple[int, int]]:
     out = []
     for name in os.listdir(store_dir):
@@ -326,16 +603,26 @@ def list_shards(store_dir: str) -> list[tuple[int, int]]:
 
 
 class _Shard:
-    """Index arrays of one shard in memory; the code array read lazily, one handle per process."""
+    """Index arrays of one shard in memory; the code array read lazily, one handle per process.
 
-    def __init__(self, path: str):
+    verify: size and SHA-256 against the integrity record before HDF5 opens the file. The
+    index arrays are checked either way, and against the record's facts when there is one.
+    """
+
+    def __init__(self, path: str, verify: bool = True):
         self.path = path
+        record = verify_file(path) if verify else _record_if_any(path)  # its index facts are compared below
         try:
             with h5py.File(path, "r") as f:
                 if f.attrs.get("format") != FORMAT:
                     raise StoreError(f"{path}: not a {FORMAT} shard (format attribute {f.attrs.get('format')!r})")
                 self.meta = json.loads(f.attrs["meta"])
                 self.num_shards = int(f.attrs["num_shards"])
+                named = _SHARD_RE.match(os.path.basename(path))
+                held = (int(f.attrs["shard_id"]), self.num_shards)
+                if named and held != (int(named.group(1)), int(named.group(2))):
+                    raise StoreError(f"{path} holds shard {held[0]} of {held[1]}, not the one its name says (files "
+                                     f"renamed or swapped?); re-extract it (rerun with --overwrite)")
                 self.code_offsets = f["code_offsets"][()]
                 self.frame_offsets = f["frame_offsets"][()]
                 self.shapes = f["shapes"][()]
@@ -343,8 +630,21 @@ class _Shard:
                 self.source_index = f["source_index"][()]
                 self.video_ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in f["video_ids"][()]]
                 self.failures = json.loads(f.attrs.get("failures", "[]"))
-        except (OSError, KeyError) as e:
-            raise StoreError(f"{path}: unreadable token-store shard ({e})") from e
+                num_codes, num_ts = int(f["codes"].shape[0]), int(f["timestamps"].shape[0])
+        except StoreError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as e:
+            raise StoreError(f"{path}: unreadable token-store shard ({type(e).__name__}: {e})") from e
+        names = self.meta.get("label_names") if isinstance(self.meta, dict) else None
+        facts = check_index(path, shapes=self.shapes, code_offsets=self.code_offsets,
+                            frame_offsets=self.frame_offsets, labels=self.labels, source_index=self.source_index,
+                            num_ids=len(self.video_ids), num_codes=num_codes, num_timestamps=num_ts,
+                            num_classes=len(names) if isinstance(names, list) else None)
+        if record is not None:
+            wrong = {k: (record.get(k), v) for k, v in facts.items() if k in record and record[k] != v}
+            if wrong:
+                raise StoreError(f"shard {path} disagrees with its integrity record: "
+                                 + ", ".join(f"{k} {b} (record: {a})" for k, (a, b) in wrong.items()))
         self._file = None
         self._pid = None
 
@@ -386,9 +686,12 @@ class TokenStore:
     `path` is a store directory (all its shards are read together, in shard order, which
     equals the order of the source list) or a single shard file. An unfinished store
     (missing shards, extraction in progress) is an error unless `allow_partial=True`.
+    Every shard's size and SHA-256 are checked against its integrity record before HDF5
+    reads it (`verify=False` skips that on trusted storage; the index checks always run);
+    a corrupt shard is a StoreError naming it.
     """
 
-    def __init__(self, path: str, allow_partial: bool = False):
+    def __init__(self, path: str, allow_partial: bool = False, verify: bool = True):
         self.path = os.path.abspath(path)
         if not os.path.exists(self.path):
             raise StoreError(f"token store {path} does not exist")
@@ -411,7 +714,7 @@ class TokenStore:
         else:
             self.missing_shards = []
             files = [self.path]
-        self._shards = [_Shard(f) for f in files]
+        self._shards = [_Shard(f, verify=verify) for f in files]
         self.meta: dict[str, Any] = self._shards[0].meta
         for s in self._shards[1:]:
             if s.meta != self.meta:

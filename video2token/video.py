@@ -20,6 +20,9 @@ Definitions (both decoders follow them):
   first frame. The 1 ms absorbs millisecond clocks (mkv / webm store 1/30 s as 33 ms) and
   decord's float32 stamps; real frame intervals are >= 4 ms (240 fps).
 - A video with zero decodable frames is an error (kind "no_frames").
+- `max_frames` caps the sampled frames per video (kind "too_long" beyond it): checked against
+  the header's duration before decoding and while sampling, so a file whose timestamps jump
+  (3 frames at 0, 5000 and 10000 s would sample 20,002 frames at 2 FPS) never fills memory.
 - Rotation: the display matrix is honoured: frames are rotated to be upright before resizing.
   PyAV reports it per frame (`VideoFrame.rotation`, degrees counter-clockwise). decord 0.6.0
   applies it itself (measured; its rotated output has padded rows for some widths, which are
@@ -70,6 +73,9 @@ _TIE_EPS = 1e-3  # seconds: tie tolerance of the sampling rule (module docstring
 _TRUNCATION_SLACK_S = 1.0
 _TRUNCATION_SLACK_FRAC = 0.10
 _DECORD_CHUNK = 32  # full-size frames per get_batch call: bounds memory on long videos
+#: extraction's default --max-frames: 83 min at 2 FPS, 10 min at 16 FPS; a decode worker holds up to
+#: max_frames x crop^2 x 3 bytes (490 MB at 128 px)
+DEFAULT_MAX_FRAMES = 10_000
 
 
 class VideoError(Exception):
@@ -240,7 +246,21 @@ def _check_truncation(path: Path, decoded_duration: float, header_duration: floa
 Transform = Callable[[np.ndarray], np.ndarray]  # upright (N, H, W, 3) -> (N, ...) uint8
 
 
-def _decode_av(path: Path, fps: float, transform: Transform) -> tuple[np.ndarray, np.ndarray]:
+def _too_long(path: Path, frames: int, fps: float, max_frames: int, duration: float | None) -> VideoError:
+    claim = f"; the file claims {duration:.1f} s" if duration else ""
+    return VideoError(path, f"{frames} frames at {fps:g} FPS exceed the cap of {max_frames} per video{claim} "
+                            f"(--max-frames: raise it for long videos)", "too_long")
+
+
+def _check_header_length(path: Path, header_duration: float | None, fps: float, max_frames: int | None) -> None:
+    if max_frames is not None and header_duration is not None and header_duration > 0:
+        n = math.ceil(header_duration * fps)
+        if n > max_frames:
+            raise _too_long(path, n, fps, max_frames, header_duration)
+
+
+def _decode_av(path: Path, fps: float, transform: Transform,
+               max_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sequential decode; each frame is converted / resized only if some t_k picks it, once.
 
     The frame shown at t_k is known as soon as the next frame's pts passes t_k, so outputs
@@ -254,6 +274,8 @@ def _decode_av(path: Path, fps: float, transform: Transform) -> tuple[np.ndarray
         rate = stream.average_rate or stream.guessed_rate
         nominal_fps = float(rate) if rate else None
         origin = stream.start_time  # ticks
+        _check_header_length(path, _header_duration(container, stream), fps, max_frames)
+        cap = max_frames if max_frames is not None else math.inf
 
         outputs: list[np.ndarray] = []  # one per t_k, (...) uint8; repeats share the array
         k = 0  # next sample index
@@ -281,6 +303,8 @@ def _decode_av(path: Path, fps: float, transform: Transform) -> tuple[np.ndarray
                     continue  # non-increasing pts (broken muxing): keep the first
                 # Every t_k before this frame (up to the tie tolerance) shows the previous one.
                 while prev is not None and k / fps + _TIE_EPS < t:
+                    if k >= cap:
+                        raise _too_long(path, k + 1, fps, max_frames, _header_duration(container, stream))
                     if prev_out is None:
                         prev_out = _convert_av(prev, transform)
                     outputs.append(prev_out)
@@ -298,6 +322,8 @@ def _decode_av(path: Path, fps: float, transform: Transform) -> tuple[np.ndarray
         duration = _video_end(last_pts, last_duration, np.asarray(pts_seen), nominal_fps)
         _check_truncation(path, duration, _header_duration(container, stream))
         while k / fps + _TIE_EPS < duration:
+            if k >= cap:
+                raise _too_long(path, k + 1, fps, max_frames, duration)
             if prev_out is None:
                 prev_out = _convert_av(prev, transform)
             outputs.append(prev_out)
@@ -320,7 +346,8 @@ def _rotate(image: np.ndarray, rotation_ccw: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, k=k)) if k else image
 
 
-def _decode_decord(path: Path, fps: float, transform: Transform) -> tuple[np.ndarray, np.ndarray]:
+def _decode_decord(path: Path, fps: float, transform: Transform,
+                   max_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Timestamps from decord's index, then only the picked frames, fetched in chunks."""
     import decord  # lazy: optional dependency
 
@@ -336,6 +363,7 @@ def _decode_decord(path: Path, fps: float, transform: Transform) -> tuple[np.nda
         last_duration = _last_frame_duration(container, stream)
     finally:
         container.close()
+    _check_header_length(path, header_duration, fps, max_frames)
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0)
         n = len(reader)
@@ -353,6 +381,8 @@ def _decode_decord(path: Path, fps: float, transform: Transform) -> tuple[np.nda
     duration = _video_end(float(frame_pts[-1]), last_duration, frame_pts[:64], nominal_fps)
     _check_truncation(path, duration, header_duration)
     times = sample_times(duration, fps)
+    if max_frames is not None and len(times) > max_frames:
+        raise _too_long(path, len(times), fps, max_frames, duration)
     idx = order[frame_indices(frame_pts, times)]
     unique, inverse = np.unique(idx, return_inverse=True)
     outputs = []
@@ -459,12 +489,14 @@ def read_video(
     crop_type: CropType = "center",
     hflip: bool = False,
     decoder: DecoderName | None = None,
+    max_frames: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frames shown at t_k = k / fps, upright, resized, cropped, optionally flipped.
 
     Returns (frames, timestamps): frames (T, C, C, 3) uint8 ((T, H', W', 3) for
     crop_type="none"), timestamps (T,) float64 seconds = the sampled t_k. shorter_side=None
-    keeps the decoded size. decoder=None picks DEFAULT_DECODER by the file suffix.
+    keeps the decoded size. decoder=None picks DEFAULT_DECODER by the file suffix. max_frames
+    (None: no cap) refuses a video that would yield more frames (VideoError kind "too_long").
     Raises VideoError (with .path, .reason, .kind) for unreadable files, ValueError for bad
     arguments. See the module docstring for the exact timing definitions.
     """
@@ -481,12 +513,14 @@ def read_video(
         decoder = default_decoder(path)
     if decoder not in ("av", "decord"):
         raise ValueError(f"{path}: decoder must be 'av', 'decord' or None, got {decoder!r}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"{path}: max_frames must be >= 1, got {max_frames}")
     transform = partial(
         _checked_transform, path=path, shorter_side=shorter_side, crop_size=crop_size, crop_type=crop_type, hflip=hflip
     )
     if decoder == "av":
-        return _decode_av(path, fps, transform)
-    return _decode_decord(path, fps, transform)
+        return _decode_av(path, fps, transform, max_frames)
+    return _decode_decord(path, fps, transform, max_frames)
 
 
 def _checked_transform(frames: np.ndarray, *, path: Path, **geometry) -> np.ndarray:

@@ -11,7 +11,9 @@ A checkpoint directory (`OUTPUT/last/`):
 
 Written by one process through `video2token.atomic.atomic_dir`: a kill at any moment leaves the
 previous checkpoint loadable (`load_checkpoint` first calls `recover_dir`). Non-finite weights
-or moments are refused. Nothing here unpickles: no `torch.load` at all.
+or moments are refused when saving and when loading; loading also checks the config against
+sane limits and against the weights' header (names, shapes, float dtypes) before reading a
+tensor (`vimpac.model.weights_check`). Nothing here unpickles: no `torch.load` at all.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from video2token.atomic import atomic_dir, recover_dir
 
 from vimpac.model.config import ModelConfig
+from vimpac.model.weights_check import WeightsCheckError, check_fits, check_values, read_header
 
 FORMAT = "vimpac-pretrain-checkpoint"
 VERSION = 1
@@ -131,14 +134,23 @@ def load_checkpoint(ckpt_dir: str, *, weights_only: bool = False) -> Checkpoint:
         raise CheckpointError(f"{os.path.join(ckpt_dir, CONFIG_FILE)}: format {config.get('format')!r}, "
                               f"expected {FORMAT!r}")
     try:
-        model_config = ModelConfig.from_dict(config["model_config"])
+        model_config = ModelConfig.from_dict(config["model_config"])  # includes the sane limits
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{os.path.join(ckpt_dir, CONFIG_FILE)}: bad model_config ({e})") from e
-    model_state = _read_tensors(os.path.join(ckpt_dir, MODEL_FILE))
+    model_path = os.path.join(ckpt_dir, MODEL_FILE)
     optim, state = {}, {}
-    if not weights_only:
-        optim = _read_tensors(os.path.join(ckpt_dir, OPTIM_FILE))
-        state = _read_json(os.path.join(ckpt_dir, STATE_FILE))
+    try:
+        if os.path.exists(model_path):  # the config must fit the weights before anything is read or built
+            check_fits(model_config, read_header(model_path), model_path)
+        model_state = _read_tensors(model_path)
+        check_values(model_state, model_path)
+        if not weights_only:
+            optim_path = os.path.join(ckpt_dir, OPTIM_FILE)
+            optim = _read_tensors(optim_path)
+            check_values(optim, optim_path, floats_only=True)
+            state = _read_json(os.path.join(ckpt_dir, STATE_FILE))
+    except WeightsCheckError as e:
+        raise CheckpointError(str(e)) from None
     return Checkpoint(path=ckpt_dir, model_config=model_config, config=config, model_state=model_state,
                       optimizer_state=optim, trainer_state=state)
 

@@ -21,6 +21,7 @@ from torch import nn
 from vimpac.model.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint
 from vimpac.model.config import ModelConfig
 from vimpac.model.original import CLASSIFICATION, PRETRAIN, ConvertedOriginal, find_original, read_original
+from vimpac.model.weights_check import WeightsCheckError, check_fits, check_values, state_shapes
 
 #: `config["train"]["task"]["kind"]` of a fine-tuned classifier (as the fine-tuning trainer writes it)
 TASK_KIND = "video-classification"
@@ -85,6 +86,11 @@ def read_weights(path: str | os.PathLike) -> LoadedWeights:
         raise CheckpointError(f"{path} does not exist")
     if find_original(path) is not None:
         conv = read_original(path)
+        try:  # what load_checkpoint checks for this project's checkpoints
+            check_fits(conv.config, state_shapes(conv.state), conv.files.folder)
+            check_values(conv.state, conv.files.folder)
+        except WeightsCheckError as e:
+            raise CheckpointError(str(e)) from None
         return LoadedWeights(config=conv.config, state=conv.state, kind=conv.kind, num_classes=conv.num_classes,
                              source="original", path=conv.files.folder, notes=list(conv.notes),
                              task=original_task(conv))
