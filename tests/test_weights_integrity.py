@@ -202,6 +202,32 @@ def test_a_non_finite_or_wrong_float_in_a_config_is_refused(tmp_path, key, value
         load_checkpoint(ckpt, weights_only=True)
 
 
+# ----------------------------------------------------------------------------- corrupt stores stop training
+
+@pytest.mark.parametrize("entry", ["pretrain", "finetune"])
+def test_training_on_a_corrupt_store_is_a_clear_error_naming_the_shard(tmp_path, capsys, entry):
+    import h5py
+
+    import vimpac.finetune
+    import vimpac.pretrain
+
+    train = make_store(str(tmp_path / "train"), num_videos=16, seed=0)
+    shard = os.path.join(train, "shard-00000-of-00001.h5")
+    with h5py.File(shard, "r+") as f:  # the lowest bit of 200 codes: still inside the vocabulary
+        codes = f["codes"][()]
+        codes[:200] ^= 1
+        f["codes"][:] = codes
+    common = ["--train-tokens", train, "--output", str(tmp_path / "out"), "--num-workers", "0", "--no-tqdm"]
+    if entry == "pretrain":
+        rc = vimpac.pretrain.main(common + ["--layers", "2", "--hid-dim", "32", "--heads", "2", "--clip-len", "4"])
+    else:
+        pre = _checkpoint(str(tmp_path / "pre"))
+        rc = vimpac.finetune.main(common + ["--load", pre, "--valid-tokens", train])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--train-tokens: shard {shard} is corrupt: SHA-256" in err, err
+    assert not os.path.exists(os.path.join(tmp_path, "out", "last"))
+
+
 # ----------------------------------------------------------------------------- skipped steps restore buffers
 
 def _hooked(entry: str, hooks: list[str], args: list[str]) -> subprocess.CompletedProcess:
