@@ -516,16 +516,19 @@ def test_files_and_folders_follow_the_umask(tmp_path, umask, file_mode, dir_mode
 
 # ----------------------------------------------------------------------------- frame cap
 
-def test_timestamps_that_jump_are_too_long_not_20002_frames(video_root, monkeypatch):
+@pytest.mark.parametrize("decoder", ["av", "decord"])
+def test_timestamps_that_jump_are_too_long_not_20002_frames(video_root, monkeypatch, decoder):
+    if decoder == "decord":
+        pytest.importorskip("decord")
     with pytest.raises(VideoError, match="20002 frames at 2 FPS exceed the cap of 10000.*--max-frames") as e:
-        read_video(str(video_root / "gap.mp4"), 2, 32, 32, decoder="av", max_frames=10_000)
+        read_video(str(video_root / "gap.mp4"), 2, 32, 32, decoder=decoder, max_frames=10_000)
     assert e.value.kind == "too_long"
     # a header that claims nothing: the cap holds while sampling
     import video2token.video as video
 
     monkeypatch.setattr(video, "_header_duration", lambda *a: None)
     with pytest.raises(VideoError, match="exceed the cap of 50") as e:
-        read_video(str(video_root / "gap.mp4"), 2, 32, 32, decoder="av", max_frames=50)
+        read_video(str(video_root / "gap.mp4"), 2, 32, 32, decoder=decoder, max_frames=50)
     assert e.value.kind == "too_long"
     frames, _ = read_video(str(video_root / "good" / "v0.mp4"), 2, 32, 32, max_frames=2)
     assert len(frames) == 2  # exactly the cap is fine

@@ -524,12 +524,16 @@ class ShardWriter:
         self._write_errors(failures)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         fsync_dir(self.store_dir)
-        with setup_lock(self.store_dir):
-            parts_root = os.path.dirname(self.parts_dir)
-            if os.path.isdir(parts_root) and not os.listdir(parts_root):
-                os.rmdir(parts_root)
-            if self.num_shards > 1:
-                merge_error_logs(self.store_dir)
+        try:
+            with setup_lock(self.store_dir):
+                parts_root = os.path.dirname(self.parts_dir)
+                if os.path.isdir(parts_root) and not os.listdir(parts_root):
+                    os.rmdir(parts_root)
+                if self.num_shards > 1:
+                    merge_error_logs(self.store_dir)
+        except StoreLockedError as e:  # the shard is in place: a rerun finishes this
+            raise StoreError(f"{e}; shard {self.final_path} is finished, rerun the job to merge the store's "
+                             f"logs") from None
 
     def close(self) -> None:
         """Drop the shard's locks (finalize does; call it when a job ends early)."""
