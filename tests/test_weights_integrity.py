@@ -103,6 +103,29 @@ def test_integer_weights_where_floats_belong_are_refused_naming_the_tensor(tmp_p
         load_checkpoint(ckpt)
 
 
+@pytest.mark.parametrize("damage", ["nan", pytest.param("int32", marks=pytest.mark.xfail(
+    strict=True, reason="the conversion adds cls_param (float) to the int32 cls position, so the integer tensor is "
+                        "promoted before read_weights checks dtypes; needs a dtype check of the raw state in "
+                        "vimpac.model.original.read_original"))])
+def test_an_original_snapshot_with_nan_or_integer_weights_is_refused(tmp_path, damage):
+    import shutil
+
+    from conftest import original_fixtures
+
+    src = original_fixtures() / "finetune" / "last"
+    if not src.is_dir():
+        pytest.skip(f"no original VIMPAC fixtures at {src}")
+    snap = tmp_path / "last"
+    shutil.copytree(src, snap, copy_function=shutil.copyfile)
+    assert read_weights(str(snap)).num_classes == 7
+    state = torch.load(snap / "classifier.pt", weights_only=True, map_location="cpu")
+    key = "backbone.positional_embedding.cls_pos_embedding"
+    state[key] = state[key].clone().fill_(math.nan) if damage == "nan" else state[key].to(torch.int32)
+    torch.save(state, snap / "classifier.pt")
+    with pytest.raises(CheckpointError, match="non-finite value" if damage == "nan" else "stored as torch.int32"):
+        read_weights(str(snap))
+
+
 def test_predict_on_a_nan_checkpoint_exits_non_zero_naming_the_tensor(tmp_path, capsys):
     from vimpac.predict import main
 
