@@ -2,6 +2,13 @@
 
     PYTHONPATH=. python benchmarks/tokenizer.py [--out benchmarks/out/tokenizer] [--steps N] [--threads N]
     PYTHONPATH=. python benchmarks/tokenizer.py --tokenizer DIR     # skip training, measure DIR
+    PYTHONPATH=. python benchmarks/tokenizer.py --speed-only [--tokenizer DIR] [--threads N]
+                                                    # encode frames/s only (random weights without DIR)
+
+`--precision` (default auto: bf16 where this CPU computes it natively, else fp32) is the precision of
+the tokenizer used for the "real footage" clips and the determinism check; held-out quality and
+encode speed are always measured in both bf16 and fp32 (and fp16 when asked for), so the table
+shows what each costs on this machine, named in its header.
 
 1. Renders the project's demo videos (`video2token.synthetic`, defaults: 200 pool videos,
    64x64, 8 fps, 2 s) and trains `python -m video2token.train_tokenizer` on the pool and train
@@ -13,6 +20,8 @@
    (grace_hopper.jpg, Minduka_Present_Blue_Pack.png). It is a photo, not a video: no motion
    blur or compression, but real textures the demo videos lack.
 4. Encode throughput (frames/s) at 64 and 128 px, and determinism (same frames -> same codes).
+   `--speed-only` does this step alone, on a random-weight tokenizer of the trainer's default
+   architecture when no --tokenizer is given (speed does not depend on the weights).
 
 Results go to OUT/results.json, OUT/real_footage.png and the training outputs in OUT/tokenizer.
 """
@@ -30,10 +39,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from video2token.tokenizers.vqvae import VQVAETokenizer  # noqa: E402
+from video2token.precision import add_precision_flag, cpu_native_bf16, device_name, resolve_precision  # noqa: E402
+from video2token.tokenizers.vqvae import VQVAETokenizer, save_vqvae  # noqa: E402
 from video2token.video import read_video  # noqa: E402
 from video2token.visualize import draw_grid, frame_psnr  # noqa: E402
-from video2token.vqvae_model import codebook_stats  # noqa: E402
+from video2token.vqvae_model import VQVAE, VQVAEConfig, codebook_stats  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_DATA = os.path.join(os.path.dirname(__import__("matplotlib").__file__), "mpl-data", "sample_data")
@@ -81,17 +91,63 @@ def encode_speed(tok: VQVAETokenizer, size: int, batch: int = 64, seconds: float
     return n / (time.perf_counter() - t0)
 
 
+def speed_precisions(chosen: str) -> list[str]:
+    """bf16 and fp32 always (the comparison this benchmark reports), plus the chosen one."""
+    return ["bf16", "fp32"] + ([chosen] if chosen not in ("bf16", "fp32") else [])
+
+
+def encode_speeds(tok_dir: str, precisions: list[str], seconds: float) -> dict:
+    return {f"encode_fps_{size}px_{prec}": encode_speed(VQVAETokenizer.load(tok_dir, device="cpu", precision=prec),
+                                                        size, seconds=seconds)
+            for prec in precisions for size in (64, 128)}
+
+
+def machine_line() -> str:
+    native, why = cpu_native_bf16()
+    return (f"{device_name(torch.device('cpu'))}, torch {torch.__version__}, native bf16: "
+            f"{'yes' if native else 'no'} ({why})")
+
+
+def speed_only(a: argparse.Namespace, chosen: str) -> int:
+    tok_dir = a.tokenizer
+    if tok_dir is None:  # the trainer's default architecture (the benchmark trains vocab 512, stride 8)
+        tok_dir = os.path.join(a.out, "random_vqvae")
+        torch.manual_seed(0)
+        save_vqvae(VQVAE(VQVAEConfig(vocab_size=512, downsample=8)).eval(), tok_dir)
+    results = {"machine": machine_line(), "threads": torch.get_num_threads(), "tokenizer": tok_dir,
+               "trained": a.tokenizer is not None, **encode_speeds(tok_dir, speed_precisions(chosen), a.encode_seconds)}
+    with open(os.path.join(a.out, "speed.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nVQ-VAE encode, batch 64, {'trained' if results['trained'] else 'random-weight'} tokenizer "
+          f"(vocab 512, stride 8); {results['machine']}; {results['threads']} threads")
+    print("| frame px | " + " | ".join(f"{p} frames/s" for p in speed_precisions(chosen)) + " | bf16 / fp32 |")
+    print("|---|" + "---|" * (len(speed_precisions(chosen)) + 1))
+    for size in (64, 128):
+        fps = [results[f"encode_fps_{size}px_{p}"] for p in speed_precisions(chosen)]
+        print(f"| {size} | " + " | ".join(f"{v:.0f}" for v in fps) + f" | {fps[0] / fps[1]:.2f}x |")
+    print(f"tokenizer speed: results -> {os.path.join(a.out, 'speed.json')}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "out", "tokenizer"))
     p.add_argument("--tokenizer", default=None, help="measure this tokenizer directory instead of training one")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the trainer's default)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for training and encoding")
+    p.add_argument("--speed-only", action="store_true", help="measure encode frames/s only (step 4)")
+    p.add_argument("--encode-seconds", type=float, default=8.0, help="timed seconds per encode-speed cell")
+    add_precision_flag(p)
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     os.makedirs(a.out, exist_ok=True)
-    results: dict = {"threads": torch.get_num_threads(), "load_avg_start": os.getloadavg()}
+    chosen = resolve_precision(a.precision, "cpu")
+    print(chosen.describe(), flush=True)
+    if a.speed_only:
+        return speed_only(a, chosen.name)
+    results: dict = {"machine": machine_line(), "precision": chosen.describe(), "threads": torch.get_num_threads(),
+                     "load_avg_start": os.getloadavg()}
 
     demo = os.path.join(a.out, "demo")
     if not os.path.isfile(os.path.join(demo, "motion_val_videos.txt")):
@@ -123,7 +179,7 @@ def main() -> int:
     results["heldout_frames"] = len(val)
     results["bf16_fp32_code_agreement"] = agree
 
-    tok = VQVAETokenizer.load(tok_dir, device="cpu")  # bf16, the default
+    tok = VQVAETokenizer.load(tok_dir, device="cpu", precision=chosen.name)
     pictures, titles = [], []
     for photo in PHOTOS:
         for size in (64, 128):
@@ -138,17 +194,16 @@ def main() -> int:
               title="pan/zoom clips over matplotlib's sample photos, 64 px, vocab 512 trained on demo videos")
 
     frames = val[:64]
-    results["deterministic"] = bool(np.array_equal(tok.encode(frames), VQVAETokenizer.load(tok_dir, device="cpu")
-                                                   .encode(frames)))
-    for precision in ("bf16", "fp32"):
-        t = VQVAETokenizer.load(tok_dir, device="cpu", precision=precision)
-        for size in (64, 128):
-            results[f"encode_fps_{size}px_{precision}"] = encode_speed(t, size)
+    again = VQVAETokenizer.load(tok_dir, device="cpu", precision=chosen.name)
+    results["deterministic"] = bool(np.array_equal(tok.encode(frames), again.encode(frames)))
+    results.update(encode_speeds(tok_dir, speed_precisions(chosen.name), a.encode_seconds))
     results["load_avg_end"] = os.getloadavg()
 
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     h = results["heldout_bf16"]
+    print(f"\n{results['machine']}; {results['threads']} threads; real-footage clips and determinism in "
+          f"{chosen.name}")
     print("\n| measure | value |\n|---|---|")
     if "train_minutes" in results:
         print(f"| training | {results['train_steps']} steps in {results['train_minutes']:.1f} min, "
