@@ -347,13 +347,13 @@ def test_trainer_writes_tokenizer_and_resume_after_kill_matches_uninterrupted(de
     proc.wait()
     # what a kill inside atomic_dir's swap leaves: the previous checkpoint renamed aside, a half-written temp dir
     os.replace(killed / "last", killed / "last.old.tmp")
-    (killed / ".last.abc.tmp").mkdir()
-    (killed / ".last.abc.tmp" / "model.safetensors").write_bytes(b"partial")
+    (killed / ".last.abc12345.tmp").mkdir()  # atomic_dir's temp name: .<final>.<8 chars>.tmp
+    (killed / ".last.abc12345.tmp" / "model.safetensors").write_bytes(b"partial")
     r = run_trainer(demo, killed, steps, "--resume")
     assert r.returncode == 0, r.stderr
     resumed_from = int(re.search(r"continuing from step (\d+)", r.stdout).group(1))
     assert resumed_from in range(3, steps + 1, 3) or resumed_from == steps
-    assert not (killed / ".last.abc.tmp").exists() and not (killed / "last.old.tmp").exists()
+    assert not (killed / ".last.abc12345.tmp").exists() and not (killed / "last.old.tmp").exists()
     a, b = load_file(str(full / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
