@@ -203,6 +203,20 @@ def test_one_writer_per_shard_shards_side_by_side_and_one_shard_count(tmp_path):
     ShardWriter(out, meta, 0, 2).close()  # the finished shard reopens: its lock was released
 
 
+def test_a_filesystem_without_locks_is_a_clear_error(tmp_path, monkeypatch):
+    import video2token.store_lock as store_lock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    fds = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(store_lock.fcntl, "flock", no_locks)
+    with pytest.raises(StoreError, match=r"cannot lock .*\.setup\.lock: No locks available; the store's filesystem "
+                                         r"must support file locks \(on NFS, mount it without `nolock`\)"):
+        ShardWriter(str(tmp_path / "store"), store_meta(32, 32))
+    assert len(os.listdir("/proc/self/fd")) == fds  # nothing left open
+
+
 # ----------------------------------------------------------------------------- cleanup touches only own names
 
 def _user_files(d) -> dict[str, bytes]:

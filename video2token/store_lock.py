@@ -48,13 +48,17 @@ def _open(path: str) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
 
 
-def _try_flock(fd: int, mode: int) -> bool:
+def _try_flock(fd: int, mode: int, path: str) -> bool:
+    """Take the lock without waiting: True when taken, False when another holds it."""
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
         return True
     except OSError as e:
         if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
             return False
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS):
+            raise StoreLockedError(f"cannot lock {path}: {e.strerror}; the store's filesystem must support file "
+                                   f"locks (on NFS, mount it without `nolock`)") from None
         raise
 
 
@@ -84,7 +88,7 @@ def held_shard_locks(store_dir: str, *, except_name: str | None = None) -> list[
         path = os.path.join(store_dir, name)
         fd = _open(path)
         try:
-            if _try_flock(fd, fcntl.LOCK_EX):
+            if _try_flock(fd, fcntl.LOCK_EX, path):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             else:
                 out.append((name, _holder(path)))
@@ -105,7 +109,7 @@ def setup_lock(store_dir: str, timeout: float = 60.0) -> Iterator[None]:
     fd = _open(path)
     try:
         deadline = time.monotonic() + timeout
-        while not _try_flock(fd, fcntl.LOCK_EX):
+        while not _try_flock(fd, fcntl.LOCK_EX, path):
             if time.monotonic() > deadline:
                 raise StoreLockedError(f"{store_dir}: could not take {SETUP_LOCK} within {timeout:.0f} s (another "
                                        f"extraction job is starting or finishing on this store and seems stuck)")
@@ -125,27 +129,31 @@ class ShardLock:
         self.store_dir = store_dir
         self.name = shard_lock_name(shard_id, num_shards)
         self._fds: list[int] = []
-        shard = f"{shard_id}/{num_shards}"
+        try:
+            self._take(store_dir, f"{shard_id}/{num_shards}", replace_store)
+        except BaseException:
+            self.release()
+            raise
+
+    def _take(self, store_dir: str, shard: str, replace_store: bool) -> None:
         path = os.path.join(store_dir, self.name)
         fd = _open(path)
         self._fds.append(fd)
-        if not _try_flock(fd, fcntl.LOCK_EX):
-            self.release()
+        if not _try_flock(fd, fcntl.LOCK_EX, path):
             raise StoreLockedError(f"{store_dir}: shard {shard} is being written by another extraction job: "
                                    f"{_holder(path)}. Wait for it to finish (or stop it), then rerun; two jobs "
                                    f"writing one shard would lose videos")
         _write_holder(fd, shard)
-        fd = _open(os.path.join(store_dir, STORE_LOCK))
+        store_lock = os.path.join(store_dir, STORE_LOCK)
+        fd = _open(store_lock)
         self._fds.append(fd)
         if replace_store:
-            if not _try_flock(fd, fcntl.LOCK_EX):
+            if not _try_flock(fd, fcntl.LOCK_EX, store_lock):
                 others = held_shard_locks(store_dir, except_name=self.name)
-                self.release()
                 who = "; ".join(f"{n[1:-5]}: {h}" for n, h in others) or "another process"
                 raise StoreLockedError(f"{store_dir}: cannot replace this store while other jobs write it ({who})")
             fcntl.flock(fd, fcntl.LOCK_SH)  # under setup_lock nobody can slip in between
-        elif not _try_flock(fd, fcntl.LOCK_SH):  # cannot happen under setup_lock; be clear anyway
-            self.release()
+        elif not _try_flock(fd, fcntl.LOCK_SH, store_lock):  # cannot happen under setup_lock; be clear anyway
             raise StoreLockedError(f"{store_dir}: another job is replacing this store")
 
     def release(self) -> None:
