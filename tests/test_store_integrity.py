@@ -203,7 +203,7 @@ def test_one_writer_per_shard_shards_side_by_side_and_one_shard_count(tmp_path):
     ShardWriter(out, meta, 0, 2).close()  # the finished shard reopens: its lock was released
 
 
-def test_a_filesystem_without_locks_is_a_clear_error(tmp_path, monkeypatch):
+def test_a_filesystem_without_locks_or_a_store_of_another_user_is_a_clear_error(tmp_path, monkeypatch):
     import video2token.store_lock as store_lock
 
     def no_locks(fd, op):
@@ -215,6 +215,20 @@ def test_a_filesystem_without_locks_is_a_clear_error(tmp_path, monkeypatch):
                                          r"must support file locks \(on NFS, mount it without `nolock`\)"):
         ShardWriter(str(tmp_path / "store"), store_meta(32, 32))
     assert len(os.listdir("/proc/self/fd")) == fds  # nothing left open
+    monkeypatch.undo()
+    out = tmp_path / "theirs"
+    make_store(str(out), num_videos=1)
+    real_open = os.open
+
+    def not_mine(path, flags, *a):
+        if str(path).endswith(".lock") and flags & os.O_RDWR:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, flags, *a)
+
+    monkeypatch.setattr(os, "open", not_mine)  # another user's store (root ignores modes, so simulated)
+    with pytest.raises(StoreError, match=r"cannot open the lock file .*\.setup\.lock: Permission denied"):
+        ShardWriter(str(out), store_meta(32, 32))
+    assert len(TokenStore(str(out))) == 1  # readers take no lock
 
 
 # ----------------------------------------------------------------------------- cleanup touches only own names

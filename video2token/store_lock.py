@@ -45,7 +45,11 @@ def shard_lock_name(shard_id: int, num_shards: int) -> str:
 
 def _open(path: str) -> int:
     # 0o666 & ~umask, like any file; O_CLOEXEC (Python's default): decode workers never inherit it
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise StoreLockedError(f"cannot open the lock file {path}: {e.strerror} (a writer needs write access to "
+                               f"the store directory and its lock files)") from None
 
 
 def _try_flock(fd: int, mode: int, path: str) -> bool:
