@@ -521,6 +521,29 @@ def test_extract_rerun_rewrites_a_lost_errors_file(video_root, tiny_vqvae, tmp_p
     assert "unfinished" not in r.stdout and "1 listed videos were not stored" in r.stdout
 
 
+def test_extract_on_a_full_disk_says_so_and_the_rerun_completes(video_root, tiny_vqvae, tmp_path, capsys,
+                                                                 monkeypatch):
+    anno = _list(tmp_path, ["good/v0.mp4 0", "missing.mp4 1", "good/v1.mp4 1"])
+    out = tmp_path / "store"
+    real_replace = os.replace
+
+    def full_when_finalizing(src, dst):
+        if os.path.basename(dst) in (SHARD, "errors.jsonl"):
+            raise OSError(errno.ENOSPC, "No space left on device", dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_when_finalizing)
+    r = _extract_cli(capsys, _cli_args(video_root, anno, out, tiny_vqvae, "--commit-every", "1"))
+    monkeypatch.undo()
+    assert r.returncode == 2 and "No space left on device" in r.stderr and "rerun the same command" in r.stderr
+    assert not (out / SHARD).exists()
+    r = _extract_cli(capsys, _cli_args(video_root, anno, out, tiny_vqvae))
+    assert r.returncode == 0 and "(3 already done before)" in r.stdout, r.stdout + r.stderr
+    assert TokenStore(str(out)).video_ids == ["good/v0.mp4", "good/v1.mp4"]
+    assert "missing.mp4" in (out / "errors.jsonl").read_text() and inspect_store(str(out))[1] == [
+        "1 listed videos were not stored (decode: 1); the reasons are in errors.jsonl"]
+
+
 # ----------------------------------------------------------------------------- permissions
 
 @pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700),
