@@ -70,6 +70,9 @@ def video_root(tmp_path_factory):
         write_video(root / "good" / f"v{i}.mp4", _frames(i, 8), fps=8)  # 1 s: 2 frames at 2 FPS
     shutil.copy(root / "good" / "v1.mp4", root / "hang.mp4")  # hangs under tests.faulty_decoder
     _write_gap_video(str(root / "gap.mp4"))
+    from PIL import Image
+
+    Image.fromarray(_frames(5, 1)[0]).save(root / "still.mp4", format="PNG")  # an image under a video's name
     return root
 
 
@@ -587,16 +590,21 @@ def test_timestamps_that_jump_are_too_long_not_20002_frames(video_root, monkeypa
         read_video(str(video_root / "good" / "v0.mp4"), 2, 32, 32, max_frames=1)
 
 
-def test_extraction_logs_a_too_long_video_and_stores_the_rest(video_root, tiny_vqvae, tmp_path, capsys):
-    anno = _list(tmp_path, ["good/v0.mp4 0", "gap.mp4 1", "good/v1.mp4 1"])
+def test_extraction_logs_a_too_long_video_or_a_still_image_and_stores_the_rest(video_root, tiny_vqvae, tmp_path,
+                                                                               capsys):
+    with pytest.raises(VideoError, match=r"a still image \(piped png sequence\), not a video") as e:
+        read_video(str(video_root / "still.mp4"), 2, 32, 32)
+    assert e.value.kind == "not_video"
+    anno = _list(tmp_path, ["good/v0.mp4 0", "gap.mp4 1", "still.mp4 1", "good/v1.mp4 1"])
     t0 = time.monotonic()
     summary = run(_cfg(video_root, anno, tmp_path / "store", tiny_vqvae))
     assert time.monotonic() - t0 < 60
-    assert summary["stored"] == 2 and summary["skipped"] == {"decode": 1}
+    assert summary["stored"] == 2 and summary["skipped"] == {"decode": 2}
     s = TokenStore(str(tmp_path / "store"))
     assert s.video_ids == ["good/v0.mp4", "good/v1.mp4"]
-    (err,) = [json.loads(x) for x in open(tmp_path / "store" / "errors.jsonl")]
-    assert err["path"].endswith("gap.mp4") and "--max-frames" in err["reason"] and "too_long" in err["reason"]
+    gap, still = [json.loads(x) for x in open(tmp_path / "store" / "errors.jsonl")]
+    assert gap["path"].endswith("gap.mp4") and "--max-frames" in gap["reason"] and "too_long" in gap["reason"]
+    assert still["path"].endswith("still.mp4") and "still image" in still["reason"]
     r = _extract_cli(capsys, _cli_args(video_root, anno, tmp_path / "cap", tiny_vqvae, "--max-frames", "0"))
     assert r.returncode == 2 and "--max-frames must be >= 1" in r.stderr
 

@@ -19,7 +19,8 @@ Definitions (both decoders follow them):
 - The frame shown at t_k: the last frame with pts <= t_k + 1 ms; before the first pts, the
   first frame. The 1 ms absorbs millisecond clocks (mkv / webm store 1/30 s as 33 ms) and
   decord's float32 stamps; real frame intervals are >= 4 ms (240 fps).
-- A video with zero decodable frames is an error (kind "no_frames").
+- A video with zero decodable frames is an error (kind "no_frames"); a still image (PNG, JPEG,
+  ... whatever its name says) is not a video (kind "not_video").
 - `max_frames` caps the sampled frames per video (kind "too_long" beyond it): checked against
   the header's duration before decoding and while sampling, so a file whose timestamps jump
   (3 frames at 0, 5000 and 10000 s would sample 20,002 frames at 2 FPS) never fills memory.
@@ -128,6 +129,11 @@ def _open(path: Path) -> av.container.InputContainer:
         if not kinds:  # e.g. an mp4 cut before its index (moov) was written
             raise VideoError(path, "no streams found (truncated, or not a media file)", "not_video")
         raise VideoError(path, f"no video stream (streams: {', '.join(kinds)})", "no_video_stream")
+    fmt = container.format.name
+    if fmt == "image2" or fmt.endswith("_pipe"):  # FFmpeg reads a still image as a one-frame "video"
+        long_name = container.format.long_name
+        container.close()
+        raise VideoError(path, f"a still image ({long_name}), not a video", "not_video")
     return container
 
 
