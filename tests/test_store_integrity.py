@@ -612,12 +612,12 @@ def test_extraction_logs_a_too_long_video_or_a_still_image_and_stores_the_rest(v
 # ----------------------------------------------------------------------------- bad lines, empty jobs
 
 def test_a_label_beyond_int32_skips_its_line_only(video_root, tiny_vqvae, tmp_path):
-    anno = _list(tmp_path, ["good/v0.mp4 0", f"good/v1.mp4 {2 ** 31}", "good/v2.mp4 1"])
+    anno = _list(tmp_path, ["good/v0.mp4 0", f"good/v1.mp4 {2 ** 31}", f"good/v2.mp4 {2 ** 31 - 1}"])
     for _ in range(2):  # and the rerun too
         summary = run(_cfg(video_root, anno, tmp_path / "store", tiny_vqvae))
     assert summary["already_complete"]
-    s = TokenStore(str(tmp_path / "store"))
-    assert s.video_ids == ["good/v0.mp4", "good/v2.mp4"] and list(s.labels) == [0, 1]
+    s = TokenStore(str(tmp_path / "store"))  # the largest int32 label is stored and read back
+    assert s.video_ids == ["good/v0.mp4", "good/v2.mp4"] and list(s.labels) == [0, 2 ** 31 - 1]
     (err,) = [json.loads(x) for x in open(tmp_path / "store" / "errors.jsonl")]
     assert err["stage"] == "annotation" and "does not fit the stored int32" in err["reason"]
 

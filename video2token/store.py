@@ -198,7 +198,7 @@ def check_index(path: str, *, shapes: np.ndarray, code_offsets: np.ndarray, fram
             raise bad(f"frame offsets do not tile the {num_timestamps} timestamps")
         if source_index.min() < 0 or (n > 1 and np.any(np.diff(source_index) <= 0)):
             raise bad("source positions are not strictly increasing")
-        hi = num_classes if num_classes is not None else np.iinfo(np.int32).max
+        hi = num_classes if num_classes is not None else int(np.iinfo(np.int32).max) + 1  # any int32 label
         if labels.min() < -1 or labels.max() >= hi:
             raise bad(f"labels outside [-1, {hi})")
     elif num_codes or num_timestamps:
