@@ -637,6 +637,22 @@ def test_class_names_in_the_label_column_need_label_names(video_root, tiny_vqvae
     assert list(s.labels) == [1, 0, 1] and s.label_names == ["jump", "walk"]
 
 
+def test_a_file_name_that_is_not_utf8_is_skipped_not_fatal(video_root, tiny_vqvae, tmp_path):
+    root = tmp_path / "root"
+    os.makedirs(root / "cls")
+    shutil.copy(video_root / "good" / "v0.mp4", root / "cls" / "ok.mp4")
+    try:
+        shutil.copy(video_root / "good" / "v1.mp4", os.path.join(os.fsencode(root / "cls"), b"bad\xff.mp4"))
+    except OSError:
+        pytest.skip("this filesystem refuses non-UTF-8 names")
+    for _ in range(2):  # and the rerun
+        summary = run(_cfg(root, str(root), tmp_path / "store", tiny_vqvae, anno_format="folder"))
+    assert TokenStore(str(tmp_path / "store")).video_ids == ["cls/ok.mp4"]
+    (err,) = [json.loads(x) for x in open(tmp_path / "store" / "errors.jsonl")]
+    assert err["stage"] == "annotation" and "not valid UTF-8" in err["reason"] and summary["skipped"] == {
+        "annotation": 1}
+
+
 def test_a_job_that_stores_nothing_exits_non_zero_with_a_summary(video_root, tiny_vqvae, tmp_path, capsys):
     empty = _list(tmp_path, [], name="empty.txt")
     r = _extract_cli(capsys, _cli_args(video_root, empty, tmp_path / "empty", tiny_vqvae))
