@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from video2token.atomic import atomic_dir, recover_dir, remove_tmp_leftovers
 from video2token.cli import HelpFormatter
+from video2token.devices import default_device
 from video2token.precision import Precision, add_precision_flag, resolve_precision
 from video2token.runlog import MetricsLogger, plot_curves
 from video2token.tokenizers.vqvae import save_vqvae
@@ -552,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=int, default=d_t.log_every)
     p.add_argument("--output", required=True, help="tokenizer directory to write")
     p.add_argument("--resume", action="store_true", help=f"continue from OUTPUT/{CHECKPOINT_DIR}/ when it exists")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK under torchrun / srun, cuda if available, else cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -587,7 +588,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[VQVAEConfig, TrainConfi
 def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device or default_device())
     precision = training_precision(args.precision, device)
     print(precision.describe(), flush=True)
     args = argparse.Namespace(**{**vars(args), "precision": precision.name})

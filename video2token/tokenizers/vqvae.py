@@ -25,6 +25,7 @@ import torch
 
 from video2token.atomic import atomic_path, fsync_dir
 from video2token.checksum import sha256_file
+from video2token.devices import default_device
 from video2token.precision import resolve_precision
 from video2token.vqvae_model import VQVAE, VQVAEConfig, frames_to_tensor, tensor_to_frames
 
@@ -124,10 +125,10 @@ class VQVAETokenizer(Tokenizer):
     @classmethod
     def load(cls, path: str, device: str | torch.device | None = None,
              precision: str = "auto") -> "VQVAETokenizer":
-        """Load `path/config.json` + `path/model.safetensors`. device None = CUDA when available;
+        """Load `path/config.json` + `path/model.safetensors`. device None = video2token.devices.default_device();
         `precision` is a `--precision` value (auto, fp32, bf16, fp16; see video2token.precision)."""
         path = os.path.abspath(os.fspath(path))
-        dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dev = torch.device(device if device is not None else default_device())
         model, sha = load_model(path, dev)
         return cls(model, path=path, sha256=sha, device=dev, precision=precision)
 
