@@ -584,6 +584,10 @@ def test_timestamps_that_jump_are_too_long_not_20002_frames(video_root, monkeypa
     with pytest.raises(VideoError, match="exceed the cap of 50") as e:
         read_video(str(video_root / "gap.mp4"), 2, 32, 32, decoder=decoder, max_frames=50)
     assert e.value.kind == "too_long"
+    monkeypatch.undo()
+    with pytest.raises(VideoError, match="cap of 10000"):  # the default bounds every caller (predict, visualize)
+        read_video(str(video_root / "gap.mp4"), 2, 32, 32, decoder=decoder)
+    assert len(read_video(str(video_root / "gap.mp4"), 0.001, 32, 32, decoder=decoder, max_frames=None)[0]) == 11
     frames, _ = read_video(str(video_root / "good" / "v0.mp4"), 2, 32, 32, max_frames=2)
     assert len(frames) == 2  # exactly the cap is fine
     with pytest.raises(VideoError, match="cap of 1 per video"):

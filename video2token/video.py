@@ -495,14 +495,15 @@ def read_video(
     crop_type: CropType = "center",
     hflip: bool = False,
     decoder: DecoderName | None = None,
-    max_frames: int | None = None,
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frames shown at t_k = k / fps, upright, resized, cropped, optionally flipped.
 
     Returns (frames, timestamps): frames (T, C, C, 3) uint8 ((T, H', W', 3) for
     crop_type="none"), timestamps (T,) float64 seconds = the sampled t_k. shorter_side=None
     keeps the decoded size. decoder=None picks DEFAULT_DECODER by the file suffix. max_frames
-    (None: no cap) refuses a video that would yield more frames (VideoError kind "too_long").
+    (default DEFAULT_MAX_FRAMES, so every caller is bounded; None: no cap) refuses a video that
+    would yield more frames (VideoError kind "too_long").
     Raises VideoError (with .path, .reason, .kind) for unreadable files, ValueError for bad
     arguments. See the module docstring for the exact timing definitions.
     """
