@@ -153,19 +153,40 @@ class FactorizedAttention(nn.Module):
         return self.proj(out_tok), self.proj(out_cls)
 
 
-#: On CPU, rows up to this length (with [CLS]) train faster through SDPA's math backend: the
+#: On CPU, rows up to this length (with [CLS]) train faster through the math path (fp32
+#: matmul-softmax, `_math_attention`; SDPA's math backend when attention dropout is on): the
 #: fused CPU kernel's backward is 2-10x slower than the math path for short bf16 rows
-#: (measured on 2 AMX cores; the crossover lies between 129 and 257).
+#: (measured on 2 AMX cores; the crossover lies between 129 and 257); in fp32 the two are equal.
 CPU_MATH_MAX_LEN = 192
+
+
+def _cpu_short_rows(x: torch.Tensor, seq_len: int) -> bool:
+    """Training on CPU with rows short enough for the math path (see CPU_MATH_MAX_LEN)."""
+    return x.device.type == "cpu" and seq_len <= CPU_MATH_MAX_LEN and torch.is_grad_enabled() and x.requires_grad
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attn_mask: torch.Tensor | None,
           dropout_p: float) -> torch.Tensor:
     """scaled_dot_product_attention, pinned to the math backend for short rows when training on CPU."""
-    if q.device.type == "cpu" and q.shape[-2] <= CPU_MATH_MAX_LEN and torch.is_grad_enabled() and q.requires_grad:
+    if _cpu_short_rows(q, q.shape[-2]):
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+
+
+def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd)) v written out, in q's dtype: SDPA's math backend without its extra passes.
+
+    The math backend scales q and k by hd^-1/4 each (two passes over q and k, forward and backward)
+    and, on CPU, converts bf16 inputs to fp32 and back; here the short (1+L)-wide scores are
+    scaled once, and the caller hands in fp32 q, k, v made by the [CLS] concatenation itself.
+    attn_mask: bool, True where a key may be attended (broadcast like SDPA's).
+    """
+    with torch.autocast(device_type=q.device.type, enabled=False):  # autocast would run the matmuls in bf16
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # (..., 1+L, 1+L)
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        return torch.matmul(scores.softmax(dim=-1), v)
 
 
 def _row_attention(qkv_tok: torch.Tensor, qkv_cls: torch.Tensor, axes: str, pad: PadInfo | None,
@@ -186,6 +207,11 @@ def _row_attention(qkv_tok: torch.Tensor, qkv_cls: torch.Tensor, axes: str, pad:
     if len(att) > 1:
         x = x.reshape(3, b, *oth_sizes, g, length, hd)
     c = qkv_cls.permute(1, 0, 2, 3).reshape(3, b, *([1] * len(oth)), g, 1, hd).expand(3, b, *oth_sizes, g, 1, hd)
+    # training on CPU, short rows: attention written out in fp32 (what SDPA's math backend computes
+    # for bf16 on CPU); an fp32 [CLS] makes the concatenation convert the rows in the same pass
+    math_path = dropout_p == 0.0 and _cpu_short_rows(qkv_tok, 1 + length)
+    if math_path and c.dtype in (torch.bfloat16, torch.float16):
+        c = c.float()
     seq = torch.cat([c, x], dim=-2).view(3, b * rows, g, 1 + length, hd)  # rows folded into batch
     q, k, v = seq.unbind(0)
 
@@ -202,7 +228,10 @@ def _row_attention(qkv_tok: torch.Tensor, qkv_cls: torch.Tensor, axes: str, pad:
             # Rows inside a [PAD] frame see only [PAD] + [CLS]: drop their [CLS] copies.
             row_weight = tok_valid[..., 0].to(qkv_cls.dtype)  # (B, rows)
 
-    out = _sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    if math_path:
+        out = _math_attention(q, k, v, attn_mask).to(qkv_tok.dtype)
+    else:
+        out = _sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
     out = out.view(b, rows, g, 1 + length, hd)
     cls_rows = out[:, :, :, 0]  # (B, rows, g, hd)
     if row_weight is None:
