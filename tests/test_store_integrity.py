@@ -27,7 +27,6 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from store_factory import make_store, store_meta  # noqa: E402
 
-from video2token.atomic import atomic_dir  # noqa: E402
 from video2token.extract import ExtractConfig, run  # noqa: E402
 from video2token.inspect import inspect_store  # noqa: E402
 from video2token.store import (ShardWriter, StoreError, TokenStore, VideoRecord, record_path,  # noqa: E402
