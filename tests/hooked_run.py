@@ -1,7 +1,11 @@
 """Run `vimpac.pretrain` / `vimpac.finetune` in a subprocess with test hooks injected (production code reads none
 from the environment).
 
-    python tests/hooked_run.py pretrain [--step-sleep S] [--nan-steps 2,4] [--sleep-before-swap S] -- TRAINER FLAGS
+    python tests/hooked_run.py pretrain [--step-sleep S] [--nan-steps 2,4] [--sleep-before-swap S]
+        [--inf-activation-steps 2] [--inf-grad-steps 2] -- TRAINER FLAGS
+
+--inf-activation-steps: the input of the model's first BatchNorm is +Inf in those steps' forwards (the loss
+follows); --inf-grad-steps: the loss stays finite but its gradient is Inf.
 """
 from __future__ import annotations
 
@@ -13,11 +17,56 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import torch  # noqa: E402
+
 from vimpac.train.hooks import LoopHooks  # noqa: E402
 
 
+class _InfGrad(torch.autograd.Function):
+    """Identity forward; an Inf gradient backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def _steps(text: str) -> set[int]:
+    return {int(x) for x in text.split(",") if x.strip()}
+
+
+def _inf_activation(steps: set[int]):
+    """before_forward hook: on `steps`, multiply the first BatchNorm's input by +Inf; print the buffers'
+    checksum before each step's first forward ("[buffers] step 3: ..." = the state after step 2)."""
+    current = {"step": 0, "hooked": False}
+
+    def pre_hook(module, args):
+        return (args[0] * float("inf"),) if current["step"] in steps else None
+
+    def before_forward(step: int, model) -> None:
+        if step != current["step"]:
+            total = sum(float(b.double().sum()) for b in model.buffers())
+            print(f"[buffers] step {step}: {total!r}", flush=True)
+        current["step"] = step
+        if not current["hooked"]:
+            bn = next(m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+            bn.register_forward_pre_hook(pre_hook)
+            current["hooked"] = True
+
+    return before_forward
+
+
 def hooks_from(a: argparse.Namespace) -> LoopHooks:
-    nan_steps = {int(x) for x in a.nan_steps.split(",") if x.strip()}
+    nan_steps = _steps(a.nan_steps)
+    inf_grad = _steps(a.inf_grad_steps)
+
+    def loss_at_boundary(step, loss):
+        if step in nan_steps:
+            return loss * float("nan")
+        return _InfGrad.apply(loss) if step in inf_grad else loss
 
     def before_swap(tmp: str) -> None:
         print(f"[test hook] sleeping {a.sleep_before_swap}s before swapping in {tmp}", flush=True)
@@ -25,8 +74,9 @@ def hooks_from(a: argparse.Namespace) -> LoopHooks:
 
     return LoopHooks(
         after_step=(lambda step: time.sleep(a.step_sleep)) if a.step_sleep else None,
-        loss_at_boundary=(lambda step, loss: loss * float("nan") if step in nan_steps else loss) if nan_steps else None,
-        before_checkpoint_swap=before_swap if a.sleep_before_swap else None)
+        loss_at_boundary=loss_at_boundary if nan_steps or inf_grad else None,
+        before_checkpoint_swap=before_swap if a.sleep_before_swap else None,
+        before_forward=_inf_activation(_steps(a.inf_activation_steps)) if a.inf_activation_steps else None)
 
 
 def main() -> int:
@@ -37,6 +87,8 @@ def main() -> int:
     ap.add_argument("--step-sleep", type=float, default=0.0)
     ap.add_argument("--nan-steps", default="")
     ap.add_argument("--sleep-before-swap", type=float, default=0.0)
+    ap.add_argument("--inf-activation-steps", default="")
+    ap.add_argument("--inf-grad-steps", default="")
     a = ap.parse_args(argv[:cut])
     entry = importlib.import_module(f"vimpac.{a.entry}")
     return entry.main(argv[cut + 1:], hooks=hooks_from(a))
