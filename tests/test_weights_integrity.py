@@ -103,10 +103,7 @@ def test_integer_weights_where_floats_belong_are_refused_naming_the_tensor(tmp_p
         load_checkpoint(ckpt)
 
 
-@pytest.mark.parametrize("damage", ["nan", pytest.param("int32", marks=pytest.mark.xfail(
-    strict=True, reason="the conversion adds cls_param (float) to the int32 cls position, so the integer tensor is "
-                        "promoted before read_weights checks dtypes; needs a dtype check of the raw state in "
-                        "vimpac.model.original.read_original"))])
+@pytest.mark.parametrize("damage", ["nan", "int32"])
 def test_an_original_snapshot_with_nan_or_integer_weights_is_refused(tmp_path, damage):
     import shutil
 

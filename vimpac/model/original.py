@@ -158,6 +158,10 @@ def read_original_args(files: OriginalFiles) -> tuple[dict[str, Any], str]:
                                   f"model's shape cannot be known")
 
 
+#: the only integer tensors an original snapshot holds (BatchNorm's counters)
+INTEGER_SUFFIXES = (".num_batches_tracked",)
+
+
 def read_original_weights(path: str) -> dict[str, torch.Tensor]:
     """classifier.pt through `torch.load(weights_only=True)`: tensors only, no code runs."""
     try:
@@ -169,6 +173,10 @@ def read_original_weights(path: str) -> dict[str, torch.Tensor]:
                                               for k, v in state.items()):
         raise OriginalCheckpointError(f"{path}: expected a state dict (parameter name -> tensor), found "
                                       f"{type(state).__name__}")
+    for name, value in state.items():  # checked before the mapping's arithmetic would promote an integer tensor
+        if not value.is_floating_point() and not name.endswith(INTEGER_SUFFIXES):
+            raise OriginalCheckpointError(f"{path}: tensor {name} is stored as {value.dtype}; a float tensor "
+                                          f"belongs there")
     return dict(state)
 
 
