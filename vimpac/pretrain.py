@@ -142,7 +142,7 @@ def build_task(a: argparse.Namespace) -> PretrainTask:
     except ValueError as e:
         raise TrainError(str(e)) from None
     data = PretrainData(train=tuple(train), valid=tuple(valid), sampling=sampling, frame_size=a.frame_size,
-                        vocab_size=a.vocab_size, seed=a.seed)
+                        vocab_size=a.vocab_size, seed=a.seed, verify_stores=not a.no_verify_stores)
     objective = PretrainObjective(mlm_weight=a.mlm_weight, nce_weight=a.nce_weight, temperature=a.nce_temperature,
                                   eval_max_batches=a.eval_max_batches)
     return PretrainTask(data, objective, lambda vocab, grid: model_config_from_flags(a, vocab_size=vocab, grid=grid),

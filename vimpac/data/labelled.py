@@ -36,6 +36,7 @@ class LabelledSource:
     frame_rate: int = 1
     num_test_clips: int = 10
     need_train: bool = True   # False: evaluation only
+    verify: bool = True       # SHA-256 of every shard when opened (--no-verify-stores: False)
 
 
 class LabelledData:
@@ -44,8 +45,8 @@ class LabelledData:
     def __init__(self, src: LabelledSource) -> None:
         self.src = src
         train_paths, valid_paths = self._locate()
-        self.train_stores = open_stores(train_paths, "--train-tokens") if train_paths else []
-        self.valid_stores = open_stores(valid_paths, "--valid-tokens")
+        self.train_stores = open_stores(train_paths, "--train-tokens", verify=src.verify) if train_paths else []
+        self.valid_stores = open_stores(valid_paths, "--valid-tokens", verify=src.verify)
         check_frame_size(self.train_stores + self.valid_stores, src.frame_size, "stores")
         vocab, grid = check_compatible_stores(self.valid_stores, "--valid-tokens")
         if self.train_stores:

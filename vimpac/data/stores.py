@@ -32,12 +32,15 @@ def check_compatible_stores(stores: Sequence[TokenStore], what: str) -> tuple[in
     return first.vocab_size, grid  # type: ignore[return-value]
 
 
-def open_stores(paths: Sequence[str], what: str) -> list[TokenStore]:
-    """Open every store, an unreadable one named with the flag it came from."""
+def open_stores(paths: Sequence[str], what: str, *, verify: bool = True) -> list[TokenStore]:
+    """Open every store, an unreadable one named with the flag it came from.
+
+    verify: each shard's SHA-256 against its integrity record (False: trusted storage; the
+    index arrays are checked either way)."""
     stores = []
     for path in paths:
         try:
-            stores.append(TokenStore(path))
+            stores.append(TokenStore(path, verify=verify))
         except StoreError as e:
             raise DataError(f"{what}: {e}") from None
     return stores

@@ -42,6 +42,7 @@ class PretrainData:
     frame_size: int | None = None
     vocab_size: int | None = None   # expected vocabulary (--vocab-size), checked against the stores
     seed: int = 9595
+    verify_stores: bool = True      # SHA-256 of every shard when opened (--no-verify-stores: False)
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,9 @@ class PretrainTask:
         self.data, self.objective, self.load = data, objective, load
         self.loaded_weights: dict[str, torch.Tensor] = {}
         try:
-            self.train_stores = open_stores(data.train, "--train-tokens")
-            self.valid_stores = open_stores(data.valid, "--valid-tokens") if data.valid else []
+            self.train_stores = open_stores(data.train, "--train-tokens", verify=data.verify_stores)
+            self.valid_stores = (open_stores(data.valid, "--valid-tokens", verify=data.verify_stores)
+                                 if data.valid else [])
             vocab, grid = check_compatible_stores(self.train_stores, "--train-tokens")
             if self.valid_stores:
                 v_vocab, v_grid = check_compatible_stores(self.valid_stores, "--valid-tokens")
