@@ -238,10 +238,10 @@ def test_inspect_reports_summary_and_problems(video_root, tiny_vqvae, tmp_path):
     run(_cfg(video_root, anno, out, tiny_vqvae))
     r = subprocess.run([sys.executable, "-m", "video2token.inspect", str(out), "--json"], env=ENV,
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == 1, r.stdout + r.stderr  # a video that was not stored is a problem
     report = json.loads(r.stdout)
     assert report["summary"]["videos"] == 2 and report["summary"]["not_stored"] == {"decode": 1}
-    assert report["problems"] == []
+    assert report["problems"] == ["1 listed videos were not stored (decode: 1); the reasons are in errors.jsonl"]
     os.makedirs(out / ".parts")
     r = subprocess.run([sys.executable, "-m", "video2token.inspect", str(out)], env=ENV, capture_output=True,
                        text=True, timeout=120)
@@ -261,3 +261,50 @@ def test_label_names_file_names_classes_and_refuses_unknown_labels(video_root, t
     bad = _list(tmp_path, ["walk", "", "jump"], name="bad.txt")
     with pytest.raises(ValueError, match="bad.txt:2"):
         run(_cfg(video_root, anno, tmp_path / "store2", tiny_vqvae, label_names=bad))
+
+
+@pytest.fixture(scope="module")
+def tiny_dalle(tmp_path_factory) -> str:
+    """A random-weight dall_e Encoder pickled like the release's encoder.pkl (vocab 512, stride 8)."""
+    import torch
+    from dall_e import Encoder
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("dalle") / "encoder.pkl"
+    torch.save(Encoder(n_hid=64, n_blk_per_group=1, vocab_size=512), path)
+    return str(path)
+
+
+def _main_args(root, anno, out, kind, tok, *extra):
+    args = _cli_args(root, anno, out, tok, "--num-workers", "0", *extra)
+    args[args.index("--tokenizer") + 1] = kind
+    return args
+
+
+@pytest.mark.parametrize("kind", ["vqvae", "dalle"])
+def test_precision_flag_is_recorded_and_never_mixed(video_root, tiny_vqvae, tiny_dalle, tmp_path, capsys, kind):
+    from video2token.extract import main
+    from video2token.precision import resolve_precision
+    from video2token.tokenizers import load_tokenizer
+    from video2token.video import read_video
+
+    tok_path = {"vqvae": tiny_vqvae, "dalle": tiny_dalle}[kind]
+    anno = _list(tmp_path, ["good/v0.mp4 0", "good/v1.mp4 1"])
+    auto = resolve_precision("auto", "cpu")
+    # no flag: auto, resolved for this CPU, printed once and recorded
+    assert main(_main_args(video_root, anno, tmp_path / "auto", kind, tok_path, "--device", "cpu")) == 0
+    assert capsys.readouterr().err.count(f"[extract] {kind} tokenizer: precision {auto.name} on cpu") == 1
+    assert TokenStore(str(tmp_path / "auto")).meta["tokenizer"]["precision"] == auto.name
+
+    for flags, name in [(["--precision", "fp32"], "fp32"), (["--bf16"], "bf16")]:
+        out = tmp_path / name
+        assert main(_main_args(video_root, anno, out, kind, tok_path, "--device", "cpu", *flags)) == 0
+        s = TokenStore(str(out))
+        assert s.meta["tokenizer"]["precision"] == name
+        frames, _ = read_video(str(video_root / "good" / "v1.mp4"), 2, 32, 32)
+        direct = load_tokenizer(kind, tok_path, device="cpu", precision=name).encode(frames)
+        assert np.array_equal(direct, s.read("good/v1.mp4")[0])
+    # the store made in fp32 refuses to be continued in bf16
+    capsys.readouterr()
+    assert main(_main_args(video_root, anno, tmp_path / "fp32", kind, tok_path, "--device", "cpu", "--bf16")) == 2
+    assert "tokenizer.precision: 'fp32' (existing) vs 'bf16' (requested)" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections import OrderedDict
 
 import numpy as np
@@ -281,3 +282,36 @@ def test_convert_to_safetensors_roundtrip(tmp_path, weights_dir, tok, frames):
     (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(TokenizerError, match=r"config.json: section 'encoder' is missing keys \['n_hid'\]"):
         load_tokenizer("dalle", str(out), device="cpu")
+
+
+def test_a_download_follows_the_umask_and_lands_whole(tmp_path, monkeypatch):
+    """The encoder.pkl cache is shared on clusters: mkstemp's 0600 must not stay (no network: requests faked)."""
+    import requests
+
+    from video2token.tokenizers.dalle import _fetch
+
+    class FakeResponse:
+        headers = {"content-length": "6"}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def raise_for_status(self):
+            pass
+
+        def iter_content(self, chunk_size):
+            yield b"abc"
+            yield b"def"
+
+    monkeypatch.setattr(requests, "get", lambda url, stream, timeout: FakeResponse())
+    old = os.umask(0o022)
+    try:
+        path = _fetch("https://example.invalid/dalle/encoder.pkl", tmp_path / "cache")
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b"abcdef" and path.name.endswith("-encoder.pkl")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [path.name]  # no .part left

@@ -148,7 +148,9 @@ def test_visualize_dalle_store_needs_a_decoder(demo, tmp_path, capsys):
     assert "--decoder-path" in capsys.readouterr().err
     torch.save(Decoder(n_init=8, n_hid=64, n_blk_per_group=1, vocab_size=512), tmp_path / "decoder.pkl")
     out = tmp_path / "d.png"
-    assert main([store, vid, "--out", str(out), "--decoder-path", str(tmp_path / "decoder.pkl"), "--device", "cpu"]) == 0
+    assert main([store, vid, "--out", str(out), "--decoder-path", str(tmp_path / "decoder.pkl"), "--device", "cpu",
+                 "--fp32"]) == 0
+    assert "[visualize] dalle decoder: precision fp32 on cpu" in capsys.readouterr().err
     png_size(out)
     # the release layout (decoder.pkl next to encoder.pkl) is found without the flag
     shutil.copy(tmp_path / "decoder.pkl", weights / "decoder.pkl")

@@ -27,9 +27,10 @@ from .annotations import AnnotationError, read_annotations
 from .batcher import FrameBatcher
 from .cli import HelpFormatter
 from .decode_pool import DEFAULT_READER, DecodePool, read_inline
+from .precision import add_precision_flag
 from .store import MAX_VOCAB, ShardWriter, StoreError, VideoRecord
 from .tokenizers import KINDS, TokenizerError, load_tokenizer
-from .video import CROP_TYPES
+from .video import CROP_TYPES, DEFAULT_MAX_FRAMES
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,13 @@ class ExtractConfig:
     commit_every: int = 64
     commit_seconds: float = 60.0
     device: str | None = None
+    #: a --precision value (video2token.precision); the one it resolves to is in the store's metadata
+    precision: str = "auto"
     progress: bool = True
     #: "module:function" with read_video's signature, run in the decode workers
     reader: str = DEFAULT_READER
+    #: a video that would yield more frames is skipped (logged, stage "decode", kind too_long)
+    max_frames: int = DEFAULT_MAX_FRAMES
 
 
 def read_label_names(path: str) -> list[str]:
@@ -126,11 +131,15 @@ def run(cfg: ExtractConfig) -> dict:
         raise ValueError(f"--crop-type must be one of {CROP_TYPES}, got {cfg.crop_type!r}")
     if cfg.fps <= 0:
         raise ValueError(f"--fps must be positive, got {cfg.fps}")
+    if cfg.max_frames < 1:
+        raise ValueError(f"--max-frames must be >= 1, got {cfg.max_frames}")
     if cfg.crop_type != "none" and cfg.crop_size > cfg.frame_shorter_side:
         raise ValueError(f"--crop-size {cfg.crop_size} is larger than --frame-shorter-side {cfg.frame_shorter_side}")
     ann = read_annotations(list(cfg.anno), cfg.video_root, fmt=cfg.anno_format,
                            label_names=read_label_names(cfg.label_names) if cfg.label_names else None)
-    tok = load_tokenizer(cfg.tokenizer, cfg.tokenizer_path, device=cfg.device, batch_size=cfg.batch_size)
+    tok = load_tokenizer(cfg.tokenizer, cfg.tokenizer_path, device=cfg.device, batch_size=cfg.batch_size,
+                         precision=cfg.precision)
+    print(f"[extract] {tok.name} tokenizer: {tok.policy.describe()}", file=sys.stderr, flush=True)
     if tok.vocab_size > MAX_VOCAB:
         raise StoreError(f"tokenizer vocabulary {tok.vocab_size} does not fit the stored dtype int16 (max {MAX_VOCAB})")
     side = cfg.crop_size if cfg.crop_type != "none" else cfg.frame_shorter_side
@@ -142,9 +151,9 @@ def run(cfg: ExtractConfig) -> dict:
     shard_items = [(k, ann.items[k]) for k in shard_range(len(ann.items), cfg.shard_id, cfg.num_shards)]
     summary = {"store": os.path.abspath(cfg.output), "shard": f"{cfg.shard_id}/{cfg.num_shards}",
                "listed": len(shard_items), "stored": 0, "skipped": collections.Counter(), "frames": 0,
-               "resumed_from": len(writer.done), "already_complete": writer.complete}
+               "resumed_from": len(writer.done), "already_complete": writer.complete, "list_empty": not ann.items}
     if writer.complete:
-        path, failures = writer.finalize()
+        path, failures, summary["videos_in_shard"] = writer.finalize()
         summary["skipped"].update(f["stage"] for f in failures)
         return _finish(summary, t_start, 0)
 
@@ -153,10 +162,14 @@ def run(cfg: ExtractConfig) -> dict:
             idx = -1 - j
             if idx not in writer.done:
                 writer.add_failure(idx, sk.video_id, sk.source, "annotation", sk.reason)
-    todo = [(k, it) for k, it in shard_items if k not in writer.done]
+    for k, it in shard_items:  # ids are stored as UTF-8: a file name that is not would fail every commit
+        if k not in writer.done and not _utf8(it.video_id):
+            writer.add_failure(k, it.video_id, it.path, "annotation",
+                               "the file name is not valid UTF-8 (store ids are UTF-8 text): rename the file")
+    todo = [(k, it) for k, it in shard_items if k not in writer.done and _utf8(it.video_id)]
     read_kwargs = dict(fps=cfg.fps, shorter_side=cfg.frame_shorter_side, crop_size=cfg.crop_size,
                        crop_type=cfg.crop_type, hflip=cfg.hflip,
-                       decoder=None if cfg.decoder == "auto" else cfg.decoder)
+                       decoder=None if cfg.decoder == "auto" else cfg.decoder, max_frames=cfg.max_frames)
 
     batcher = FrameBatcher(tok.encode, cfg.batch_size)
     bar = _progress(len(shard_items), len(shard_items) - len(todo), cfg.progress and cfg.shard_id == 0)
@@ -205,10 +218,18 @@ def run(cfg: ExtractConfig) -> dict:
         writer.commit()
     finally:
         bar.close()
-    _, failures = writer.finalize()
+    _, failures, summary["videos_in_shard"] = writer.finalize()
     summary["skipped"] = collections.Counter(f["stage"] for f in failures)
     summary["encode_seconds"] = round(encode_time, 2)
     return _finish(summary, t_start, summary["frames"])
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # os.listdir's surrogate escapes for undecodable bytes
+        return False
 
 
 def _finish(summary: dict, t_start: float, frames_this_run: int) -> dict:
@@ -264,11 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="frames per encoder call")
     p.add_argument("--num-workers", type=int, default=2, help="decoding processes (0: decode in this process, no timeout)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before a video's decoder is killed")
+    p.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
+                   help="skip (and log) a video that would yield more frames than this (default %(default)s: "
+                        "83 min at 2 FPS); guards memory against files whose timestamps or header lie")
     p.add_argument("--shard-id", type=int, default=None, help="this job's shard (default: RANK / SLURM_PROCID, else 0)")
     p.add_argument("--num-shards", type=int, default=None, help="number of shards (default: WORLD_SIZE / SLURM_NTASKS, else 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store (or shard) made earlier")
     p.add_argument("--commit-every", type=int, default=64, help="videos per committed part (resume granularity)")
-    p.add_argument("--device", default=None, help="torch device for the tokenizer (default: cuda if available)")
+    p.add_argument("--device", default=None, help="torch device for the tokenizer (default: cuda:LOCAL_RANK under torchrun / srun, cuda if available, else cpu)")
+    add_precision_flag(p)
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -286,20 +311,31 @@ def main(argv: list[str] | None = None) -> int:
         label_names=a.label_names,
         decoder=a.decoder, batch_size=a.batch_size, num_workers=a.num_workers, timeout=a.timeout,
         shard_id=shard_id, num_shards=num_shards, overwrite=a.overwrite, commit_every=a.commit_every,
-        device=a.device, progress=not a.no_progress)
+        device=a.device, precision=a.precision, progress=not a.no_progress, max_frames=a.max_frames)
     try:
         summary = run(cfg)
     except (StoreError, AnnotationError, TokenizerError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a lost mount: what was committed stays, the rerun continues from it
+        print(f"error: {e}; the store keeps every committed part: free the space (or fix the mount) and rerun "
+              f"the same command to continue", file=sys.stderr)
+        return 2
     print(_format_summary(summary))
+    if not summary["videos_in_shard"]:  # an empty store is never a success
+        why = ("the annotation list is empty" if summary["list_empty"] else
+               "this shard's part of the list is empty" if not summary["listed"] else
+               "every video of this shard failed")
+        print(f"error: nothing stored: {why}; see errors*.jsonl in {summary['store']}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _format_summary(s: dict) -> str:
-    if s.get("already_complete"):
-        return f"shard {s['shard']} of {s['store']} is already complete; nothing to do (use --overwrite to redo it)"
     skipped = ", ".join(f"{k}: {v}" for k, v in sorted(s["skipped"].items())) or "none"
+    if s.get("already_complete"):
+        return (f"shard {s['shard']} of {s['store']} is already complete ({s['videos_in_shard']} videos stored, "
+                f"skipped: {skipped}); nothing to do (use --overwrite to redo it)")
     return (f"done: {s['stored']} videos stored this run ({s['resumed_from']} already done before), "
             f"{s['frames']} frames in {s['seconds']} s = {s['frames_per_s']} frames/s; skipped: {skipped}; "
             f"store: {s['store']} (shard {s['shard']}); errors: see errors*.jsonl there")

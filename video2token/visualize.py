@@ -2,7 +2,7 @@
 and the code map itself (the DALL-E paper's and VQ-VAE paper's reconstruction figures).
 
     python -m video2token.visualize STORE VIDEO_ID --out grid.png [--max-frames 8]
-        [--tokenizer-path DIR_OR_FILE] [--decoder-path decoder.pkl] [--device cpu]
+        [--tokenizer-path DIR_OR_FILE] [--decoder-path decoder.pkl] [--device cpu] [--precision auto]
 
 Works with any tokenizer that has a decoder (`load_tokenizer`): the built-in VQ-VAE always
 has one, the DALL-E dVAE needs `decoder.pkl` (found next to the encoder or given with
@@ -104,7 +104,8 @@ def pick_frames(num_frames: int, max_frames: int) -> np.ndarray:
     return np.unique(np.linspace(0, num_frames - 1, max_frames).round().astype(np.int64))
 
 
-def _load_store_tokenizer(meta: dict, *, tokenizer_path: str | None, decoder_path: str | None, device: str | None):
+def _load_store_tokenizer(meta: dict, *, tokenizer_path: str | None, decoder_path: str | None, device: str | None,
+                          precision: str = "auto"):
     from video2token.tokenizers import TokenizerError, load_tokenizer
 
     info = meta.get("tokenizer") or {}
@@ -116,7 +117,8 @@ def _load_store_tokenizer(meta: dict, *, tokenizer_path: str | None, decoder_pat
         guess = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "decoder.pkl")
         if os.path.isfile(guess):
             decoder_path = guess
-    tok = load_tokenizer(kind, path, decoder_path=decoder_path, device=device)
+    tok = load_tokenizer(kind, path, decoder_path=decoder_path, device=device, precision=precision)
+    print(f"[visualize] {kind} decoder: {tok.policy.describe()}", file=sys.stderr, flush=True)
     want, got = info.get("sha256"), tok.describe().get("sha256")
     if want and got and want != got:
         print(f"warning: tokenizer weights at {path} (sha256 {got[:12]}) differ from the ones the store was made "
@@ -169,7 +171,7 @@ def unknown_id_message(video_id: str, ids: Sequence[str], store_path: str) -> st
 
 def visualize_video(store_path: str, video_id: str, out_png: str, *, max_frames: int = 8,
                     tokenizer_path: str | None = None, decoder_path: str | None = None,
-                    device: str | None = None) -> dict:
+                    device: str | None = None, precision: str = "auto") -> dict:
     """Draw originals (when reachable) / reconstructions / code maps of one stored video; returns facts
     about the picture (frames drawn, mean PSNR when originals were found)."""
     from video2token.store import TokenStore
@@ -184,7 +186,8 @@ def visualize_video(store_path: str, video_id: str, out_png: str, *, max_frames:
         idx = pick_frames(len(codes), max_frames)
         codes = codes[idx].astype(np.int64)
         times = store.timestamps(video_id)[idx]
-        tok = _load_store_tokenizer(store.meta, tokenizer_path=tokenizer_path, decoder_path=decoder_path, device=device)
+        tok = _load_store_tokenizer(store.meta, tokenizer_path=tokenizer_path, decoder_path=decoder_path, device=device,
+                                    precision=precision)
         recon = tok.decode(codes)  # (t, H, W, 3)
         originals = _read_originals(store, video_id, idx)
         label_names = store.label_names
@@ -206,6 +209,8 @@ def visualize_video(store_path: str, video_id: str, out_png: str, *, max_frames:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from video2token.precision import add_precision_flag  # torch stays out of draw_grid's imports
+
     from video2token.cli import HelpFormatter
 
     p = argparse.ArgumentParser(prog="python -m video2token.visualize", description=__doc__, formatter_class=HelpFormatter)
@@ -216,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer-path", default=None, help="override the tokenizer path stored in the metadata")
     p.add_argument("--decoder-path", default=None, help="DALL-E decoder.pkl (default: next to the encoder)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    add_precision_flag(p)
     args = p.parse_args(argv)
     if args.max_frames < 1:
         p.error("--max-frames must be >= 1")
@@ -224,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         info = visualize_video(args.store, args.video_id, args.out, max_frames=args.max_frames,
-                               tokenizer_path=args.tokenizer_path, decoder_path=args.decoder_path, device=args.device)
+                               tokenizer_path=args.tokenizer_path, decoder_path=args.decoder_path, device=args.device,
+                               precision=args.precision)
     except (StoreError, TokenizerError, KeyError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2

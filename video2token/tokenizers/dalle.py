@@ -39,7 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import follow_umask
 from ..checksum import sha256_file
+from ..devices import default_device
 from ..precision import Precision, resolve_precision
 from . import DALLE_CONVERTED_FORMAT
 from .base import Tokenizer, TokenizerError
@@ -267,9 +269,9 @@ class DalleTokenizer(Tokenizer):
              cache_dir: str | Path | None = None) -> "DalleTokenizer":
         """Load from `path`: an `encoder.pkl` file, an http(s) URL of one (downloaded once to
         `cache_dir`, default ~/.cache/vimpac/dalle), a directory with `encoder.pkl`
-        [+ `decoder.pkl`], or a directory made by `convert`. `device` None picks CUDA when
-        available; `precision` is a `--precision` value (auto, fp32, bf16, fp16)."""
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        [+ `decoder.pkl`], or a directory made by `convert`. `device` None: video2token.devices.default_device()
+        (cuda:LOCAL_RANK under torchrun / srun); `precision` is a `--precision` value (auto, fp32, bf16, fp16)."""
+        device = device or default_device()
         cache = Path(cache_dir).expanduser() if cache_dir is not None else CACHE_DIR.expanduser()
         enc_file = _fetch(path, cache) if _is_url(path) else Path(path).expanduser()
         dec_file = None
@@ -411,6 +413,7 @@ def _fetch(url: str, cache_dir: Path) -> Path:
                     for chunk in resp.iter_content(chunk_size=1 << 20):
                         f.write(chunk)
                         bar.update(len(chunk))
+                follow_umask(tmp)  # mkstemp makes 0600: a shared cache must stay readable to the group
                 os.replace(tmp, target)
             finally:
                 if os.path.exists(tmp):
