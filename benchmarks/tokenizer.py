@@ -39,7 +39,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from video2token.precision import add_precision_flag, cpu_native_bf16, device_name, resolve_precision  # noqa: E402
+from video2token.precision import add_precision_flag, resolve_precision  # noqa: E402
+from benchmarks.machine import machine_line  # noqa: E402
 from video2token.tokenizers.vqvae import VQVAETokenizer, save_vqvae  # noqa: E402
 from video2token.video import read_video  # noqa: E402
 from video2token.visualize import draw_grid, frame_psnr  # noqa: E402
@@ -100,12 +101,6 @@ def encode_speeds(tok_dir: str, precisions: list[str], seconds: float) -> dict:
     return {f"encode_fps_{size}px_{prec}": encode_speed(VQVAETokenizer.load(tok_dir, device="cpu", precision=prec),
                                                         size, seconds=seconds)
             for prec in precisions for size in (64, 128)}
-
-
-def machine_line() -> str:
-    native, why = cpu_native_bf16()
-    return (f"{device_name(torch.device('cpu'))}, torch {torch.__version__}, native bf16: "
-            f"{'yes' if native else 'no'} ({why})")
 
 
 def speed_only(a: argparse.Namespace, chosen: str) -> int:

@@ -33,7 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from video2token.precision import add_precision_flag, cpu_native_bf16, device_name, resolve_precision  # noqa: E402
+from video2token.precision import add_precision_flag, resolve_precision  # noqa: E402
+from benchmarks.machine import machine_line  # noqa: E402
 from video2token.tokenizers.dalle import DalleTokenizer  # noqa: E402
 
 
@@ -43,24 +44,6 @@ def synthetic_frames(n: int, size: int, seed: int = 0) -> np.ndarray:
     coarse = rng.integers(0, 256, (n, size // 16, size // 16, 3)).astype(np.float32)
     frames = coarse.repeat(16, axis=1).repeat(16, axis=2) + rng.normal(0, 8, (n, size, size, 3))
     return frames.clip(0, 255).astype(np.uint8)
-
-
-def cpu_model() -> str:
-    """lscpu's model name (from /proc/cpuinfo), else cpuinfo's short name."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return device_name(torch.device("cpu"))
-
-
-def machine_line() -> str:
-    native, why = cpu_native_bf16()
-    return (f"{cpu_model()} ({device_name(torch.device('cpu'))}), {torch.get_num_threads()} threads, torch "
-            f"{torch.__version__}, native bf16: {'yes' if native else 'no'} ({why})")
 
 
 def main() -> None:

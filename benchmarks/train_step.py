@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import importlib
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -52,6 +51,7 @@ from vimpac.model.losses import symmetric_infonce  # noqa: E402
 from vimpac.data.masking import apply_mask, block_mask, expected_block_mask_ratio  # noqa: E402
 from vimpac.model.transformer import VimpacForPretraining  # noqa: E402
 from video2token.precision import Precision, autocast, resolve_precision  # noqa: E402
+from benchmarks.machine import cpu_model  # noqa: E402
 
 SWEEP_LAYOUTS = ("T,H|W", "T,H,W", "THW")
 SWEEP_T = (5, 10, 20)
@@ -388,18 +388,6 @@ def sweep(args: argparse.Namespace, device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (platform's guess elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
 
 def reference_precisions(device: torch.device) -> list[str]:
     """The precisions the reference runs at: fp32 and what `auto` picks here, i.e. only native ones
