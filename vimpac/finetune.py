@@ -29,7 +29,7 @@ from video2token.cli import HelpFormatter
 
 from vimpac.data import registry
 from vimpac.data.labelled import LabelledData, LabelledSource
-from vimpac.model.checkpoint import CheckpointError, load_checkpoint
+from vimpac.model.checkpoint import CheckpointError, read_checkpoint_config
 from vimpac.model.loading import resolve_checkpoint
 from vimpac.eval.finetuned import RESULTS, EvalSettings, evaluate_finetuned, parse_clip_counts
 from vimpac.train.entry import run_guarded
@@ -89,7 +89,7 @@ RUN_DATA_FLAGS = ("valid_tokens", "dataset_name", "split_id", "data_root", "toke
 def reuse_run_stores(a: argparse.Namespace, path: str) -> None:
     """--eval-only without --valid-tokens / --dataset-name: the test stores of the run that wrote `path`."""
     try:
-        flags = load_checkpoint(resolve_checkpoint(path), weights_only=True).config.get("train") or {}
+        flags = read_checkpoint_config(resolve_checkpoint(path)).get("train") or {}  # config.json only
     except CheckpointError as e:
         raise TrainError(f"--eval-only: {e}") from None
     if not flags.get("valid_tokens") and flags.get("dataset_name", "custom") == "custom":

@@ -121,11 +121,9 @@ def _read_tensors(path: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
 
 
-def load_checkpoint(ckpt_dir: str, *, weights_only: bool = False) -> Checkpoint:
-    """Read a checkpoint directory (after restoring it if a kill hit the directory swap).
-
-    weights_only: read model weights and config only (a fine-tuning export, or `--load`).
-    """
+def read_checkpoint_config(ckpt_dir: str) -> dict:
+    """A checkpoint directory's config.json (after restoring the directory if a kill hit its swap),
+    format checked; no tensor is read."""
     recover_dir(ckpt_dir)
     if not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"checkpoint {ckpt_dir} does not exist")
@@ -133,6 +131,15 @@ def load_checkpoint(ckpt_dir: str, *, weights_only: bool = False) -> Checkpoint:
     if config.get("format") != FORMAT:
         raise CheckpointError(f"{os.path.join(ckpt_dir, CONFIG_FILE)}: format {config.get('format')!r}, "
                               f"expected {FORMAT!r}")
+    return config
+
+
+def load_checkpoint(ckpt_dir: str, *, weights_only: bool = False) -> Checkpoint:
+    """Read a checkpoint directory (after restoring it if a kill hit the directory swap).
+
+    weights_only: read model weights and config only (a fine-tuning export, or `--load`).
+    """
+    config = read_checkpoint_config(ckpt_dir)
     try:
         model_config = ModelConfig.from_dict(config["model_config"])  # includes the sane limits
     except (KeyError, TypeError, ValueError) as e:
