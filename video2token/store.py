@@ -58,7 +58,7 @@ import numpy as np
 
 from .atomic import atomic_path, atomic_write_json, atomic_write_text, fsync_dir, is_leftover, remove_tmp_leftovers
 from .checksum import sha256_file
-from .store_lock import LOCK_NAME_RE, ShardLock, StoreLockedError, setup_lock, shard_counts_in_use
+from .store_lock import LOCK_NAME_RE, ShardLock, StoreLockedError, setup_lock, shard_counts_in_use, shard_lock_name
 
 FORMAT = "vimpac-token-store"
 VERSION = 1
@@ -390,7 +390,7 @@ class ShardWriter:
             raise StoreError(f"{self.store_dir} already holds shards of a {other_counts[0]}-shard extraction; this "
                              f"job writes {self.num_shards} shard(s). Use the same --num-shards, or pass --overwrite "
                              f"to replace the store")
-        own_lock = f".shard-{self.shard_id:05d}-of-{self.num_shards:05d}.lock"
+        own_lock = shard_lock_name(self.shard_id, self.num_shards)
         busy = sorted(shard_counts_in_use(self.store_dir, except_name=own_lock) - {self.num_shards})
         if busy:
             raise StoreError(f"{self.store_dir} is being written by jobs with --num-shards {busy[0]}; this job has "
@@ -590,9 +590,7 @@ def seal_shard(path: str) -> dict:
         if not np.all(np.isfinite(ts)) or np.any(np.diff(ts) < 0):
             raise StoreError(f"{path}: video {shard.video_ids[i]} has non-finite or decreasing timestamps; not sealed")
     shard.close()
-    _write_record(path, path, {"videos": len(shard.video_ids), "codes": int(shard.shapes.astype(np.int64).prod(1).sum()),
-                               "frames": int(shard.shapes[:, 0].astype(np.int64).sum()),
-                               "failures": len(shard.failures)})
+    _write_record(path, path, {**shard.facts, "failures": len(shard.failures)})
     return _read_record(path, "shard")
 
 
@@ -640,7 +638,8 @@ class _Shard:
         except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as e:
             raise StoreError(f"{path}: unreadable token-store shard ({type(e).__name__}: {e})") from e
         names = self.meta.get("label_names") if isinstance(self.meta, dict) else None
-        facts = check_index(path, shapes=self.shapes, code_offsets=self.code_offsets,
+        #: {"videos", "codes", "frames"} as the index tiles them (what the integrity record holds)
+        self.facts = facts = check_index(path, shapes=self.shapes, code_offsets=self.code_offsets,
                             frame_offsets=self.frame_offsets, labels=self.labels, source_index=self.source_index,
                             num_ids=len(self.video_ids), num_codes=num_codes, num_timestamps=num_ts,
                             num_classes=len(names) if isinstance(names, list) else None)
