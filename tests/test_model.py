@@ -8,8 +8,9 @@ import torch
 
 from vimpac.model.config import ModelConfig, apply_halving, named_config, parse_layout
 from vimpac.data.masking import apply_mask, block_mask
+from vimpac.model.dropout import dropout, residual_dropout
 from vimpac.model.transformer import (FactorizedAttention, PadInfo, VimpacBackbone, VimpacForClassification,
-                             VimpacForPretraining, dropout, residual_dropout)
+                                      VimpacForPretraining)
 from vimpac.modeling import main
 from vimpac.model.special_tokens import SpecialTokens
 
@@ -180,8 +181,8 @@ def _reference_attention(attn: FactorizedAttention, tok, cls, grid, frame_valid)
     hd = attn.head_dim
     qkv_tok = attn.qkv(tok).view(b, t, h, w, 3, attn.heads, hd)
     qkv_cls = attn.qkv(cls).view(b, 3, attn.heads, hd)
-    out_tok = torch.zeros(b, t, h, w, attn.heads, hd)
-    out_cls = torch.zeros(b, attn.heads, hd)
+    out_tok = torch.zeros(b, t, h, w, attn.heads, hd, dtype=tok.dtype)
+    out_cls = torch.zeros(b, attn.heads, hd, dtype=tok.dtype)
     h0 = 0
     for axes, g in zip(attn.parts, attn.part_heads):
         heads = slice(h0, h0 + g)
@@ -232,6 +233,76 @@ def test_attention_matches_row_by_row_reference(parts):
     torch.testing.assert_close(train_tok.detach()[valid_tok], ref_tok[valid_tok], rtol=1e-5, atol=1e-5)
 
 
+def _attention_grads(attn, tok, cls, grid, pad, weights):
+    """Outputs and the gradients of a fixed weighted sum of them w.r.t. inputs and parameters."""
+    attn.zero_grad(set_to_none=True)
+    tok, cls = tok.detach().clone().requires_grad_(), cls.detach().clone().requires_grad_()
+    out_tok, out_cls = attn(tok, cls, grid, pad)
+    ((out_tok.float() * weights[0]).sum() + (out_cls.float() * weights[1]).sum()).backward()
+    return [out_tok.detach().float(), out_cls.detach().float(), tok.grad.float(), cls.grad.float()] + \
+        [p.grad.float() for p in attn.parameters()]
+
+
+@pytest.mark.parametrize("parts", [("T",), ("H", "W"), ("T", "H", "W")])
+@pytest.mark.parametrize("padded", [False, True])
+def test_short_row_attention_gradients_match_row_by_row_reference(parts, padded):
+    # training on CPU, short rows go through vimpac.model.row_attention.ShortRowAttention, whose
+    # backward is written by hand: its gradients must be the loops' autograd gradients (fp64)
+    torch.manual_seed(0)
+    attn = FactorizedAttention(hid_dim=16, heads=4, head_dim=4, parts=parts, attn_dropout=0.0).double().train()
+    grid = (3, 3, 2)
+    tok, cls = torch.randn(2, 18, 16, dtype=torch.float64), torch.randn(2, 16, dtype=torch.float64)
+    frame_valid = torch.tensor([[True, True, True], [True, True, False]]) if padded else torch.ones(2, 3, dtype=torch.bool)
+    weights = (torch.randn(2, 18, 16, dtype=torch.float64), torch.randn(2, 16, dtype=torch.float64))
+    if padded:  # [PAD] tokens' outputs are meaningless: they get no gradient from the loss
+        weights[0].view(2, 3, 6, 16)[1, 2] = 0.0
+    got = _attention_grads(attn, tok, cls, grid, PadInfo(frame_valid=frame_valid) if padded else None, weights)
+
+    class Loops(torch.nn.Module):  # the reference as a module, so _attention_grads can call it
+        def __init__(self):
+            super().__init__()
+            self.inner = attn
+
+        def forward(self, t, c, g, _pad):
+            return _reference_attention(attn, t, c, g, frame_valid)
+
+    ref = _attention_grads(Loops(), tok, cls, grid, None, weights)
+    for name, a, b in zip(["out_tok", "out_cls", "d_tok", "d_cls", *[n for n, _ in attn.named_parameters()]], got, ref):
+        if name == "out_tok" and padded:
+            a, b = a.view(2, 3, 6, 16)[0], b.view(2, 3, 6, 16)[0]
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("parts", [("T",), ("H", "W"), ("HW",), ("T", "HW"), ("THW",)])
+def test_short_row_attention_matches_the_autograd_path(parts, monkeypatch):
+    # multi-axis parts, [PAD] frames, fp32 and bf16 inputs: the Function against the per-part
+    # autograd path it replaces; in bf16 both are compared with the same computation in fp64
+    torch.manual_seed(1)
+    attn = FactorizedAttention(hid_dim=24, heads=3, head_dim=8, parts=parts, attn_dropout=0.0).train()
+    grid = (2, 3, 4)
+    tok, cls = torch.randn(3, 24, 24), torch.randn(3, 24)
+    pad = PadInfo(frame_valid=torch.tensor([[True, True], [True, False], [True, True]]))
+    weights = (torch.randn(3, 24, 24), torch.randn(3, 24))
+    weights[0].view(3, 2, 12, 24)[1, 1] = 0.0  # [PAD] tokens' outputs get no gradient
+    valid = lambda grads: [g.view(3, 2, 12, 24)[[0, 2]] if i == 0 else g for i, g in enumerate(grads)]  # noqa: E731
+
+    def both(module, t, c):
+        got = _attention_grads(module, t, c, grid, pad, weights)
+        with monkeypatch.context() as m:
+            m.setattr(FactorizedAttention, "_short_rows", lambda self, x, g: False)
+            ref = _attention_grads(module, t, c, grid, pad, weights)
+        return valid(got), valid(ref)
+
+    got, ref = both(attn, tok, cls)
+    for i, (a, b) in enumerate(zip(got, ref)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"fp32 tensor {i}")
+    exact = valid(_attention_grads(attn.double(), tok.double(), cls.double(), grid, pad, weights))
+    got, ref = both(attn.bfloat16(), tok.bfloat16(), cls.bfloat16())
+    for i, (a, b, e) in enumerate(zip(got, ref, exact)):
+        err_new, err_old = [float((x - e.float()).norm() / e.float().norm()) for x in (a, b)]
+        assert err_new < 0.01 and err_new <= 1.25 * err_old + 1e-3, (i, err_new, err_old)
+
+
 def test_residual_dropout_rate_and_scale():
     torch.manual_seed(0)
     x = torch.zeros(512, 1024)
@@ -244,6 +315,15 @@ def test_residual_dropout_rate_and_scale():
     assert torch.equal(residual_dropout(x, delta, 0.1, False), x + delta)
     assert not torch.equal(dropout(delta, 0.1, True), dropout(delta, 0.1, True))
     assert dropout(delta.bfloat16(), 0.5, True).dtype == torch.bfloat16
+    # a bf16 branch on an fp32 residual: the kept values are scaled by 1/(1-p) in fp32, not by bf16(1/0.9)
+    out = residual_dropout(x, delta.bfloat16(), 0.1, True)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out[out != 0], torch.full((int((out != 0).sum()),), 1 / 0.9), rtol=0, atol=1e-7)
+    # the masks come from torch's generator: the same seed gives the same masks
+    torch.manual_seed(5)
+    first = dropout(delta, 0.1, True)
+    torch.manual_seed(5)
+    assert torch.equal(dropout(delta, 0.1, True), first)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

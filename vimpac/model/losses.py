@@ -25,7 +25,8 @@ def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torc
     if logits.shape[0] == 0:
         zero = logits.sum() * 0.0
         return zero.float(), zero.detach().float()
-    loss = F.cross_entropy(logits.float(), targets)
+    logits = logits.float()  # the loss in fp32; argmax over the same copy (bf16 argmax is ~5x slower on CPU)
+    loss = F.cross_entropy(logits, targets)
     with torch.no_grad():
         acc = (logits.argmax(dim=-1) == targets).float().mean()
     return loss, acc

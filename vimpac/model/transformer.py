@@ -30,6 +30,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from vimpac.model.config import ModelConfig
+from vimpac.model.dropout import dropout, residual_dropout
+from vimpac.model.row_attention import ShortRowAttention
 
 _AXIS_INDEX = {"T": 0, "H": 1, "W": 2}
 
@@ -39,35 +41,6 @@ class PadInfo:
     """Which frames hold real codes; None everywhere when the batch has no [PAD] frame."""
 
     frame_valid: torch.Tensor  # (B, T) bool
-
-
-# ----------------------------------------------------------------------------- dropout
-
-def _keep_scale(like: torch.Tensor, p: float) -> torch.Tensor:
-    """Dropout multiplier (0 or 1/(1-p)) shaped and typed like `like`.
-
-    On CPU the mask comes from 16-bit random integers, four per int64 draw: ~3x cheaper
-    than `F.dropout`'s one Bernoulli float per element (p is rounded to a multiple of 2^-16).
-    """
-    if like.device.type != "cpu":
-        return torch.empty_like(like).bernoulli_(1.0 - p).div_(1.0 - p)
-    n = like.numel()
-    words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=like.device)
-    r = words.view(torch.int16)[:n].view(like.shape)  # uniform in [-32768, 32767]
-    return (r >= round(p * 65536) - 32768).to(like.dtype).mul_(1.0 / (1.0 - p))
-
-
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    if not training or p == 0.0:
-        return x
-    return x * _keep_scale(x, p)
-
-
-def residual_dropout(x: torch.Tensor, delta: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """x + dropout(delta): dropout on the residual branch (SDPA's own dropout is slow on CPU)."""
-    if not training or p == 0.0:
-        return x + delta
-    return x + delta * _keep_scale(delta, p)
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -137,9 +110,14 @@ class FactorizedAttention(nn.Module):
                 pad: PadInfo | None) -> tuple[torch.Tensor, torch.Tensor]:
         b = tok.shape[0]
         t, h, w = grid
-        qkv_tok = self.qkv(tok).view(b, t, h, w, 3, self.heads, self.head_dim)
-        qkv_cls = self.qkv(cls).view(b, 3, self.heads, self.head_dim)
         dropout_p = self.attn_dropout if self.training else 0.0
+        qkv_tok, qkv_cls = self.qkv(tok), self.qkv(cls)
+        if dropout_p == 0.0 and self._short_rows(qkv_tok, grid):
+            out_tok, out_cls = ShortRowAttention.apply(qkv_tok, qkv_cls, grid, self.parts, tuple(self.part_heads),
+                                                       self.head_dim, None if pad is None else pad.frame_valid)
+            return self.proj(out_tok), self.proj(out_cls)
+        qkv_tok = qkv_tok.view(b, t, h, w, 3, self.heads, self.head_dim)
+        qkv_cls = qkv_cls.view(b, 3, self.heads, self.head_dim)
         tok_outs, cls_outs = [], []
         # split (not slicing) so the backward is one cat instead of zero-filled slice gradients
         for axes, q_t, q_c in zip(self.parts, qkv_tok.split(self.part_heads, dim=-2),
@@ -151,6 +129,11 @@ class FactorizedAttention(nn.Module):
         out_tok = (torch.cat(tok_outs, dim=-2) if len(tok_outs) > 1 else tok_outs[0].contiguous()).view(b, t * h * w, -1)
         out_cls = torch.cat(cls_outs, dim=1).reshape(b, -1)
         return self.proj(out_tok), self.proj(out_cls)
+
+    def _short_rows(self, qkv_tok: torch.Tensor, grid: tuple[int, int, int]) -> bool:
+        """Training on CPU and every part's rows ([CLS] included) short: `ShortRowAttention` serves the block."""
+        longest = max(math.prod(grid[_AXIS_INDEX[a]] for a in axes) for axes in self.parts)
+        return _cpu_short_rows(qkv_tok, 1 + longest)
 
 
 #: On CPU, rows up to this length (with [CLS]) train faster through the math path (fp32
