@@ -31,6 +31,9 @@ def _results(path: Path, top1: float, epochs: int = 3) -> None:
 
 def test_run_plan_covers_the_matrix_and_skips_or_resumes_finished_runs(tmp_path):
     demo = _demo(tmp_path)
+    ordered = [name for name, _ in demo.finetune_runs([MAIN_VARIANT])]
+    # longest first: the all-labels runs (pool videos x ceiling epochs) before the 64-label runs
+    assert ordered[:2] == ["motion_all_labels", "shape_all_labels"]
     runs = dict(demo.finetune_runs([MAIN_VARIANT]))
     expected = {f"{t}_{init}_s{s}" for t in ("motion", "shape") for init in (MAIN_VARIANT, "scratch") for s in (1, 2)}
     assert set(runs) == expected | {"motion_all_labels", "shape_all_labels"}
