@@ -9,7 +9,10 @@ hidden states `tok` (B, N, D) and the [CLS] vector `cls` (B, D) travel separatel
 [CLS] (paper section 3.2): before each attention block, [CLS] is copied to every row that
 block attends over (a row = the tokens along the attended axes, e.g. one pixel's T frames),
 each copy attends over [CLS, row], and the copies' outputs are averaged back into one
-vector. Rows are folded into the batch dimension, so one SDPA call serves all rows.
+vector. Rows are folded into the batch dimension, so one SDPA call serves all rows. Training
+on CPU with short rows (every part's rows up to CPU_MATH_MAX_LEN long, no attention dropout),
+a block's parts run in `row_attention.ShortRowAttention` instead: the same sums in fp32,
+with a hand-written backward that skips autograd's copies.
 
 [PAD] frames (clips shorter than T) never act as keys for valid tokens: blocks that attend
 over T get a key mask; rows of spatial blocks that lie inside a [PAD] frame hold only [PAD]
