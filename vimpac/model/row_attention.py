@@ -83,7 +83,7 @@ class ShortRowAttention(torch.autograd.Function):
     """qkv_tok (B, N, 3*heads*hd), qkv_cls (B, 3*heads*hd) -> out_tok (B, N, heads*hd), out_cls (B, heads*hd).
 
     The last dims are laid out as the qkv Linear writes them: (3, heads, hd). Outputs have the
-    dtype of qkv_tok; everything in between is fp32.
+    dtypes of the inputs; everything in between is fp32 (fp64 for fp64 inputs).
     """
 
     @staticmethod
