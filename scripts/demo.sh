@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The pipeline end to end on generated demo videos, on any machine (2 CPU cores are enough),
-# with the method's effect measured: what `make demo` runs. ~9 minutes on 2 AMX cores (bf16), ~15 on AVX2-only ones (fp32).
+# with the method's effect measured: what `make demo` runs. ~7 minutes on 2 AMX cores (bf16), ~14 on AVX2-only ones (fp32).
 #   bash scripts/demo.sh                 data -> tokenizer -> stores -> pre-train -> fine-tune -> report
 #   bash scripts/demo.sh --ablation      + block vs i.i.d. masking, MP-only vs MP+CL (adds <= 26 min)
 #   bash scripts/demo.sh --help          every option (python -m vimpac.demo)

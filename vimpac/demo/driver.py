@@ -1,6 +1,6 @@
 """`make demo`: the whole pipeline on generated videos, with the method's effect measured.
 
-    python -m vimpac.demo                     # ~9 min on 2 AMX cores, ~15 on AVX2-only: data -> report
+    python -m vimpac.demo                     # ~7 min on 2 AMX cores, ~14 on AVX2-only: data -> report
     python -m vimpac.demo --ablation          # also block vs i.i.d. masking, MP-only vs MP+CL
     python -m vimpac.demo --profile long      # 4x the unlabelled pool (not timed yet)
 
@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vimpac.demo", description=__doc__,
                                 formatter_class=HelpFormatter)
     p.add_argument("--profile", choices=tuple(PROFILES), default="default",
-                   help="default: ~9 min on 2 AMX CPU cores, ~15 on AVX2-only; long: 4x the unlabelled pool (not timed); "
+                   help="default: ~7 min on 2 AMX CPU cores, ~14 on AVX2-only; long: 4x the unlabelled pool (not timed); "
                         "smoke: seconds, for tests")
     p.add_argument("--data", type=Path, default=None, help="video directory (default data/demo, data/demo_PROFILE)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default snap/demo, snap/demo_PROFILE)")
