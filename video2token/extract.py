@@ -162,11 +162,15 @@ def run(cfg: ExtractConfig) -> dict:
             idx = -1 - j
             if idx not in writer.done:
                 writer.add_failure(idx, sk.video_id, sk.source, "annotation", sk.reason)
-    for k, it in shard_items:  # ids are stored as UTF-8: a file name that is not would fail every commit
-        if k not in writer.done and not _utf8(it.video_id):
+    todo = []
+    for k, it in shard_items:
+        if k in writer.done:
+            continue
+        if _utf8(it.video_id):
+            todo.append((k, it))
+        else:  # ids are stored as UTF-8: a file name that is not would fail every commit
             writer.add_failure(k, it.video_id, it.path, "annotation",
                                "the file name is not valid UTF-8 (store ids are UTF-8 text): rename the file")
-    todo = [(k, it) for k, it in shard_items if k not in writer.done and _utf8(it.video_id)]
     read_kwargs = dict(fps=cfg.fps, shorter_side=cfg.frame_shorter_side, crop_size=cfg.crop_size,
                        crop_type=cfg.crop_type, hflip=cfg.hflip,
                        decoder=None if cfg.decoder == "auto" else cfg.decoder, max_frames=cfg.max_frames)

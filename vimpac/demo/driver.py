@@ -233,7 +233,7 @@ class Demo(DemoLayout):
         the work of a 64-label run) start at once instead of last, where one of them ran alone
         on one core while the other idled (~10% of the step's wall time).
         """
-        c, runs, costs = self.cfg, [], []
+        c, runs = self.cfg, []
         for task in TASKS:
             low, high = (c.finetune_epochs, c.finetune_lr), (c.ceiling_epochs, c.ceiling_lr)
             plan = [(f"{task}_{v}_s{seed}", v, "train", False, seed, *low) for v in variants for seed in c.seeds]
@@ -256,10 +256,9 @@ class Demo(DemoLayout):
                     argv.append("--from-scratch")
                 if (out / "last").is_dir():
                     argv.append("--resume")
-                runs.append((name, argv))
-                costs.append(epochs * (c.num_pool if train == "pool" else c.num_train))
-        order = sorted(range(len(runs)), key=lambda i: -costs[i])  # stable: the plan's order among equals
-        return [runs[i] for i in order]
+                runs.append((epochs * (c.num_pool if train == "pool" else c.num_train), name, argv))
+        runs.sort(key=lambda run: -run[0])  # stable: the plan's order among equals
+        return [(name, argv) for _, name, argv in runs]
 
     def finetune(self, variants: Sequence[str]) -> None:
         name = "finetune:ablation" if self.ablation else "finetune"  # kept apart in the report's timings

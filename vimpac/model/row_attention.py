@@ -65,18 +65,29 @@ def part_geometry(axes: str, grid: tuple[int, int, int], heads: slice) -> PartGe
                         att_sizes=tuple(grid[d - 1] for d in att), heads=heads)
 
 
-def _pad_terms(frame_valid: torch.Tensor | None, geo: PartGeometry, axes: str, b: int, grid: tuple[int, int, int],
-               dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(key mask (B*rows, 1, 1, 1+L) bool or None, [CLS]-copy weights (B, rows) in `dtype` or None); see _row_attention."""
+def pad_terms(frame_valid: torch.Tensor | None, geo: PartGeometry, axes: str, b: int, grid: tuple[int, int, int],
+              dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """What [PAD] frames change for one part: (key mask (B*rows, 1, 1, 1+L) bool, True where a key
+    may be attended, or None; [CLS]-copy weights (B, rows) in `dtype`, or None)."""
     if frame_valid is None:
         return None, None
     t, h, w = grid
     tok_valid = frame_valid[:, :, None, None].expand(b, t, h, w).permute(0, *geo.oth, *geo.att)
-    tok_valid = tok_valid.reshape(b, geo.rows, geo.length)
+    tok_valid = tok_valid.reshape(b, geo.rows, geo.length)  # (B, rows, L)
     if "T" in axes:
+        # [PAD] frames are never keys; the [CLS] copy always is, so no row is fully masked.
         key_valid = torch.cat([tok_valid.new_ones(b, geo.rows, 1), tok_valid], dim=-1)
         return key_valid.view(b * geo.rows, 1, 1, 1 + geo.length), None
+    # Rows inside a [PAD] frame see only [PAD] + [CLS]: their [CLS] copies are left out of the average.
     return None, tok_valid[..., 0].to(dtype)
+
+
+def average_cls_copies(cls_rows: torch.Tensor, row_weight: torch.Tensor | None) -> torch.Tensor:
+    """The [CLS] copies' outputs (B, rows, g, hd) -> (B, g, hd): their mean, or weighted by `row_weight` (B, rows)."""
+    if row_weight is None:
+        return cls_rows.mean(dim=1)
+    wsum = row_weight.sum(dim=1).clamp_min(1.0)  # a clip of only [PAD] frames: average nothing
+    return torch.einsum("brgd,br->bgd", cls_rows, row_weight) / wsum[:, None, None]
 
 
 class ShortRowAttention(torch.autograd.Function):
@@ -106,7 +117,7 @@ class ShortRowAttention(torch.autograd.Function):
             for axes, g in zip(parts, part_heads):
                 geo = part_geometry(axes, grid, slice(h0, h0 + g))
                 rows, length = geo.rows, geo.length
-                mask, row_weight = _pad_terms(frame_valid, geo, axes, b, grid, work)
+                mask, row_weight = pad_terms(frame_valid, geo, axes, b, grid, work)
                 # q, k, v in three buffers: each stays under glibc's mmap threshold (32 MB) for the
                 # Small model's T rows, so it is reused from the heap instead of page-faulted in anew
                 q, k, v = (torch.empty(b * rows, g, 1 + length, hd, dtype=work, device=qkv_tok.device) for _ in range(3))
@@ -119,12 +130,7 @@ class ShortRowAttention(torch.autograd.Function):
                 p = p.softmax(dim=-1)
                 o = torch.matmul(p, v)                                 # (B*rows, g, 1+L, hd)
                 geo.token_view(out[..., geo.heads, :], 0).copy_(geo.row_view(o, 0, b, g, hd))
-                cls_rows = o[:, :, 0].view(b, rows, g, hd)
-                if row_weight is None:
-                    out_cls[:, geo.heads] = cls_rows.mean(dim=1)
-                else:
-                    wsum = row_weight.sum(dim=1).clamp_min(1.0)  # a clip of only [PAD] frames: average nothing
-                    out_cls[:, geo.heads] = torch.einsum("brgd,br->bgd", cls_rows, row_weight) / wsum[:, None, None]
+                out_cls[:, geo.heads] = average_cls_copies(o[:, :, 0].view(b, rows, g, hd), row_weight)
                 saved += [q, k, v, p]
                 meta.append((geo, row_weight))
                 h0 += g

@@ -23,7 +23,6 @@ frames therefore gives the same [CLS] output as the shorter clip alone (eval mod
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -34,10 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vimpac.model.config import ModelConfig
 from vimpac.model.dropout import dropout, residual_dropout
-from vimpac.model.row_attention import ShortRowAttention
-
-_AXIS_INDEX = {"T": 0, "H": 1, "W": 2}
-
+from vimpac.model.row_attention import ShortRowAttention, average_cls_copies, pad_terms, part_geometry
 
 @dataclass
 class PadInfo:
@@ -135,7 +131,7 @@ class FactorizedAttention(nn.Module):
 
     def _short_rows(self, qkv_tok: torch.Tensor, grid: tuple[int, int, int]) -> bool:
         """Training on CPU and every part's rows ([CLS] included) short: `ShortRowAttention` serves the block."""
-        longest = max(math.prod(grid[_AXIS_INDEX[a]] for a in axes) for axes in self.parts)
+        longest = max(part_geometry(axes, grid, slice(0)).length for axes in self.parts)
         return _cpu_short_rows(qkv_tok, 1 + longest)
 
 
@@ -182,12 +178,9 @@ def _row_attention(qkv_tok: torch.Tensor, qkv_cls: torch.Tensor, axes: str, pad:
     qkv_tok (B, T, h, w, 3, g, hd), qkv_cls (B, 3, g, hd) -> tokens (B, T, h, w, g, hd), cls (B, g, hd).
     """
     b, t, h, w, _, g, hd = qkv_tok.shape
-    sizes = (t, h, w)
-    att = [1 + _AXIS_INDEX[a] for a in axes]              # attended dims of (B, T, h, w)
-    oth = [d for d in (1, 2, 3) if d not in att]          # row dims
-    oth_sizes = [sizes[d - 1] for d in oth]
-    att_sizes = [sizes[d - 1] for d in att]
-    rows, length = math.prod(oth_sizes), math.prod(att_sizes)
+    geo = part_geometry(axes, (t, h, w), slice(0, g))
+    oth, att, oth_sizes, att_sizes = geo.oth, geo.att, geo.oth_sizes, geo.att_sizes
+    rows, length = geo.rows, geo.length
     # (B, T, h, w, 3, g, hd) -> (3, B, *rows, g, *att, hd)
     x = qkv_tok.permute(4, 0, *oth, 5, *att, 6)
     if len(att) > 1:
@@ -201,30 +194,15 @@ def _row_attention(qkv_tok: torch.Tensor, qkv_cls: torch.Tensor, axes: str, pad:
     seq = torch.cat([c, x], dim=-2).view(3, b * rows, g, 1 + length, hd)  # rows folded into batch
     q, k, v = seq.unbind(0)
 
-    attn_mask = None
-    row_weight = None
-    if pad is not None:
-        tok_valid = pad.frame_valid[:, :, None, None].expand(b, t, h, w).permute(0, *oth, *att)
-        tok_valid = tok_valid.reshape(b, rows, length)  # (B, rows, L)
-        if "T" in axes:
-            # [PAD] frames are never keys; the [CLS] copy always is, so no row is fully masked.
-            key_valid = torch.cat([tok_valid.new_ones(b, rows, 1), tok_valid], dim=-1)
-            attn_mask = key_valid.view(b * rows, 1, 1, 1 + length)
-        else:
-            # Rows inside a [PAD] frame see only [PAD] + [CLS]: drop their [CLS] copies.
-            row_weight = tok_valid[..., 0].to(qkv_cls.dtype)  # (B, rows)
+    attn_mask, row_weight = pad_terms(None if pad is None else pad.frame_valid, geo, axes, b, (t, h, w),
+                                      qkv_tok.dtype)
 
     if math_path:
         out = _math_attention(q, k, v, attn_mask).to(qkv_tok.dtype)
     else:
         out = _sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
     out = out.view(b, rows, g, 1 + length, hd)
-    cls_rows = out[:, :, :, 0]  # (B, rows, g, hd)
-    if row_weight is None:
-        cls_out = cls_rows.mean(dim=1)
-    else:
-        wsum = row_weight.sum(dim=1).clamp_min(1.0)  # a clip of only [PAD] frames: average nothing
-        cls_out = torch.einsum("brgd,br->bgd", cls_rows, row_weight.to(cls_rows.dtype)) / wsum[:, None, None].to(cls_rows.dtype)
+    cls_out = average_cls_copies(out[:, :, :, 0], row_weight)  # (B, rows, g, hd) -> (B, g, hd)
     # (B, rows, g, L, hd) -> (B, *rows, g, *att, hd) -> (B, T, h, w, g, hd), all views: the
     # caller's concatenation of the parts' heads is the only copy
     tok_out = out[:, :, :, 1:].view(b, *oth_sizes, g, *att_sizes, hd)
