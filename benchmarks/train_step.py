@@ -49,6 +49,8 @@ sys.path.insert(0, str(REPO))
 from vimpac.model.config import CONFIG_NAMES, ModelConfig, named_config  # noqa: E402
 from vimpac.model.losses import symmetric_infonce  # noqa: E402
 from vimpac.data.masking import apply_mask, block_mask, expected_block_mask_ratio  # noqa: E402
+from vimpac.data.pretrain_clips import MASK_PAD_TO  # noqa: E402
+from vimpac.model.masked import MaskedTargets  # noqa: E402
 from vimpac.model.transformer import VimpacForPretraining  # noqa: E402
 from video2token.precision import Precision, autocast, resolve_precision  # noqa: E402
 from benchmarks.machine import cpu_model  # noqa: E402
@@ -219,9 +221,12 @@ def make_step(*, impl: str, cfg: ModelConfig, batch_size: int, precision: str, n
             mlm_loss = criterion(logits.flatten(0, -2), labels.flatten())
             return mlm_loss + nce(cls_hiddens, hidden_norm=True, temperature=0.2, dist=False)
     else:
+        # what the trainer's loader hands the model: the masked positions and their codes, found on the host
+        masked = MaskedTargets.from_mask(mask.cpu(), codes.cpu(), pad_to=MASK_PAD_TO).to(device)
+
         def forward_loss() -> torch.Tensor:
             if impl == "vimpac":
-                out = model(codes_in, mask, codes)
+                out = model(codes_in, mask, masked=masked, frame_valid=None)
                 mp_loss, proj = out.mp_loss, out.cls_proj
             else:
                 mp_loss, proj = model(codes_in, mask, codes)

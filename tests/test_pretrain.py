@@ -196,6 +196,8 @@ def test_stage2_script_continues_schedule_at_larger_grid(stores, reference, tmp_
     log = ok(script("large_frame256cont.sh", "cpu:1", [*BASE, *tiny, "--train-tokens", stores["train8"],
                                                         "--valid-tokens", stores["valid8"]], snap))
     assert "stage 2" in log and "4x4 to T=4, 8x8" in log and "ZeRO-1" in log
+    # bf16 is what the engine really computes in (DeepSpeed's forward keeps the trainer's autocast)
+    assert "the first Linear (backbone.layers.0.attn.0.qkv) computes in torch.bfloat16" in log
     after = load_checkpoint(os.path.join(out, "last"))
     assert (after.model_config.grid_h, after.model_config.grid_w) == (8, 8)
     assert after.trainer_state["step"] == 3 * STEPS_PER_EPOCH and after.trainer_state["epoch"] == 3
@@ -225,6 +227,7 @@ def test_two_cpu_ranks_script_zero2_bf16(stores, tmp_path):
                                           "--debug"], snap, {"MASTER_PORT": port}))
     auto = resolve_precision("auto", "cpu").name  # the scripts leave precision to the hardware policy
     assert "rank 0/2" in log and f"precision {auto} on cpu" in log and "ZeRO-2" in log
+    assert f"computes in torch.{'bfloat16' if auto == 'bf16' else 'float32'}" in log
     assert "(2 x 2 accumulation x 2 ranks)" in log
     out = os.path.join(snap, "small")
     rows = train_rows(out)

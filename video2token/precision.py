@@ -138,9 +138,21 @@ class Precision:
         else:
             yield
 
+    @property
+    def tf32(self) -> bool:
+        """fp32 on a GPU with TF32 tensor cores (Ampere and newer): matmuls and convolutions use TF32."""
+        return self.name == "fp32" and self.device.type == "cuda" and self.native_bf16
+
+    def configure_backends(self) -> None:
+        """Process-wide backend settings this precision implies (called once by each run's entry point):
+        TF32 matmuls and convolutions for fp32 on GPUs that have it, as PyTorch's fp32 default does not."""
+        if self.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
     def describe(self) -> str:
-        return (f"precision {self.name} on {self.device.type} ({self.device_name}); native bf16: "
-                f"{'yes' if self.native_bf16 else 'no'}; {self.reason}")
+        return (f"precision {self.name}{' (TF32 matmuls)' if self.tf32 else ''} on {self.device.type} "
+                f"({self.device_name}); native bf16: {'yes' if self.native_bf16 else 'no'}; {self.reason}")
 
 
 def resolve_precision(requested: str, device: torch.device | str = "cpu") -> Precision:

@@ -47,7 +47,8 @@ class _Clips(Dataset):
 
 
 class TrainClips(_Clips):
-    """Key (epoch, k) -> codes (T, h, w) long, label () long, index () long, view () long.
+    """Key (epoch, k) -> codes (T, h, w) long, frame_valid (T,) bool (False: [PAD]), label () long, index () long,
+    view () long.
 
     The view and start come from (seed, epoch, k) only, so a resumed epoch replays the same samples.
     """
@@ -62,9 +63,9 @@ class TrainClips(_Clips):
         view = int(rng.integers(len(self.stores)))
         last = max(int(self.num_frames[k]) - self.clip.span, 0)
         start = int(rng.integers(0, last + 1))
-        codes = self._read(self.stores[view], int(k), start)
-        return {"codes": torch.from_numpy(codes), "label": torch.tensor(int(self.labels[k])),
-                "index": torch.tensor(int(k)), "view": torch.tensor(view)}
+        codes = torch.from_numpy(self._read(self.stores[view], int(k), start))
+        return {"codes": codes, "frame_valid": (codes != self.pad_id).any(dim=(1, 2)),
+                "label": torch.tensor(int(self.labels[k])), "index": torch.tensor(int(k)), "view": torch.tensor(view)}
 
 
 class EvalClips(_Clips):

@@ -21,7 +21,12 @@ from video2token.store import TokenStore
 from vimpac.data.clips import ClipSpec, collate, read_clip
 from vimpac.data.masking import apply_mask, block_mask, expected_block_mask_ratio, iid_mask
 from vimpac.data.stores import check_compatible_stores
+from vimpac.eval.copy_baseline import copy_baseline_accuracy
+from vimpac.model.masked import MaskedTargets
 from vimpac.model.special_tokens import SpecialTokens
+
+#: masked positions of a batch are padded to a multiple of this (ignored entries), so batches reuse shapes
+MASK_PAD_TO = 64
 
 
 MASKINGS = ("block", "iid")
@@ -70,8 +75,10 @@ class ClipPairDataset(Dataset):
     """Indexed by `(epoch, video_index)` (or a bare index = epoch 0) -> dict of tensors for one video.
 
     Returns codes (2, T, h, w) long targets with [PAD]; codes_in (2, T, h, w) long model input
-    ([MASK] in place); mask (2, T, h, w) bool (never on [PAD]); index () long; view () long;
-    starts (2,) long. Stores are opened lazily per worker process by TokenStore itself.
+    ([MASK] in place); mask (2, T, h, w) bool (never on [PAD]); frame_valid (2, T) bool (False: a [PAD]
+    frame); index () long; view () long; starts (2,) long; and the sample's metric counts, made here so
+    the trainer never reads them back from the device: masked, copy_correct (the copy baseline on these
+    masks), valid, tokens. Stores are opened lazily per worker process by TokenStore itself.
     """
 
     def __init__(self, stores: Sequence[TokenStore], sampling: ClipSampling, *, seed: int, what: str = "data"):
@@ -107,8 +114,26 @@ class ClipPairDataset(Dataset):
         codes_in, mask = apply_mask(codes, mask, self.special, bert_style=self.sampling.mask_rand_replace,
                                     generator=gen)
         return {"codes": codes, "codes_in": codes_in, "mask": mask, "index": torch.tensor(k),
-                "view": torch.tensor(view), "starts": torch.tensor(starts)}
+                "view": torch.tensor(view), "starts": torch.tensor(starts), **clip_facts(codes, mask, self.special)}
 
 
-#: pairs stack like single clips: codes/codes_in/mask (B, 2, T, h, w), index/view (B,), starts (B, 2)
-collate_pairs = collate
+def clip_facts(codes: torch.Tensor, mask: torch.Tensor, special: SpecialTokens) -> dict[str, torch.Tensor]:
+    """codes, mask (..., T, h, w) of one sample -> frame_valid (..., T) bool and its metric counts (() long)."""
+    valid = codes != special.pad
+    copy_correct, masked = copy_baseline_accuracy(codes.reshape(-1, *codes.shape[-3:]),
+                                                  mask.reshape(-1, *mask.shape[-3:]),
+                                                  valid.reshape(-1, *valid.shape[-3:]))
+    return {"frame_valid": valid.any(dim=(-2, -1)), "masked": masked, "copy_correct": copy_correct,
+            "valid": valid.sum(), "tokens": torch.tensor(valid.numel())}
+
+
+def collate_pairs(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack pairs (codes/codes_in/mask (B, 2, T, h, w), frame_valid (B, 2, T), index/view (B,), starts (B, 2),
+    counts (B,)) and add what the model would otherwise find on the device: the flat masked positions of
+    the (2B, T, h, w) clips and their target codes (`mask_index`, `mask_target`, (M,) long, padded to a
+    multiple of MASK_PAD_TO), and `any_pad` (() bool: whether any clip has a [PAD] frame)."""
+    batch = collate(samples)
+    masked = MaskedTargets.from_mask(batch["mask"].flatten(0, 1), batch["codes"].flatten(0, 1), pad_to=MASK_PAD_TO)
+    batch["mask_index"], batch["mask_target"] = masked.index, masked.target
+    batch["any_pad"] = ~batch["frame_valid"].all()
+    return batch

@@ -15,6 +15,8 @@ from vimpac.model.special_tokens import SpecialTokens
 
 #: positional-embedding kinds: one full table / T + (h*w) tables / T + H + W tables
 POS_EMB_KINDS = ("default", "temporal_separation", "hw_separation")
+#: what the model reads: tokenizer codes (VIMPAC) or pixels with codes as targets only (BEVT)
+INPUT_KINDS = ("tokens", "pixels")
 AXES = "THW"
 #: sane upper bounds, checked before anything is built from a config (a config.json with hid_dim 1e9 or
 #: layers 1e6 is refused, not allocated); far above the paper's models (Large-half: 24 x 1024)
@@ -70,6 +72,8 @@ class ModelConfig:
     nce_proj_bias: bool = True      # bias on the CL head's last Linear (the original's has none)
     nce_bn_after_proj: bool = False  # BatchNorm after the CL head's last Linear (SimCLR; --nce-bn-after-proj)
     init_std: float = 0.02
+    input: str = "tokens"           # "tokens" (codes in) or "pixels" (frames in, BEVT; codes are the MP targets)
+    patch_size: int = 8             # pixels: a patch is patch_size^2 px, the tokenizer's stride (grid = frame / patch)
     name: str = field(default="custom")
 
     def __post_init__(self) -> None:
@@ -83,6 +87,10 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{key} must be a positive int, got {value!r}")
             if value > LIMITS[key]:
                 raise ValueError(f"ModelConfig.{key} = {value} is beyond the sane limit {LIMITS[key]}")
+        if self.input not in INPUT_KINDS:
+            raise ValueError(f"ModelConfig.input must be one of {INPUT_KINDS}, got {self.input!r}")
+        if isinstance(self.patch_size, bool) or not isinstance(self.patch_size, int) or not 1 <= self.patch_size <= 64:
+            raise ValueError(f"ModelConfig.patch_size must be an int in [1, 64], got {self.patch_size!r}")
         if self.pos_emb not in POS_EMB_KINDS:
             raise ValueError(f"ModelConfig.pos_emb must be one of {POS_EMB_KINDS}, got {self.pos_emb!r}")
         for key in ("dropout", "attn_dropout"):
@@ -107,10 +115,11 @@ class ModelConfig:
         d, a = self.hid_dim, self.heads * self.head_dim
         t, h, w = self.clip_len, self.grid_h, self.grid_w
         pos = {"default": t * h * w, "temporal_separation": t + h * w, "hw_separation": t + h + w}.get(self.pos_emb, 0)
-        embed = (self.vocab_size + 8) * d + pos * d
+        embed = ((3 * self.patch_size ** 2 + 3) * d if self.input == "pixels" else (self.vocab_size + 8) * d) + pos * d
         layer = 4 * d * a * len(self.layout.split(",")) + 2 * d * self.mlp_dim  # q, k, v, out per block + MLP
         # the masked-token decoder is tied to the code embedding: only its bias is its own
-        heads = d * d + self.vocab_size + d * self.nce_proj_hid_dim \
+        decoder = self.vocab_size * d if self.input == "pixels" else 0  # pixel models own their decoder
+        heads = d * d + self.vocab_size + decoder + d * self.nce_proj_hid_dim \
             + (self.nce_proj_layers - 2) * self.nce_proj_hid_dim ** 2 + self.nce_proj_hid_dim * self.nce_proj_out_dim
         return embed + self.layers * layer + heads
 

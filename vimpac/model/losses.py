@@ -14,21 +14,31 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from vimpac.model.masked import IGNORE_INDEX
 
-def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+
+def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (M, V) at the masked positions, targets (M,) codes -> (mean cross-entropy, accuracy).
 
-    With no masked position the loss is a graph-connected zero (backward still works).
+    Targets equal to IGNORE_INDEX (padding entries of `MaskedTargets`) count in neither. `weight` (M,)
+    makes the loss a weighted mean (sum of w * CE / sum of w); accuracy stays unweighted. With no
+    counted position the loss is a graph-connected zero (backward still works). No host sync.
     """
     if logits.dim() != 2 or targets.shape != logits.shape[:1]:
         raise ValueError(f"expected logits (M, V) and targets (M,), got {tuple(logits.shape)} and {tuple(targets.shape)}")
+    if weight is not None and weight.shape != targets.shape:
+        raise ValueError(f"weight must be (M,) like targets, got {tuple(weight.shape)}")
     if logits.shape[0] == 0:
         zero = logits.sum() * 0.0
         return zero.float(), zero.detach().float()
     logits = logits.float()  # the loss in fp32; argmax over the same copy (bf16 argmax is ~5x slower on CPU)
-    loss = F.cross_entropy(logits, targets)
+    counted = targets != IGNORE_INDEX
+    ce = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="none")  # 0 where ignored
+    w = counted.float() if weight is None else weight.float() * counted
+    loss = (ce * w).sum() / w.sum().clamp_min(1e-12)
     with torch.no_grad():
-        acc = (logits.argmax(dim=-1) == targets).float().mean()
+        acc = ((logits.argmax(dim=-1) == targets) & counted).float().sum() / counted.sum().clamp_min(1)
     return loss, acc
 
 

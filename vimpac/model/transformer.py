@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vimpac.model.config import ModelConfig
 from vimpac.model.dropout import dropout, residual_dropout
+from vimpac.model.masked import IGNORE_INDEX, MaskedTargets
 from vimpac.model.row_attention import ShortRowAttention, average_cls_copies, pad_terms, part_geometry
 
 @dataclass
@@ -44,15 +45,12 @@ class PadInfo:
 
 # ----------------------------------------------------------------------------- embeddings
 
-class VideoTokenEmbedding(nn.Module):
-    """Code embedding + positional embedding, LayerNorm (optional), dropout. [CLS] gets no position."""
+class _PositionalTables(nn.Module):
+    """Positional tables of a (T, h, w) grid; they keep their axes (T, h, w, D) so that
+    pos_embed.resample_pos_embed can interpolate them. [CLS] gets no position."""
 
-    def __init__(self, *, num_embeddings: int, hid_dim: int, clip_len: int, grid_h: int, grid_w: int,
-                 pos_emb: str, dropout: float, layer_norm_eps: float, norm: bool = True) -> None:
-        super().__init__()
-        self.code = nn.Embedding(num_embeddings, hid_dim)
+    def _make_tables(self, *, hid_dim: int, clip_len: int, grid_h: int, grid_w: int, pos_emb: str) -> None:
         self.pos_emb = pos_emb
-        # Tables keep their axes (T, h, w, D) so pos_embed.resample_pos_embed can interpolate them.
         if pos_emb == "default":
             self.pos_thw = nn.Parameter(torch.zeros(clip_len, grid_h, grid_w, hid_dim))
         elif pos_emb == "temporal_separation":
@@ -64,8 +62,6 @@ class VideoTokenEmbedding(nn.Module):
             self.pos_w = nn.Parameter(torch.zeros(grid_w, hid_dim))
         else:
             raise ValueError(f"unknown pos_emb {pos_emb!r}")
-        self.norm = nn.LayerNorm(hid_dim, eps=layer_norm_eps) if norm else nn.Identity()
-        self.dropout = dropout
 
     def positions(self, t: int) -> torch.Tensor:
         """(t, h, w, D) positional embedding for the first t frames."""
@@ -75,13 +71,66 @@ class VideoTokenEmbedding(nn.Module):
             return self.pos_t[:t, None, None] + self.pos_hw[None]
         return self.pos_t[:t, None, None] + self.pos_h[None, :, None] + self.pos_w[None, None, :]
 
-    def forward(self, codes: torch.Tensor, cls_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        b, t, h, w = codes.shape
-        tok = self.code(codes) + self.positions(t)  # (B, T, h, w, D)
-        tok = dropout(self.norm(tok.reshape(b, t * h * w, -1)), self.dropout, self.training)  # (B, N, D)
-        cls = self.code.weight[cls_id].expand(b, -1)
+    def _finish(self, tok: torch.Tensor, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tok (B, T, h, w, D) + positions, cls (B, D) -> LayerNorm + dropout -> (B, N, D), (B, D)."""
+        b, t = tok.shape[:2]
+        tok = tok + self.positions(t)
+        tok = dropout(self.norm(tok.reshape(b, -1, tok.shape[-1])), self.dropout, self.training)  # (B, N, D)
         cls = dropout(self.norm(cls), self.dropout, self.training)  # (B, D)
         return tok, cls
+
+
+class VideoTokenEmbedding(_PositionalTables):
+    """Code embedding + positional embedding, LayerNorm (optional), dropout. [CLS] is a row of the code table."""
+
+    def __init__(self, *, num_embeddings: int, hid_dim: int, clip_len: int, grid_h: int, grid_w: int,
+                 pos_emb: str, dropout: float, layer_norm_eps: float, norm: bool = True) -> None:
+        super().__init__()
+        self.code = nn.Embedding(num_embeddings, hid_dim)
+        self._make_tables(hid_dim=hid_dim, clip_len=clip_len, grid_h=grid_h, grid_w=grid_w, pos_emb=pos_emb)
+        self.norm = nn.LayerNorm(hid_dim, eps=layer_norm_eps) if norm else nn.Identity()
+        self.dropout = dropout
+
+    def forward(self, codes: torch.Tensor, cls_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """codes (B, T, h, w) long ([MASK] / [PAD] in place) -> tok (B, N, D), cls (B, D)."""
+        return self._finish(self.code(codes), self.code.weight[cls_id].expand(codes.shape[0], -1))
+
+
+#: pixels in [0, 255] are mapped to [-1, 1] inside the patch embedding (the loader sends uint8)
+PIXEL_SCALE = 2.0 / 255.0
+
+
+class VideoPatchEmbedding(_PositionalTables):
+    """BEVT-style pixel input (Wang et al., CVPR 2022): each frame cut into patch x patch pixel squares
+    aligned with the tokenizer's stride (so patch (t, i, j) has code (t, i, j) as its target), a linear
+    projection of each patch, a learned [MASK] embedding in place of masked patches (BEiT), a learned
+    [CLS]; then the same positional tables, LayerNorm and dropout as the token embedding."""
+
+    def __init__(self, *, patch_size: int, hid_dim: int, clip_len: int, grid_h: int, grid_w: int,
+                 pos_emb: str, dropout: float, layer_norm_eps: float, norm: bool = True) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Linear(3 * patch_size * patch_size, hid_dim)
+        self.mask_token = nn.Parameter(torch.zeros(hid_dim))
+        self.cls_token = nn.Parameter(torch.zeros(hid_dim))
+        self._make_tables(hid_dim=hid_dim, clip_len=clip_len, grid_h=grid_h, grid_w=grid_w, pos_emb=pos_emb)
+        self.norm = nn.LayerNorm(hid_dim, eps=layer_norm_eps) if norm else nn.Identity()
+        self.dropout = dropout
+
+    def patches(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, T, H, W, 3) uint8 -> patches (B, T, h, w, p*p*3) in [-1, 1], in the proj's dtype."""
+        b, t, hh, ww, c = frames.shape
+        p = self.patch_size
+        x = frames.reshape(b, t, hh // p, p, ww // p, p, c).permute(0, 1, 2, 4, 3, 5, 6)  # (B, T, h, w, p, p, 3)
+        x = x.reshape(b, t, hh // p, ww // p, p * p * c)
+        return x.to(self.proj.weight.dtype).mul_(PIXEL_SCALE).sub_(1.0)
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames (B, T, H, W, 3) uint8, mask (B, T, h, w) bool or None -> tok (B, N, D), cls (B, D)."""
+        tok = self.proj(self.patches(frames))  # (B, T, h, w, D)
+        if mask is not None:
+            tok = torch.where(mask[..., None], self.mask_token.to(tok.dtype), tok)
+        return self._finish(tok, self.cls_token.expand(frames.shape[0], -1))
 
 
 # ----------------------------------------------------------------------------- attention
@@ -273,15 +322,17 @@ class VimpacBackbone(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.special = cfg.special_tokens
-        self.embeddings = VideoTokenEmbedding(
-            num_embeddings=self.special.num_embeddings, hid_dim=cfg.hid_dim, clip_len=cfg.clip_len,
-            grid_h=cfg.grid_h, grid_w=cfg.grid_w, pos_emb=cfg.pos_emb, dropout=cfg.dropout,
-            layer_norm_eps=cfg.layer_norm_eps, norm=cfg.embed_norm)
+        self.pixels = cfg.input == "pixels"
+        grid = dict(hid_dim=cfg.hid_dim, clip_len=cfg.clip_len, grid_h=cfg.grid_h, grid_w=cfg.grid_w,
+                    pos_emb=cfg.pos_emb, dropout=cfg.dropout, layer_norm_eps=cfg.layer_norm_eps, norm=cfg.embed_norm)
+        self.embeddings: VideoTokenEmbedding | VideoPatchEmbedding = (
+            VideoPatchEmbedding(patch_size=cfg.patch_size, **grid) if self.pixels
+            else VideoTokenEmbedding(num_embeddings=self.special.num_embeddings, **grid))
         self.layers = nn.ModuleList(VimpacLayer(cfg) for _ in range(cfg.layers))
         self.final_norm = nn.LayerNorm(cfg.hid_dim, eps=cfg.layer_norm_eps) if cfg.pre_ln else None
         self.apply(lambda m: _init_weights(m, cfg.init_std))
         for name, p in self.embeddings.named_parameters():
-            if name.startswith("pos_"):
+            if name.startswith("pos_") or name in ("mask_token", "cls_token"):
                 nn.init.normal_(p, std=cfg.init_std)
 
     def check_codes(self, codes: torch.Tensor) -> PadInfo | None:
@@ -307,10 +358,39 @@ class VimpacBackbone(nn.Module):
             raise ValueError(f"{n_partial} frame(s) are partly [PAD] (id {self.special.pad}); [PAD] must fill whole frames")
         return PadInfo(frame_valid=~frame_pad) if any_pad else None
 
-    def forward(self, codes: torch.Tensor) -> BackboneOutput:
-        pad = self.check_codes(codes)
-        grid = tuple(codes.shape[1:])
-        tok, cls = self.embeddings(codes, self.special.cls)
+    def check_frames(self, frames: torch.Tensor) -> None:
+        """Validate pixel input (B, T, H, W, 3) against the model's grid (shapes only: no host sync)."""
+        cfg, p = self.cfg, self.cfg.patch_size
+        if not isinstance(frames, torch.Tensor) or frames.dim() != 5 or frames.shape[-1] != 3:
+            raise ValueError(f"a pixel model (input 'pixels') takes frames (B, T, H, W, 3), got "
+                             f"{getattr(frames, 'dtype', type(frames))} {tuple(getattr(frames, 'shape', ()))}")
+        _, t, hh, ww, _ = frames.shape
+        if t > cfg.clip_len or (hh, ww) != (cfg.grid_h * p, cfg.grid_w * p):
+            raise ValueError(f"frames of shape (T={t}, {hh}x{ww} px) do not fit the model's (clip_len={cfg.clip_len}, "
+                             f"{cfg.grid_h * p}x{cfg.grid_w * p} px = {cfg.grid_h}x{cfg.grid_w} patches of {p} px); "
+                             f"resample the positional embeddings (--different-shape) to change the input shape")
+
+    def forward(self, inputs: torch.Tensor, *, mask: torch.Tensor | None = None,
+                frame_valid: torch.Tensor | None | str = "auto") -> BackboneOutput:
+        """inputs: codes (B, T, h, w) long with [MASK] / [PAD] in place (token model), or frames
+        (B, T, H, W, 3) uint8 (pixel model; `mask` (B, T, h, w) bool puts the [MASK] embedding in place).
+
+        frame_valid (B, T) bool: which frames hold video (False: [PAD]); None: every frame does. "auto":
+        a token model reads it from the codes and validates them (one host sync), a pixel model takes
+        every frame as valid. The trainer's loader passes it, so a training step never waits on the host.
+        """
+        if self.pixels:
+            self.check_frames(inputs)
+            pad = None if isinstance(frame_valid, str) or frame_valid is None else PadInfo(frame_valid)
+            grid = (inputs.shape[1], self.cfg.grid_h, self.cfg.grid_w)
+            tok, cls = self.embeddings(inputs, mask)
+        else:
+            if isinstance(frame_valid, str):
+                pad = self.check_codes(inputs)
+            else:
+                pad = None if frame_valid is None else PadInfo(frame_valid)
+            grid = tuple(inputs.shape[1:])
+            tok, cls = self.embeddings(inputs, self.special.cls)
         for layer in self.layers:
             if self.cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
                 tok, cls = checkpoint(layer, tok, cls, grid, pad, use_reentrant=False)
@@ -335,19 +415,22 @@ def _init_weights(module: nn.Module, std: float) -> None:
 # ----------------------------------------------------------------------------- heads
 
 class MaskedTokenHead(nn.Module):
-    """dense + GELU + LayerNorm, then a decoder tied to the code embedding (real codes only) + own bias."""
+    """dense + GELU + LayerNorm, then a decoder over the codes + own bias. Token models tie the decoder to
+    the code embedding (real codes only); pixel models have no code embedding and own `decoder`."""
 
-    def __init__(self, *, hid_dim: int, vocab_size: int, layer_norm_eps: float) -> None:
+    def __init__(self, *, hid_dim: int, vocab_size: int, layer_norm_eps: float, tied: bool = True) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.dense = nn.Linear(hid_dim, hid_dim)
         self.norm = nn.LayerNorm(hid_dim, eps=layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
+        self.decoder = None if tied else nn.Parameter(torch.zeros(vocab_size, hid_dim))
 
-    def forward(self, hidden: torch.Tensor, code_embedding: torch.Tensor) -> torch.Tensor:
-        """hidden (M, D) at masked positions, code_embedding (num_embeddings, D) -> logits (M, vocab)."""
+    def forward(self, hidden: torch.Tensor, code_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden (M, D) at masked positions, code_embedding (num_embeddings, D) when tied -> logits (M, vocab)."""
         x = self.norm(F.gelu(self.dense(hidden)))
-        return F.linear(x, code_embedding[: self.vocab_size], self.bias)
+        weight = self.decoder if self.decoder is not None else code_embedding[: self.vocab_size]
+        return F.linear(x, weight, self.bias)
 
 
 class ContrastiveHead(nn.Module):
@@ -391,12 +474,13 @@ class ClassificationHead(nn.Module):
 
 @dataclass
 class PretrainOutput:
-    mp_loss: torch.Tensor   # () mean cross-entropy over masked positions
-    mp_acc: torch.Tensor    # () accuracy over masked positions (no grad)
-    cls_proj: torch.Tensor  # (B, nce_proj_out_dim) contrastive projection, not normalised
-    cls: torch.Tensor       # (B, D)
-    hidden: torch.Tensor    # (B, N, D)
-    num_masked: int
+    mp_loss: torch.Tensor      # () mean cross-entropy over masked positions (weighted when the targets are)
+    mp_acc: torch.Tensor       # () accuracy over masked positions (no grad)
+    cls_proj: torch.Tensor     # (B, nce_proj_out_dim) contrastive projection, not normalised
+    cls: torch.Tensor          # (B, D)
+    hidden: torch.Tensor       # (B, N, D)
+    num_masked: torch.Tensor   # () long: masked positions counted (padding entries of MaskedTargets are not)
+    mp_correct: torch.Tensor   # () masked positions predicted right (no grad)
 
 
 class VimpacForPretraining(nn.Module):
@@ -406,31 +490,50 @@ class VimpacForPretraining(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = VimpacBackbone(cfg)
-        self.mp_head = MaskedTokenHead(hid_dim=cfg.hid_dim, vocab_size=cfg.vocab_size, layer_norm_eps=cfg.layer_norm_eps)
+        self.mp_head = MaskedTokenHead(hid_dim=cfg.hid_dim, vocab_size=cfg.vocab_size, layer_norm_eps=cfg.layer_norm_eps,
+                                       tied=cfg.input == "tokens")
         self.cl_head = ContrastiveHead(in_dim=cfg.hid_dim, hid_dim=cfg.nce_proj_hid_dim, out_dim=cfg.nce_proj_out_dim,
                                        layers=cfg.nce_proj_layers, last_bias=cfg.nce_proj_bias,
                                        bn_after_proj=cfg.nce_bn_after_proj)
         self.mp_head.apply(lambda m: _init_weights(m, cfg.init_std))
+        if self.mp_head.decoder is not None:
+            nn.init.normal_(self.mp_head.decoder, std=cfg.init_std)
         self.cl_head.apply(lambda m: _init_weights(m, cfg.init_std))
+
+    def _decoder_input(self) -> torch.Tensor | None:
+        return None if self.backbone.pixels else self.backbone.embeddings.code.weight
 
     def masked_logits(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """hidden (B, N, D), mask (B, T, h, w) -> logits (M, vocab) at the M masked positions only."""
         picked = hidden[mask.reshape(mask.shape[0], -1)]  # (M, D): gather first, then project
-        return self.mp_head(picked, self.backbone.embeddings.code.weight)
+        return self.mp_head(picked, self._decoder_input())
 
-    def forward(self, codes_in: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor) -> PretrainOutput:
-        """codes_in (B, T, h, w) with [MASK]/[PAD] in place, mask (B, T, h, w) bool, targets (B, T, h, w) codes."""
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor | None = None, *,
+                masked: MaskedTargets | None = None,
+                frame_valid: torch.Tensor | None | str = "auto") -> PretrainOutput:
+        """inputs: codes_in (B, T, h, w) with [MASK]/[PAD] in place, or frames (B, T, H, W, 3) uint8 (pixel model);
+        mask (B, T, h, w) bool; targets (B, T, h, w) codes. `masked` (the loader's MaskedTargets) replaces
+        finding the masked positions here (a host sync); `frame_valid`: see VimpacBackbone.forward."""
         from vimpac.model.losses import masked_token_loss
 
-        if mask.shape != codes_in.shape or targets.shape != codes_in.shape or mask.dtype != torch.bool:
-            raise ValueError(f"mask (bool) and targets must have the shape of codes_in {tuple(codes_in.shape)}; got "
-                             f"mask {mask.dtype} {tuple(mask.shape)}, targets {tuple(targets.shape)}")
-        out = self.backbone(codes_in)
-        logits = self.masked_logits(out.hidden, mask)
-        mp_loss, mp_acc = masked_token_loss(logits, targets[mask])
+        grid_shape = inputs.shape[:4] if self.backbone.pixels else inputs.shape
+        if mask.dtype != torch.bool or mask.shape[0] != inputs.shape[0] or mask.dim() != 4:
+            raise ValueError(f"mask must be bool (B, T, h, w) for inputs {tuple(inputs.shape)}; got "
+                             f"{mask.dtype} {tuple(mask.shape)}")
+        if masked is None:
+            if targets is None or targets.shape != mask.shape or (not self.backbone.pixels and mask.shape != grid_shape):
+                raise ValueError(f"mask (bool) and targets must have the shape of codes_in {tuple(grid_shape)}; got "
+                                 f"mask {mask.dtype} {tuple(mask.shape)}, targets "
+                                 f"{None if targets is None else tuple(targets.shape)}")
+            masked = MaskedTargets.from_mask(mask, targets)
+        out = self.backbone(inputs, mask=mask if self.backbone.pixels else None, frame_valid=frame_valid)
+        picked = out.hidden.reshape(-1, out.hidden.shape[-1]).index_select(0, masked.index)  # (M, D)
+        logits = self.mp_head(picked, self._decoder_input())
+        mp_loss, mp_acc = masked_token_loss(logits, masked.target, masked.weight)
+        num_masked = (masked.target != IGNORE_INDEX).sum()
         cls_proj = self.cl_head(out.cls)
         return PretrainOutput(mp_loss=mp_loss, mp_acc=mp_acc, cls_proj=cls_proj, cls=out.cls, hidden=out.hidden,
-                              num_masked=logits.shape[0])
+                              num_masked=num_masked, mp_correct=(mp_acc * num_masked).detach())
 
 
 class VimpacForClassification(nn.Module):
@@ -442,8 +545,9 @@ class VimpacForClassification(nn.Module):
         self.backbone = VimpacBackbone(cfg)
         self.head = ClassificationHead(in_dim=cfg.hid_dim, num_classes=num_classes, dropout=head_dropout)
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(codes).cls)  # (B, num_classes)
+    def forward(self, inputs: torch.Tensor, *, frame_valid: torch.Tensor | None | str = "auto") -> torch.Tensor:
+        """codes (B, T, h, w) or frames (B, T, H, W, 3) (pixel model) -> logits (B, num_classes)."""
+        return self.head(self.backbone(inputs, frame_valid=frame_valid).cls)
 
 
 # ----------------------------------------------------------------------------- summary CLI
@@ -457,13 +561,14 @@ def param_table(model: VimpacForPretraining) -> list[tuple[str, int]]:
     bb = model.backbone
     emb = bb.embeddings
     pos = sum(p.numel() for n, p in emb.named_parameters() if n.startswith("pos_"))
-    rows = [("embeddings.code", emb.code.weight.numel()), ("embeddings.pos", pos),
-            ("embeddings.norm", count_params(emb.norm)),
+    inp = (("embeddings.patch (proj, [MASK], [CLS])", count_params(emb.proj) + emb.mask_token.numel()
+            + emb.cls_token.numel()) if bb.pixels else ("embeddings.code", emb.code.weight.numel()))
+    rows = [inp, ("embeddings.pos", pos), ("embeddings.norm", count_params(emb.norm)),
             ("layers.attention", sum(count_params(layer.attn) for layer in bb.layers)),
             ("layers.mlp", sum(count_params(layer.mlp) for layer in bb.layers)),
             ("layers.norms", sum(count_params(layer.attn_norm) + count_params(layer.mlp_norm) for layer in bb.layers)
              + (count_params(bb.final_norm) if bb.final_norm is not None else 0)),
-            ("mp_head (decoder tied)", count_params(model.mp_head)),
+            ("mp_head" + (" (own decoder)" if bb.pixels else " (decoder tied)"), count_params(model.mp_head)),
             ("cl_head", count_params(model.cl_head))]
     assert sum(n for _, n in rows) == count_params(model), "param table misses a part"
     return rows

@@ -6,6 +6,14 @@ head's BatchNorm ("expected scalar type BFloat16 but found Float"), while autoca
 model's step 2.9x faster than fp32 on AMX with losses equal to 3 decimals; fp32 weights also keep
 checkpoints and gradient clipping plain. fp16 is DeepSpeed's fp16 mode with dynamic loss scaling,
 GPU only, under ZeRO 1/2 (checkpoints read the fp32 masters through ZeRO's partition mapping).
+
+The config always carries a `torch_autocast` section that matches the run's precision: DeepSpeed
+0.19.8's `engine.forward` (runtime/torch_autocast.py::autocast_if_enabled) switches an outer CUDA
+autocast OFF when that section is absent, so without it a "bf16" run computed in fp32 on GPUs.
+Its `lower_precision_safe_modules` list is empty: gradients are reduced in fp32 (the weights are).
+Throughput timers are off (they synchronise the device twice per micro-step), and under ZeRO-0
+the trainer clips gradients itself (one foreach norm, `split_clipping`) instead of DeepSpeed's
+per-parameter loop.
 """
 from __future__ import annotations
 
@@ -73,7 +81,11 @@ def build_ds_config(plan: BatchPlan, *, clip_grad_norm: float, zero_stage: int, 
         "zero_optimization": {"stage": int(zero_stage)},
         "steps_per_print": 10 ** 12,   # the trainer logs; DeepSpeed stays quiet
         "wall_clock_breakdown": False,
+        "timers": {"throughput": {"enabled": False, "synchronized": False}},  # no device sync per micro-step
         "zero_allow_untested_optimizer": True,  # torch AdamW as client optimizer under ZeRO
+        # the engine's forward must keep the caller's autocast (see the module docstring)
+        "torch_autocast": ({"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+                           if precision == "bf16" else {"enabled": False}),
     }
     if precision == "fp16":
         cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
@@ -86,7 +98,32 @@ def build_ds_config(plan: BatchPlan, *, clip_grad_norm: float, zero_stage: int, 
     if cfg.get("bf16", {}).get("enabled"):
         raise EngineError("--deepspeed-config enables DeepSpeed bf16 mode; use --precision bf16 (autocast over fp32 weights, "
                           "which this trainer's checkpoints assume)")
+    check_autocast(cfg, precision)
     return cfg
+
+
+def check_autocast(cfg: dict, precision: str) -> None:
+    """The engine must compute in the run's precision: DeepSpeed's forward applies its `torch_autocast`
+    section, and switches an outer CUDA autocast off when the section is disabled."""
+    section = cfg.get("torch_autocast") or {}
+    enabled, dtype = bool(section.get("enabled")), str(section.get("dtype", "bfloat16")).replace("torch.", "")
+    want = {"bf16": "bfloat16"}.get(precision)
+    if want is None and enabled:
+        raise EngineError(f"--deepspeed-config enables torch_autocast ({dtype}) in a --precision {precision} run; "
+                          f"choose the precision with --precision")
+    if want is not None and (not enabled or dtype not in (want, "bf16")):
+        raise EngineError(f"--deepspeed-config sets torch_autocast {section} in a --precision {precision} run: the "
+                          f"engine would compute in another precision than the flag says (DeepSpeed switches the "
+                          f"trainer's autocast off inside its forward); drop the torch_autocast override")
+
+
+def split_clipping(cfg: dict, zero_stage: int) -> tuple[dict, float]:
+    """(DeepSpeed config, the norm the trainer clips to): under ZeRO-0 the trainer clips (one foreach norm,
+    also the logged gradient norm) and DeepSpeed does not; under ZeRO-1/2 the partitioned optimizer does."""
+    clip = float(cfg.get("gradient_clipping", 0.0) or 0.0)
+    if zero_stage == 0:
+        return {**cfg, "gradient_clipping": 0.0}, clip
+    return cfg, 0.0
 
 
 def init_engine(model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -103,12 +103,10 @@ def zero_stage(engine) -> int:
 
 
 def global_grad_norm(engine) -> float:
-    """L2 norm of all gradients after the reduction: computed here under ZeRO-0, DeepSpeed's cached value under ZeRO."""
-    if zero_stage(engine) > 0:
-        gn = engine.get_global_grad_norm()
-        return float(gn) if gn is not None else float("nan")
-    grads = [p.grad.detach().float().norm() for p in engine.module.parameters() if p.grad is not None]
-    return float(torch.stack(grads).norm()) if grads else 0.0
+    """L2 norm of all gradients of the last ZeRO-1/2 step, as DeepSpeed's partitioned optimizer computed it
+    (under ZeRO-0 the trainer computes the norm itself: `loop.clip_gradients`)."""
+    gn = engine.get_global_grad_norm()
+    return float(gn) if gn is not None else float("nan")
 
 
 def skip_window(engine, *, window_micro: int, accumulation: int) -> None:
@@ -144,13 +142,6 @@ def skip_window(engine, *, window_micro: int, accumulation: int) -> None:
                     base.state[k][kk].copy_(vv)  # in place: ZeRO keeps views into these tensors
                 else:
                     base.state[k][kk] = vv
-
-
-def zero_backward(engine) -> None:
-    """Backward of an exact zero through every parameter: under ZeRO each micro-step must reach
-    the gradient hooks, or the partitioned accumulation falls out of step."""
-    params = [p for p in engine.module.parameters() if p.requires_grad]
-    engine.backward(torch.stack([p.sum() for p in params]).sum() * 0.0)
 
 
 # ----------------------------------------------------------------------------- optimizer state

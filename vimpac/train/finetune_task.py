@@ -148,11 +148,13 @@ class FinetuneTask:
         device = loop.dist.device
         codes = batch["codes"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
+        fv = batch["frame_valid"]  # on the host: whether any clip has [PAD] frames costs no sync
+        frame_valid = None if bool(fv.all()) else fv.to(device, non_blocking=True)
         with loop.precision.autocast():
-            logits = engine(codes)  # (B, C)
+            logits = engine(codes, frame_valid=frame_valid)  # (B, C)
         loss = F.cross_entropy(logits.float(), labels)
         n = len(labels)
-        return loss, {"loss": float(loss.detach()) * n, "correct": int((logits.argmax(-1) == labels).sum()), "seen": n}
+        return loss, {"loss": loss.detach() * n, "correct": (logits.detach().argmax(-1) == labels).sum(), "seen": n}
 
     @staticmethod
     def metrics(t: dict[str, float]) -> dict[str, float]:

@@ -28,13 +28,14 @@ from video2token.runlog import MetricsLogger, plot_curves
 from vimpac.data.sampler import EpochBatchSampler
 from vimpac.model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from vimpac.train import ds_compat
-from vimpac.train.deepspeed_setup import build_ds_config, choose_zero_stage, init_engine, load_overrides
+from vimpac.train.deepspeed_setup import build_ds_config, choose_zero_stage, init_engine, load_overrides, split_clipping
 from vimpac.train.errors import TrainError
 from vimpac.train.hooks import LoopHooks
 from vimpac.train.memory import HeapTrimmer
 from vimpac.train.optim import LRSchedule, build_optimizer, build_scheduler
 from vimpac.train.runtime import BatchPlan, DistInfo, Launch, any_rank, init_distributed, plan_for_data
 from vimpac.train.state import LoopState, rng_state, seed_everything, set_rng_state
+from vimpac.train.step_sums import StepSums
 
 LAST = "last"
 
@@ -58,6 +59,7 @@ class LoopConfig:
     precision: str = "auto"           # the flag; resolved for the device by the loop
     zero_stage: int | None = None     # None: 0, or 1 under fp16
     deepspeed_config: str | None = None
+    compile: bool = False             # torch.compile each transformer layer (--compile)
     max_nonfinite: int = 5
     save_steps: int = 0
     save_per_epochs: int = 0          # also keep every N-th epoch's weights in OUTPUT/epochN
@@ -71,30 +73,6 @@ class LoopConfig:
     default_batch: int = 1024         # the recipe's global batch when --batch-size is not given
     default_bs_per_gpu: int = 32
     debug_steps: int = 8              # --debug: at most this many steps per epoch (and eval batches)
-
-
-class StepSums:
-    """Named sums over micro-batches (and ranks after `reduce`); tasks turn them into metrics."""
-
-    def __init__(self, names: tuple[str, ...]) -> None:
-        self.names = names
-        self.values = torch.zeros(len(names), dtype=torch.float64)
-
-    def add(self, contrib: dict[str, float]) -> None:
-        for k, v in contrib.items():
-            self.values[self.names.index(k)] += float(v)
-
-    def merge(self, other: "StepSums") -> None:
-        self.values += other.values
-
-    def reduce(self, dist: DistInfo) -> None:
-        if dist.world_size > 1:  # nccl reduces device tensors only
-            v = self.values.to(dist.device)
-            torch.distributed.all_reduce(v)
-            self.values = v.cpu()
-
-    def totals(self) -> dict[str, float]:
-        return dict(zip(self.names, self.values.tolist()))
 
 
 class Task(Protocol):
@@ -137,6 +115,7 @@ class TrainLoop:
         self.state = LoopState()
         ckpt = self._read_checkpoint()
         self.precision: Precision = resolve_precision(cfg.precision, self.launch.device_type)
+        self.precision.configure_backends()
         try:
             self.zero_stage = choose_zero_stage(self.precision.name, cfg.zero_stage, cpu=self.launch.cpu)
         except ValueError as e:
@@ -169,15 +148,25 @@ class TrainLoop:
         seed_everything(cfg.seed)  # same initial weights on every rank
         self.model = task.build_model(ckpt, self.log)
         self.model.to(self.dist.device)
+        if cfg.compile:
+            compiled = compile_layers(self.model)
+            self.log(f"[{task.name}] --compile: {compiled} transformer layers compiled by torch.compile "
+                     f"(the first steps include compilation)")
         optimizer = build_optimizer(self.model, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         st = self.state
         self.schedule = LRSchedule(kind=cfg.lr_scheduler, warmup=cfg.warm_up, epochs=cfg.epochs,
                                    steps_per_epoch=self.steps_per_epoch,
                                    step_base=st.step - start_micro // self.plan.accumulation, epoch_base=st.epoch)
         self.scheduler = build_scheduler(optimizer, self.schedule)
-        ds_config = build_ds_config(self.plan, clip_grad_norm=cfg.clip_grad_norm, zero_stage=self.zero_stage,
-                                    precision=self.precision.name, overrides=ds_overrides)
+        try:
+            ds_config = build_ds_config(self.plan, clip_grad_norm=cfg.clip_grad_norm, zero_stage=self.zero_stage,
+                                        precision=self.precision.name, overrides=ds_overrides)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
+        ds_config, self.clip_norm = split_clipping(ds_config, self.zero_stage)
         self.engine = init_engine(self.model, optimizer, self.scheduler, ds_config)
+        self._dtype_probe = report_first_linear_dtype(self.model, self.log, task.name)
+        self._loaders: dict[int, Any] = {}  # id(dataset) -> its DataLoader (persistent workers)
         if ckpt is not None:
             self._restore(ckpt)
         st.stage_starts.append({"step": st.step, "epoch": st.epoch, "world_size": self.dist.world_size,
@@ -249,17 +238,36 @@ class TrainLoop:
             seed_everything(self.cfg.seed + 1000 * st.step + self.dist.rank)
 
     def loader(self, dataset, batch_sampler, collate: Callable):
+        """A DataLoader over `dataset` in `batch_sampler`'s order, made once per (dataset, sampler) and kept:
+        its worker processes persist across epochs and evaluations (the sampler is read in this process,
+        so moving it to another epoch or position needs no new workers)."""
         from torch.utils.data import DataLoader
 
-        # Its own generator: creating an iterator draws a worker seed, which must not shift the global
-        # RNG that dropout uses (a resumed run creates its iterator at another point of that stream).
-        workers = self.cfg.num_workers
-        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
-                          persistent_workers=False, generator=torch.Generator(),
-                          pin_memory=self.dist.device.type == "cuda", prefetch_factor=4 if workers > 0 else None)
+        key = id(dataset)
+        if key in self._loaders and self._loaders[key].batch_sampler is not batch_sampler:
+            self._loaders.pop(key)  # another order over the same data: its workers end with the old loader
+        if key not in self._loaders:
+            # Its own generator: creating an iterator draws a worker seed, which must not shift the global
+            # RNG that dropout uses (a resumed run creates its iterator at another point of that stream).
+            workers = self.cfg.num_workers
+            self._loaders[key] = DataLoader(
+                dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
+                persistent_workers=workers > 0, generator=torch.Generator(),
+                pin_memory=self.dist.device.type == "cuda", prefetch_factor=4 if workers > 0 else None)
+        return self._loaders[key]
+
+    def train_loader(self):
+        return self.loader(self.task.train_set, self.sampler, self.task.collate)
 
     def any_rank(self, flag: bool) -> bool:
         return any_rank(flag, self.dist)
+
+    def any_rank_on_device(self, flag: torch.Tensor) -> bool:
+        """`any_rank` of a 0-dim bool tensor still on the device: one all-reduce and one host read."""
+        t = flag.detach().reshape(1).to(torch.float32)
+        if self.dist.world_size > 1:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item() > 0)
 
     # -- checkpoints
     def save(self, directory: str | None = None, *, full: bool = True, extra_train_config: dict | None = None) -> None:
@@ -312,50 +320,50 @@ class TrainLoop:
         last_train: dict[str, float] = {}
         last_eval: dict[str, Any] | None = None
         zero = self.zero_stage > 0
+        device = self.dist.device
+        log_sums, t_log, steps_in_log, kept_in_log = StepSums(task.sum_names, device), time.time(), 0, 0
         while st.epoch < end_epoch:
             self.sampler.set_position(st.epoch, self._start_micro())
-            epoch_sums = StepSums(task.sum_names)
-            sums, window_bad, window_micro, t_step = StepSums(task.sum_names), False, 0, time.time()
-            for batch in self.loader(task.train_set, self.sampler, task.collate):
+            epoch_sums = StepSums(task.sum_names, device)
+            step_sums, finite, window_micro = StepSums(task.sum_names, device), None, 0
+            for batch in self.train_loader():
                 window_micro += 1
                 boundary = window_micro == plan.accumulation
                 if window_micro == 1:  # a skipped step must not keep what its forwards wrote into buffers
                     saved_buffers = snapshot_buffers(self.engine.module)
-                if not window_bad:
-                    if self.hooks.before_forward is not None:
-                        self.hooks.before_forward(st.step + 1, self.engine.module)
-                    loss, contrib = task.forward(self.engine, batch, self)
-                    if boundary and self.hooks.loss_at_boundary is not None:
-                        loss = self.hooks.loss_at_boundary(st.step + 1, loss)
-                    window_bad = self.any_rank(not bool(torch.isfinite(loss.detach()).all()))
-                    if not window_bad:
-                        self.engine.backward(loss)
-                        sums.add(contrib)
-                    elif zero:
-                        ds_compat.zero_backward(self.engine)
-                elif zero:
-                    ds_compat.zero_backward(self.engine)
+                if self.hooks.before_forward is not None:
+                    self.hooks.before_forward(st.step + 1, self.engine.module)
+                loss, contrib = task.forward(self.engine, batch, self)
+                if boundary and self.hooks.loss_at_boundary is not None:
+                    loss = self.hooks.loss_at_boundary(st.step + 1, loss)
+                ok = torch.isfinite(loss.detach())  # on the device: read once, at the boundary
+                finite = ok if finite is None else finite & ok
+                # a non-finite loss still runs its backward: its NaN gradients go with the whole window
+                self.engine.backward(loss)
+                step_sums.add(contrib)
                 if not boundary:
-                    if not window_bad or zero:
-                        self.engine.step()  # not a boundary: DeepSpeed only counts the micro-step
+                    self.engine.step()  # not a boundary: DeepSpeed only counts the micro-step
                     continue
-                # -- accumulation boundary: one optimizer step (or a skipped one)
-                grad_norm = float("nan")
-                if not window_bad and not zero:
-                    grad_norm = ds_compat.global_grad_norm(self.engine)
-                    window_bad = self.any_rank(not torch.isfinite(torch.tensor(grad_norm)).item())
+                # -- accumulation boundary: one optimizer step (or a skipped one), one host sync
+                grad_norm_t = None
+                if not zero:  # one foreach norm over the reduced gradients, clipping with it
+                    grad_norm_t = clip_gradients(self.engine.module, self.clip_norm)
+                    finite = finite & torch.isfinite(grad_norm_t)
+                window_bad = self.any_rank_on_device(~finite)
                 lr = self.scheduler.get_last_lr()[0]  # the lr of this update
                 if window_bad:
                     ds_compat.skip_window(self.engine, window_micro=window_micro, accumulation=plan.accumulation)
                     restore_buffers(saved_buffers)
                 else:
                     self.engine.step()
-                    if zero:
-                        grad_norm = ds_compat.global_grad_norm(self.engine)
                     st.nonfinite_in_a_row = 0
+                    epoch_sums.merge(step_sums)
+                    log_sums.merge(step_sums)
+                    kept_in_log += 1
                 st.step += 1
                 st.samples_in_epoch += plan.global_batch
                 steps_run += 1
+                steps_in_log += 1
                 videos_run += plan.global_batch
                 trimmer.step()
                 if bar is not None:
@@ -365,13 +373,17 @@ class TrainLoop:
                     st.nonfinite_in_a_row += 1
                     self.log(f"[{task.name}] step {st.step}: non-finite loss or gradient, update skipped "
                              f"({st.nonfinite_in_a_row} in a row, {st.skipped_steps} in total)")
-                sums.reduce(self.dist)
-                epoch_sums.merge(sums)
-                dt = max(time.time() - t_step, 1e-9)
                 if st.step % cfg.log_steps == 0 or window_bad:
-                    m = task.metrics(sums.totals()) if not window_bad else {}
-                    row = {**m, "lr": lr, "grad_norm": grad_norm, "videos_per_s": plan.global_batch / dt,
-                           "clips_per_s": task.clips_per_video * plan.global_batch / dt,
+                    if zero:
+                        grad_norm = ds_compat.global_grad_norm(self.engine)
+                    else:
+                        grad_norm = float(grad_norm_t) if grad_norm_t is not None else float("nan")
+                    log_sums.reduce(self.dist)
+                    m = task.metrics(log_sums.totals()) if kept_in_log else {}
+                    dt = max(time.time() - t_log, 1e-9)
+                    row = {**m, "lr": lr, "grad_norm": grad_norm,
+                           "videos_per_s": steps_in_log * plan.global_batch / dt,
+                           "clips_per_s": task.clips_per_video * steps_in_log * plan.global_batch / dt,
                            "skipped_steps": st.skipped_steps, "skipped": float(window_bad)}
                     if cfg.debug:
                         row["videos"] = self._step_videos()
@@ -379,6 +391,7 @@ class TrainLoop:
                     last_train = m or last_train
                     if bar is not None and m:
                         bar.set_postfix(**task.progress_postfix(m), refresh=False)
+                    log_sums, t_log, steps_in_log, kept_in_log = StepSums(task.sum_names, device), time.time(), 0, 0
                 if window_bad and st.nonfinite_in_a_row >= cfg.max_nonfinite:
                     raise TrainError(f"stopping: {st.nonfinite_in_a_row} non-finite steps in a row (at step "
                                      f"{st.step}, --max-nonfinite {cfg.max_nonfinite}); the last checkpoint "
@@ -388,8 +401,9 @@ class TrainLoop:
                     self.save()
                 if self.hooks.after_step is not None:
                     self.hooks.after_step(st.step)
-                sums, window_bad, window_micro, t_step = StepSums(task.sum_names), False, 0, time.time()
+                step_sums, finite, window_micro = StepSums(task.sum_names, device), None, 0
             # -- end of epoch
+            epoch_sums.reduce(self.dist)
             self.metrics.log("train_epoch", st.epoch, st.step, **task.metrics(epoch_sums.totals()))
             st.epoch += 1
             st.samples_in_epoch = 0
@@ -404,6 +418,7 @@ class TrainLoop:
                 self.save(os.path.join(self.out, f"epoch{st.epoch}"), full=False)
         if bar is not None:
             bar.close()
+        self._loaders.clear()  # the workers end here, not when the loop object is collected
         elapsed = time.time() - t_run
         train_seconds = max(elapsed - eval_seconds, 1e-9)
         summary: dict[str, Any] = {
@@ -431,6 +446,46 @@ class TrainLoop:
         """Video indices of the global batch of the step just taken (all ranks), from the epoch's order."""
         end = self.state.samples_in_epoch
         return [int(i) for i in self.sampler.order(self.state.epoch)[end - self.plan.global_batch:end]]
+
+
+def compile_layers(model: nn.Module, **options: Any) -> int:
+    """torch.compile every transformer layer in place (`nn.Module.compile`: parameter names and checkpoints
+    stay as they are) -> the number of layers compiled."""
+    from vimpac.model.transformer import VimpacLayer
+
+    layers = [m for m in model.modules() if isinstance(m, VimpacLayer)]
+    for layer in layers:
+        layer.compile(dynamic=False, **options)
+    return len(layers)
+
+
+def report_first_linear_dtype(model: nn.Module, log: Callable[[str], None], prefix: str):
+    """Log, at the first forward, the dtype the model's first Linear computes in (what a precision flag
+    really gives inside the engine: e.g. DeepSpeed switching an autocast off shows as float32)."""
+    name, first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)), (None, None))
+    if first is None:
+        return None
+
+    def hook(module, inputs, output) -> None:
+        handle.remove()
+        log(f"[{prefix}] the first Linear ({name}) computes in {output.dtype} (input {inputs[0].dtype}, "
+            f"weights {module.weight.dtype})")
+
+    handle = first.register_forward_hook(hook)
+    return handle
+
+
+def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """L2 norm of all gradients as a 0-dim device tensor (one foreach pass), clipping them to `max_norm`
+    when it is > 0 (the scale is computed on the device: no host sync, a non-finite norm scales by NaN and
+    the step is skipped anyway)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=next(model.parameters()).device)
+    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(grads, max_norm, norm, foreach=True)
+    return norm
 
 
 def snapshot_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -17,14 +17,16 @@ from torch import nn
 from vimpac.data.pretrain_clips import ClipPairDataset, ClipSampling, collate_pairs
 from vimpac.data.sampler import EpochBatchSampler
 from vimpac.data.stores import DataError, check_compatible_stores, check_frame_size, open_stores
-from vimpac.eval.copy_baseline import copy_baseline_accuracy, copy_baseline_predictions
+from vimpac.eval.copy_baseline import copy_baseline_predictions
 from vimpac.model.checkpoint import Checkpoint, CheckpointError
 from vimpac.model.loading import PRETRAIN, LoadedWeights, read_weights
 from vimpac.model.config import ModelConfig
 from vimpac.model.losses import symmetric_infonce
+from vimpac.model.masked import MaskedTargets
 from vimpac.model.surgery import WeightsError, check_same_architecture, fit_state_dict, resample_moments
 from vimpac.model.transformer import VimpacForPretraining
 from vimpac.train.errors import TrainError
+from vimpac.train.step_sums import StepSums
 
 #: model options no pre-training flag sets: a --load checkpoint's values are kept (e.g. an original VIMPAC
 #: snapshot's bias-free contrastive projection)
@@ -150,23 +152,25 @@ class PretrainTask:
         return {}
 
     # -- steps
-    def forward(self, engine, batch: dict[str, torch.Tensor], loop) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss of one micro-batch and its metric contributions (masked-token CE + InfoNCE + copy baseline)."""
+    def forward(self, engine, batch: dict[str, torch.Tensor], loop) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Loss of one micro-batch and its metric contributions (masked-token CE + InfoNCE; the copy baseline
+        and the counts come from the loader). Nothing here waits for the device."""
         device, ob = loop.dist.device, self.objective
-        codes = batch["codes"].to(device, non_blocking=True).flatten(0, 1)  # (2B, T, h, w): clips a, b of video 0, ...
-        codes_in = batch["codes_in"].to(device, non_blocking=True).flatten(0, 1)
+        codes_in = batch["codes_in"].to(device, non_blocking=True).flatten(0, 1)  # (2B, T, h, w): clips a, b of video 0, ...
         mask = batch["mask"].to(device, non_blocking=True).flatten(0, 1)
+        masked = MaskedTargets(index=batch["mask_index"].to(device, non_blocking=True),
+                               target=batch["mask_target"].to(device, non_blocking=True))
+        frame_valid = (batch["frame_valid"].to(device, non_blocking=True).flatten(0, 1)
+                       if bool(batch["any_pad"]) else None)  # any_pad is a CPU tensor: no sync
         with loop.precision.autocast():
-            out = engine(codes_in, mask, codes)
+            out = engine(codes_in, mask, masked=masked, frame_valid=frame_valid)
             z = out.cls_proj.float().view(-1, 2, out.cls_proj.shape[-1])  # (B, 2, d)
             cl = symmetric_infonce(z[:, 0], z[:, 1], temperature=ob.temperature)
             loss = ob.mlm_weight * out.mp_loss + ob.nce_weight * cl.loss
-        valid = codes != self.special.pad
-        copy_correct, masked = copy_baseline_accuracy(codes, mask, valid)
-        contrib = dict(mp_loss=out.mp_loss.item(), mask_correct=out.mp_acc.item() * out.num_masked,
-                       copy_correct=copy_correct.item(), masked=masked.item(), cl_loss=cl.loss.item(),
-                       cl_acc=cl.acc.item(), micro=1, valid=valid.sum().item(), pad=(~valid).sum().item(),
-                       tokens=valid.numel())
+        valid, tokens = batch["valid"].sum(), batch["tokens"].sum()
+        contrib = dict(mp_loss=out.mp_loss.detach(), mask_correct=out.mp_correct, copy_correct=batch["copy_correct"].sum(),
+                       masked=batch["masked"].sum(), cl_loss=cl.loss.detach(), cl_acc=cl.acc.detach(), micro=1,
+                       valid=valid, pad=tokens - valid, tokens=tokens)
         return loss, contrib
 
     metrics = staticmethod(pretrain_metrics)
@@ -182,19 +186,11 @@ class PretrainTask:
     def evaluate(self, loop) -> dict[str, float] | None:
         if self.valid_set is None:
             return None
-        from vimpac.train.loop import StepSums
-
-        try:
-            # a valid split smaller than a training micro-batch is evaluated in smaller batches
-            micro = max(1, min(loop.plan.micro_batch, len(self.valid_set) // loop.plan.world_size))
-            sampler = EpochBatchSampler(len(self.valid_set), micro_batch=micro, world_size=loop.plan.world_size,
-                                        rank=loop.dist.rank, shuffle=False)
-        except DataError as e:
-            raise TrainError(f"--valid-tokens: {e}") from None
+        sampler = self._valid_sampler(loop)
         limit = self.objective.eval_max_batches or sampler.micro_steps_per_epoch
         if loop.cfg.debug:
             limit = min(limit, loop.cfg.debug_steps)
-        sums = StepSums(SUMS)
+        sums = StepSums(SUMS, loop.dist.device)
         module = loop.engine.module
         module.eval()
         for i, batch in enumerate(loop.loader(self.valid_set, sampler, collate_pairs)):
@@ -204,6 +200,19 @@ class PretrainTask:
         module.train()
         sums.reduce(loop.dist)
         return pretrain_metrics(sums.totals())
+
+    def _valid_sampler(self, loop) -> EpochBatchSampler:
+        """The valid split's order, made once (the loop keeps its loader's workers alive across evaluations)."""
+        if getattr(self, "_valid_order", None) is None:
+            try:
+                # a valid split smaller than a training micro-batch is evaluated in smaller batches
+                micro = max(1, min(loop.plan.micro_batch, len(self.valid_set) // loop.plan.world_size))
+                self._valid_order = EpochBatchSampler(len(self.valid_set), micro_batch=micro,
+                                                      world_size=loop.plan.world_size, rank=loop.dist.rank,
+                                                      shuffle=False)
+            except DataError as e:
+                raise TrainError(f"--valid-tokens: {e}") from None
+        return self._valid_order
 
     def on_epoch_end(self, loop, evaluation: dict[str, float] | None) -> None:
         if evaluation is not None:
