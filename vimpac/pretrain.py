@@ -27,13 +27,14 @@ from video2token.cli import HelpFormatter
 
 from vimpac.data import registry
 from vimpac.data.pretrain_clips import MASKINGS, ClipSampling
-from vimpac.model.config import CONFIG_NAMES, POS_EMB_KINDS, ModelConfig, apply_halving, named_config
+from vimpac.data.image_stream import STREAMS
+from vimpac.model.config import CONFIG_NAMES, INPUT_KINDS, POS_EMB_KINDS, ModelConfig, apply_halving, named_config
 from vimpac.train.entry import run_guarded
 from vimpac.train.errors import TrainError
 from vimpac.train.flags import add_data_flags, add_optimisation_flags, add_run_flags, loop_config
 from vimpac.train.hooks import LoopHooks
 from vimpac.train.loop import TrainLoop
-from vimpac.train.pretrain_task import PretrainData, PretrainObjective, PretrainTask
+from vimpac.train.pretrain_task import ImageStreamSpec, PretrainData, PretrainObjective, PretrainTask
 
 BATCH, BS_PER_GPU = 1024, 32  # the paper's global batch; per rank on a 32 GB V100
 
@@ -48,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max distance (stored frames) between a video's two clips; -1: anywhere (the paper's best)")
     d.add_argument("--mask-blocks", type=int, default=5, help="block-mask cuboids per clip (5: ~15%% at T=5, 16x16)")
     d.add_argument("--masking", choices=MASKINGS, default="block",
-                   help="block: --mask-blocks cuboids (the paper); iid: single positions at the same expected ratio")
+                   help="block: --mask-blocks cuboids (the paper); tube: --mask-blocks rectangles through every frame "
+                        "(BEVT); iid: single positions at the block masks' expected ratio")
+    d.add_argument("--input", choices=INPUT_KINDS, default="tokens",
+                   help="tokens: the model reads the codes (VIMPAC); pixels: it reads the frames (stores extracted "
+                        "with --keep-frames) and predicts the codes of masked patches (BEVT); no tokenizer at inference")
     d.add_argument("--mask-rand-replace", action="store_true", help="BERT 80/10/10 replacement of masked tokens")
 
     m = p.add_argument_group("model")
@@ -68,6 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--halve-mlp", action="store_true", help="half the MLP width")
     m.add_argument("--nce-bn-after-proj", action="store_true", help="BatchNorm after the contrastive projection")
     m.add_argument("--load", default=None, help="initialise weights from a checkpoint directory (fresh schedule)")
+
+    i = p.add_argument_group("image stream (BEVT: masked prediction on single frames, same weights)")
+    i.add_argument("--stream", choices=STREAMS, default="video",
+                   help="video: clip pairs only (VIMPAC); image: single frames only (BEVT stage 1); joint: both, "
+                        "--image-ratio image micro-batches per video micro-batch (BEVT stage 2)")
+    i.add_argument("--image-tokens", nargs="+", default=None,
+                   help="stores whose every frame is an image (default: --train-tokens; an image list extracted as "
+                        "1-frame videos works too)")
+    i.add_argument("--image-ratio", type=float, default=1.0, help="joint: image micro-batches per video micro-batch")
+    i.add_argument("--image-batch", type=int, default=None,
+                   help="images per image micro-batch (default: 2 x the video micro-batch, the frames of one clip pair "
+                        "per video)")
+    i.add_argument("--image-mask-blocks", type=int, default=None, help="rectangles per image (default: --mask-blocks)")
+    i.add_argument("--image-weight", type=float, default=1.0, help="weight of the image stream's loss")
 
     o = p.add_argument_group("objective")
     o.add_argument("--mlm-weight", type=float, default=1.0, help="weight of the masked-token loss")
@@ -133,6 +152,24 @@ def locate_stores(a: argparse.Namespace) -> tuple[list[str], list[str]]:
     return train, valid
 
 
+def image_stream(a: argparse.Namespace, train: list[str]) -> ImageStreamSpec | None:
+    """The image stream's settings from the flags (None: --stream video)."""
+    if a.stream == "video":
+        given = [f for f, v in (("--image-tokens", a.image_tokens), ("--image-batch", a.image_batch),
+                                ("--image-mask-blocks", a.image_mask_blocks)) if v is not None]
+        if given:
+            raise TrainError(f"{', '.join(given)} configure the image stream: add --stream image (stage 1) or "
+                             f"--stream joint (stage 2)")
+        return None
+    if a.image_ratio <= 0:
+        raise TrainError(f"--image-ratio must be > 0, got {a.image_ratio}")
+    if a.image_batch is not None and a.image_batch < 1:
+        raise TrainError(f"--image-batch must be >= 1, got {a.image_batch}")
+    return ImageStreamSpec(stores=tuple(a.image_tokens or train), only=a.stream == "image", ratio=a.image_ratio,
+                           batch=a.image_batch,
+                           mask_blocks=a.mask_blocks if a.image_mask_blocks is None else a.image_mask_blocks)
+
+
 def build_task(a: argparse.Namespace) -> PretrainTask:
     train, valid = locate_stores(a)
     try:
@@ -142,9 +179,10 @@ def build_task(a: argparse.Namespace) -> PretrainTask:
     except ValueError as e:
         raise TrainError(str(e)) from None
     data = PretrainData(train=tuple(train), valid=tuple(valid), sampling=sampling, frame_size=a.frame_size,
-                        vocab_size=a.vocab_size, seed=a.seed, verify_stores=not a.no_verify_stores)
+                        vocab_size=a.vocab_size, seed=a.seed, verify_stores=not a.no_verify_stores, input=a.input,
+                        image=image_stream(a, train))
     objective = PretrainObjective(mlm_weight=a.mlm_weight, nce_weight=a.nce_weight, temperature=a.nce_temperature,
-                                  eval_max_batches=a.eval_max_batches)
+                                  eval_max_batches=a.eval_max_batches, image_weight=a.image_weight)
     return PretrainTask(data, objective, lambda vocab, grid: model_config_from_flags(a, vocab_size=vocab, grid=grid),
                         load=a.load)
 
@@ -163,7 +201,8 @@ def main(argv: list[str] | None = None, *, hooks: LoopHooks | None = None) -> in
     summary, prints = result
     if prints:
         tr, va = summary["train"] or {}, summary["valid"]
-        train = f"train mp_loss {tr['mp_loss']:.4f} mask_acc {tr['mask_acc']:.4f}" if tr else "no train step"
+        train = "; ".join(f"train {p}mp_loss {tr[p + 'mp_loss']:.4f} {p}mask_acc {tr[p + 'mask_acc']:.4f}"
+                          for p in ("", "image_") if p + "mp_loss" in tr) or "no train step"
         valid = f"valid mask_acc {va['mask_acc']:.4f} vs copy baseline {va['copy_acc']:.4f}" if va else "no eval"
         print(f"done: step {summary['steps']} (epoch {summary['epoch']}/{summary['epochs']}), "
               f"{summary['steps_this_run']} steps in {summary['seconds']} s = {summary['videos_per_s']} videos/s "

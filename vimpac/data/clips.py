@@ -56,6 +56,19 @@ def read_clip(store: TokenStore, k: int, start: int, clip: ClipSpec, grid: tuple
     return cut_clip(codes, 0, clip, pad_id)
 
 
+def read_frames_clip(store: TokenStore, k: int, start: int, clip: ClipSpec) -> np.ndarray:
+    """The pixels of `read_clip`'s clip -> (T, S, S, 3) uint8, black frames where the codes have [PAD]. The
+    store must hold frames (extracted with --keep-frames); the frames are exactly those the tokenizer saw."""
+    if not store.has_frames:
+        raise DataError(f"{store.path} holds codes only; pixel input (--input pixels) needs the frames the tokenizer "
+                        f"saw: extract the store with --keep-frames")
+    frames = store.read_frames_at(k, frames=slice(start, start + clip.span))[::clip.frame_rate]
+    if frames.shape[0] < clip.clip_len:
+        pad = np.zeros((clip.clip_len - frames.shape[0], *frames.shape[1:]), dtype=np.uint8)
+        frames = np.concatenate([frames, pad])
+    return np.ascontiguousarray(frames)
+
+
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack per-video samples key by key: (B, ...) tensors."""
     return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}

@@ -1,4 +1,5 @@
-"""Masks for mask-then-predict pre-training: VIMPAC block masking (Tan et al., 2021, sec. 3.1) and i.i.d.
+"""Masks for mask-then-predict pre-training: VIMPAC block masking (Tan et al., 2021, sec. 3.1), BEVT tube
+masking (Wang et al., 2022: one spatial mask through every frame) and i.i.d.
 
 Contract of `block_mask(shape, num_blocks, generator)`: for `shape = (B, T, h, w)` it returns a bool
 mask of that shape, the union of `num_blocks` cuboids per clip; each cuboid's extent is uniform
@@ -52,6 +53,17 @@ def block_mask(shape: Sequence[int], num_blocks: int, generator: torch.Generator
     cubes = inside[0][..., :, None, None] & inside[1][..., None, :, None] & inside[2][..., None, None, :]
     mask = cubes.any(dim=1)  # (B, T, h, w)
     return mask.to(device) if device is not None else mask
+
+
+def tube_mask(shape: Sequence[int], num_blocks: int, generator: torch.Generator | None = None,
+              device: torch.device | str | None = None) -> torch.Tensor:
+    """Union of `num_blocks` random rectangles per clip, each through every frame -> bool (B, T, h, w).
+
+    BEVT's tube masking: a masked patch is masked in all frames, so it cannot be copied from a neighbouring
+    frame. Rectangle extents and positions are drawn as `block_mask` draws its spatial ones.
+    """
+    b, t, h, w = _check_shape(shape)
+    return block_mask((b, 1, h, w), num_blocks, generator=generator, device=device).expand(b, t, h, w).contiguous()
 
 
 def iid_mask(shape: Sequence[int], ratio: float, generator: torch.Generator | None = None,

@@ -18,8 +18,9 @@ from torch.utils.data import Dataset
 
 from video2token.store import TokenStore
 
-from vimpac.data.clips import ClipSpec, collate, read_clip
-from vimpac.data.masking import apply_mask, block_mask, expected_block_mask_ratio, iid_mask
+from vimpac.data.clips import ClipSpec, collate, read_clip, read_frames_clip
+from vimpac.data.image_stream import collate_images, split_streams
+from vimpac.data.masking import apply_mask, block_mask, expected_block_mask_ratio, iid_mask, tube_mask
 from vimpac.data.stores import check_compatible_stores
 from vimpac.eval.copy_baseline import copy_baseline_accuracy
 from vimpac.model.masked import MaskedTargets
@@ -29,7 +30,7 @@ from vimpac.model.special_tokens import SpecialTokens
 MASK_PAD_TO = 64
 
 
-MASKINGS = ("block", "iid")
+MASKINGS = ("block", "tube", "iid")
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class ClipSampling:
     relevance_range: int | None = None   # max distance between the two clips' starts (stored frames); None: any
     mask_blocks: int = 5                 # block-mask cuboids per clip
     mask_rand_replace: bool = False      # BERT 80/10/10 instead of always [MASK]
-    masking: str = "block"               # "block" cuboids, or "iid" positions at the same expected ratio
+    masking: str = "block"               # "block" cuboids, "tube" rectangles through all frames (BEVT), or "iid"
+                                         # positions at the block masks' expected ratio
 
     def __post_init__(self) -> None:
         if self.clip_len < 1 or self.frame_rate < 1 or self.mask_blocks < 0:
@@ -81,8 +83,11 @@ class ClipPairDataset(Dataset):
     masks), valid, tokens. Stores are opened lazily per worker process by TokenStore itself.
     """
 
-    def __init__(self, stores: Sequence[TokenStore], sampling: ClipSampling, *, seed: int, what: str = "data"):
+    def __init__(self, stores: Sequence[TokenStore], sampling: ClipSampling, *, seed: int, what: str = "data",
+                 pixels: bool = False):
+        """pixels: also return each clip's frames (2, T, S, S, 3) uint8 (BEVT input; stores with --keep-frames)."""
         self.stores = list(stores)
+        self.pixels = pixels
         self.vocab_size, self.grid = check_compatible_stores(self.stores, what)
         self.special = SpecialTokens.from_vocab_size(self.vocab_size)
         self.sampling = sampling
@@ -107,14 +112,23 @@ class ClipPairDataset(Dataset):
         store = self.stores[view]
         starts = sample_starts(int(self.num_frames[k]), self.sampling, rng)
         codes = torch.from_numpy(np.stack([read_clip(store, k, s, self.clip, self.grid, self.special.pad) for s in starts]))  # (2, T, h, w)
-        if self.sampling.masking == "iid":  # the ablation baseline: same expected ratio, no spatio-temporal blocks
-            mask = iid_mask(codes.shape, self.iid_ratio, generator=gen)
-        else:
-            mask = block_mask(codes.shape, self.sampling.mask_blocks, generator=gen)
+        mask = make_mask(self.sampling, codes.shape, self.iid_ratio, gen)
         codes_in, mask = apply_mask(codes, mask, self.special, bert_style=self.sampling.mask_rand_replace,
                                     generator=gen)
-        return {"codes": codes, "codes_in": codes_in, "mask": mask, "index": torch.tensor(k),
-                "view": torch.tensor(view), "starts": torch.tensor(starts), **clip_facts(codes, mask, self.special)}
+        sample = {"codes": codes, "codes_in": codes_in, "mask": mask, "index": torch.tensor(k),
+                  "view": torch.tensor(view), "starts": torch.tensor(starts), **clip_facts(codes, mask, self.special)}
+        if self.pixels:  # (2, T, S, S, 3) uint8: the model puts its [MASK] embedding on masked patches itself
+            sample["frames"] = torch.from_numpy(np.stack([read_frames_clip(store, k, s, self.clip) for s in starts]))
+        return sample
+
+
+def make_mask(sampling: ClipSampling, shape: tuple[int, ...], iid_ratio: float, gen: torch.Generator) -> torch.Tensor:
+    """The sampling's mask kind over `shape` (..., T, h, w) -> bool."""
+    if sampling.masking == "iid":  # the ablation baseline: same expected ratio, no spatio-temporal blocks
+        return iid_mask(shape, iid_ratio, generator=gen)
+    if sampling.masking == "tube":
+        return tube_mask(shape, sampling.mask_blocks, generator=gen)
+    return block_mask(shape, sampling.mask_blocks, generator=gen)
 
 
 def clip_facts(codes: torch.Tensor, mask: torch.Tensor, special: SpecialTokens) -> dict[str, torch.Tensor]:
@@ -137,3 +151,15 @@ def collate_pairs(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
     batch["mask_index"], batch["mask_target"] = masked.index, masked.target
     batch["any_pad"] = ~batch["frame_valid"].all()
     return batch
+
+
+def collate_joint(samples: list[dict]) -> dict:
+    """A joint micro-batch (BEVT stage 2): {"video": collate_pairs(...), "image": image batch or None}."""
+    videos, images = split_streams(samples)
+    return {"stream_split": True, "video": collate_pairs(videos) if videos else None,
+            "image": collate_images(images, pad_to=MASK_PAD_TO) if images else None}
+
+
+def collate_image_stream(samples: list[dict], *, pad_to: int) -> dict:
+    """An image-only micro-batch (BEVT stage 1): {"image": image batch}."""
+    return {"stream_split": True, "video": None, "image": collate_images(samples, pad_to=pad_to)}

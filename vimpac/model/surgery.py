@@ -68,8 +68,21 @@ def resample_moments(moments: Mapping[str, torch.Tensor], model: nn.Module) -> d
     return out
 
 
+INPUT_FLAGS = {"tokens": "--input tokens (VIMPAC: codes in)", "pixels": "--input pixels (BEVT: frames in, codes as targets)"}
+
+
+def check_input_kind(ckpt_cfg: ModelConfig, want: str, where: str) -> None:
+    """A checkpoint reads what it was trained on: a token model never takes frames, nor a pixel model codes."""
+    have = getattr(ckpt_cfg, "input", "tokens")
+    if have != want:
+        raise WeightsError(f"{where} is a model with {INPUT_FLAGS[have]}, but this run uses {INPUT_FLAGS[want]}: the "
+                           f"input embeddings differ (a code table vs a patch projection); pass --input {have} "
+                           f"(pixel models need stores extracted with --keep-frames)")
+
+
 def check_same_architecture(ckpt_cfg: ModelConfig, cfg: ModelConfig, where: str) -> None:
     """Everything but the input shape (stage 2 changes it) and run-time options must match."""
+    check_input_kind(ckpt_cfg, cfg.input, where)
     free = {"clip_len", "grid_h", "grid_w", "dropout", "attn_dropout", "grad_checkpointing", "name"}
     a, b = ckpt_cfg.to_dict(), cfg.to_dict()
     diff = [f"{k}: {a[k]!r} (checkpoint) vs {b.get(k)!r} (flags)" for k in a if k not in free and a[k] != b.get(k)]
@@ -97,6 +110,7 @@ def backbone_state(ckpt_state: Mapping[str, torch.Tensor], ckpt_cfg: ModelConfig
     keep_head: also the classifier (`head.*`, a fine-tuned checkpoint); else the model's own fresh head.
     """
     cfg = model.cfg
+    check_input_kind(ckpt_cfg, cfg.input, where)
     state = {k: v for k, v in ckpt_state.items() if k.startswith("backbone.") or (keep_head and k.startswith("head."))}
     notes = []
     if ckpt_cfg.vocab_size != cfg.vocab_size and CODE_TABLE in state:

@@ -476,7 +476,7 @@ class ClassificationHead(nn.Module):
 class PretrainOutput:
     mp_loss: torch.Tensor      # () mean cross-entropy over masked positions (weighted when the targets are)
     mp_acc: torch.Tensor       # () accuracy over masked positions (no grad)
-    cls_proj: torch.Tensor     # (B, nce_proj_out_dim) contrastive projection, not normalised
+    cls_proj: torch.Tensor | None  # (B, nce_proj_out_dim) contrastive projection, not normalised (None: skipped)
     cls: torch.Tensor          # (B, D)
     hidden: torch.Tensor       # (B, N, D)
     num_masked: torch.Tensor   # () long: masked positions counted (padding entries of MaskedTargets are not)
@@ -509,11 +509,13 @@ class VimpacForPretraining(nn.Module):
         return self.mp_head(picked, self._decoder_input())
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor | None = None, *,
-                masked: MaskedTargets | None = None,
-                frame_valid: torch.Tensor | None | str = "auto") -> PretrainOutput:
+                masked: MaskedTargets | None = None, frame_valid: torch.Tensor | None | str = "auto",
+                contrastive: bool = True) -> PretrainOutput:
         """inputs: codes_in (B, T, h, w) with [MASK]/[PAD] in place, or frames (B, T, H, W, 3) uint8 (pixel model);
         mask (B, T, h, w) bool; targets (B, T, h, w) codes. `masked` (the loader's MaskedTargets) replaces
-        finding the masked positions here (a host sync); `frame_valid`: see VimpacBackbone.forward."""
+        finding the masked positions here (a host sync); `frame_valid`: see VimpacBackbone.forward.
+        contrastive=False skips the contrastive head (cls_proj None; its BatchNorm statistics untouched), e.g.
+        for BEVT's image stream, which has masked prediction only."""
         from vimpac.model.losses import masked_token_loss
 
         grid_shape = inputs.shape[:4] if self.backbone.pixels else inputs.shape
@@ -531,7 +533,7 @@ class VimpacForPretraining(nn.Module):
         logits = self.mp_head(picked, self._decoder_input())
         mp_loss, mp_acc = masked_token_loss(logits, masked.target, masked.weight)
         num_masked = (masked.target != IGNORE_INDEX).sum()
-        cls_proj = self.cl_head(out.cls)
+        cls_proj = self.cl_head(out.cls) if contrastive else None
         return PretrainOutput(mp_loss=mp_loss, mp_acc=mp_acc, cls_proj=cls_proj, cls=out.cls, hidden=out.hidden,
                               num_masked=num_masked, mp_correct=(mp_acc * num_masked).detach())
 

@@ -26,6 +26,7 @@ from video2token.precision import Precision, resolve_precision
 from video2token.runlog import MetricsLogger, plot_curves
 
 from vimpac.data.sampler import EpochBatchSampler
+from vimpac.data.stores import DataError
 from vimpac.model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from vimpac.train import ds_compat
 from vimpac.train.deepspeed_setup import build_ds_config, choose_zero_stage, init_engine, load_overrides, split_clipping
@@ -143,6 +144,11 @@ class TrainLoop:
         self.sampler = EpochBatchSampler(len(task.train_set), micro_batch=self.plan.micro_batch,
                                          world_size=self.plan.world_size, rank=self.dist.rank, seed=cfg.seed,
                                          micro_steps_per_epoch=self.steps_per_epoch * self.plan.accumulation)
+        if hasattr(task, "wrap_sampler"):  # e.g. BEVT's joint training adds the image stream's keys
+            try:
+                self.sampler = task.wrap_sampler(self.sampler, self.plan, self.dist.rank)
+            except DataError as e:
+                raise TrainError(str(e)) from None
         start_micro = self._start_micro()  # checks the data position against this batch plan
 
         seed_everything(cfg.seed)  # same initial weights on every rank

@@ -6,6 +6,7 @@ the copy-the-nearest-frame baseline on the same masks. At the end: mask_examples
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vimpac.data.pretrain_clips import ClipPairDataset, ClipSampling, collate_pairs
+from vimpac.data.image_stream import ImageFrames, JointBatchSampler, JointClips
+from vimpac.data.pretrain_clips import MASK_PAD_TO, ClipPairDataset, ClipSampling, collate_image_stream, collate_joint, collate_pairs
 from vimpac.data.sampler import EpochBatchSampler
 from vimpac.data.stores import DataError, check_compatible_stores, check_frame_size, open_stores
 from vimpac.eval.copy_baseline import copy_baseline_predictions
@@ -31,7 +33,8 @@ from vimpac.train.step_sums import StepSums
 #: model options no pre-training flag sets: a --load checkpoint's values are kept (e.g. an original VIMPAC
 #: snapshot's bias-free contrastive projection)
 ADOPTED_FROM_LOAD = ("nce_proj_bias", "embed_norm")
-SUMS = ("mp_loss", "mask_correct", "copy_correct", "masked", "cl_loss", "cl_acc", "micro", "valid", "pad", "tokens")
+SUMS = ("mp_loss", "mask_correct", "copy_correct", "masked", "cl_loss", "cl_acc", "micro", "valid", "pad", "tokens",
+        "image_mp_loss", "image_mask_correct", "image_masked", "image_micro")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,19 @@ class PretrainData:
     vocab_size: int | None = None   # expected vocabulary (--vocab-size), checked against the stores
     seed: int = 9595
     verify_stores: bool = True      # SHA-256 of every shard when opened (--no-verify-stores: False)
+    input: str = "tokens"           # "pixels": the clips' frames go in, their codes are the targets (BEVT)
+    image: "ImageStreamSpec | None" = None  # BEVT's image stream (stage 1 alone, stage 2 joint); None: videos only
+
+
+@dataclass(frozen=True)
+class ImageStreamSpec:
+    """BEVT's image stream: masked prediction on single stored frames through the same weights."""
+
+    stores: tuple[str, ...]         # every stored frame of these stores is an image
+    only: bool = False              # stage 1: images only; else joint with the video stream (stage 2)
+    ratio: float = 1.0              # joint: image micro-batches per video micro-batch
+    batch: int | None = None        # images per image micro-batch (default: 2 x the video micro-batch)
+    mask_blocks: int = 5            # rectangles per image
 
 
 @dataclass(frozen=True)
@@ -53,13 +69,21 @@ class PretrainObjective:
     nce_weight: float = 1.0
     temperature: float = 0.2
     eval_max_batches: int | None = None
+    image_weight: float = 1.0       # weight of the image stream's masked-prediction loss
 
 
 def pretrain_metrics(t: dict[str, float]) -> dict[str, float]:
-    n, masked = max(t["micro"], 1.0), max(t["masked"], 1.0)
-    return {"mp_loss": t["mp_loss"] / n, "mask_acc": t["mask_correct"] / masked, "copy_acc": t["copy_correct"] / masked,
-            "cl_loss": t["cl_loss"] / n, "cl_acc": t["cl_acc"] / n, "mask_ratio": t["masked"] / max(t["valid"], 1.0),
-            "pad_ratio": t["pad"] / max(t["tokens"], 1.0)}
+    out: dict[str, float] = {}
+    if t["micro"] > 0:
+        n, masked = t["micro"], max(t["masked"], 1.0)
+        out.update(mp_loss=t["mp_loss"] / n, mask_acc=t["mask_correct"] / masked, copy_acc=t["copy_correct"] / masked,
+                   cl_loss=t["cl_loss"] / n, cl_acc=t["cl_acc"] / n, mask_ratio=t["masked"] / max(t["valid"], 1.0),
+                   pad_ratio=t["pad"] / max(t["tokens"], 1.0))
+    if t["image_micro"] > 0:  # per-stream losses of BEVT's joint training
+        out.update(image_mp_loss=t["image_mp_loss"] / t["image_micro"],
+                   image_mask_acc=t["image_mask_correct"] / max(t["image_masked"], 1.0),
+                   image_micro_batches=t["image_micro"])
+    return out
 
 
 class PretrainTask:
@@ -92,13 +116,56 @@ class PretrainTask:
             raise TrainError(f"--vocab-size {data.vocab_size} but the token stores hold {vocab} codes "
                              f"({self.train_stores[0].path}); drop the flag or use stores of that tokenizer")
         self.cfg = model_config(vocab, grid)
+        if data.input == "pixels":
+            self.cfg = self.cfg.replace(input="pixels", patch_size=self._patch_size(grid))
         self.init = self._read_load() if load else None
         if self.init is not None:
             self.cfg = self.cfg.replace(**{k: getattr(self.init.config, k) for k in ADOPTED_FROM_LOAD})
         self.special = self.cfg.special_tokens
-        self.train_set = ClipPairDataset(self.train_stores, data.sampling, seed=data.seed, what="--train-tokens")
-        self.valid_set = (ClipPairDataset(self.valid_stores, data.sampling, seed=data.seed + 1, what="--valid-tokens")
-                          if self.valid_stores else None)
+        pixels = data.input == "pixels"
+        try:
+            videos = ClipPairDataset(self.train_stores, data.sampling, seed=data.seed, what="--train-tokens",
+                                     pixels=pixels)
+            self.valid_set = (ClipPairDataset(self.valid_stores, data.sampling, seed=data.seed + 1,
+                                              what="--valid-tokens", pixels=pixels) if self.valid_stores else None)
+            if pixels:
+                for s in self.train_stores + self.valid_stores:
+                    if not s.has_frames:
+                        raise DataError(f"{s.path} holds codes only; --input pixels needs the frames the tokenizer "
+                                        f"saw: extract the store with --keep-frames")
+            self.images = None
+            if data.image is not None:
+                image_stores = open_stores(data.image.stores, "--image-tokens", verify=data.verify_stores)
+                self.images = ImageFrames(image_stores, mask_blocks=data.image.mask_blocks, seed=data.seed,
+                                          pixels=pixels)
+                if (self.images.vocab_size, tuple(self.images.grid)) != (vocab, tuple(grid)):
+                    raise DataError(f"--image-tokens hold {self.images.vocab_size} codes on a {self.images.grid} map, "
+                                    f"the video stores {vocab} codes on a {grid} map")
+        except DataError as e:
+            raise TrainError(str(e)) from None
+        if self.images is not None and data.image.only:  # stage 1: an epoch is one pass over the images
+            self.train_set, self.clips_per_video = self.images, 1
+            self.collate = functools.partial(collate_image_stream, pad_to=MASK_PAD_TO)
+        elif self.images is not None:
+            self.train_set = JointClips(videos, self.images)
+            self.collate = collate_joint
+        else:
+            self.train_set = videos
+
+    def _patch_size(self, grid: tuple[int, int]) -> int:
+        """Pixels per code side: the stores' crop size over their code map (the tokenizer's stride)."""
+        crop = self.train_stores[0].meta.get("crop_size")
+        if not crop or int(crop) % grid[0] or int(crop) != int(crop) // grid[0] * grid[1]:
+            raise TrainError(f"--input pixels: {self.train_stores[0].path} records crop size {crop} for a {grid} code "
+                             f"map; the patch must tile the frame (crop size = grid x tokenizer stride)")
+        return int(crop) // grid[0]
+
+    def wrap_sampler(self, sampler, plan, rank: int):
+        """The video order, extended by the image stream's keys in joint training (see image_stream)."""
+        if self.images is None or self.data.image.only:
+            return sampler
+        return JointBatchSampler(sampler, num_images=len(self.images), ratio=self.data.image.ratio,
+                                 image_batch=self.data.image.batch or 2 * plan.micro_batch, seed=self.data.seed)
 
     # -- model
     def prepare(self, ckpt: Checkpoint | None) -> None:
@@ -152,18 +219,39 @@ class PretrainTask:
         return {}
 
     # -- steps
-    def forward(self, engine, batch: dict[str, torch.Tensor], loop) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Loss of one micro-batch and its metric contributions (masked-token CE + InfoNCE; the copy baseline
-        and the counts come from the loader). Nothing here waits for the device."""
-        device, ob = loop.dist.device, self.objective
-        codes_in = batch["codes_in"].to(device, non_blocking=True).flatten(0, 1)  # (2B, T, h, w): clips a, b of video 0, ...
-        mask = batch["mask"].to(device, non_blocking=True).flatten(0, 1)
+    def forward(self, engine, batch: dict, loop) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Loss of one micro-batch and its metric contributions: the video stream's masked-token CE + InfoNCE (the
+        copy baseline and the counts come from the loader) and, in BEVT's joint training, the image stream's
+        masked-token CE. Nothing here waits for the device."""
+        videos, images = (batch.get("video"), batch.get("image")) if "stream_split" in batch else (batch, None)
+        loss, contrib = None, {}
+        if videos is not None:
+            loss, contrib = self._video_loss(engine, videos, loop)
+        if images is not None:
+            image_loss, image_contrib = self._image_loss(engine, images, loop)
+            weighted = self.objective.image_weight * image_loss
+            loss = weighted if loss is None else loss + weighted
+            contrib.update(image_contrib)
+        return loss, contrib
+
+    def _inputs(self, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, MaskedTargets]:
+        """(model input (N, T, ...) on the device, mask (N, T, h, w), MaskedTargets), pairs flattened to clips."""
+        pairs = batch["mask"].dim() == 5  # video samples hold 2 clips each
+        flat = (lambda x: x.flatten(0, 1)) if pairs else (lambda x: x)
+        key = "frames" if self.cfg.input == "pixels" else "codes_in"
+        inputs = flat(batch[key].to(device, non_blocking=True))  # (2B, T, h, w) codes / (2B, T, S, S, 3) frames
+        mask = flat(batch["mask"].to(device, non_blocking=True))
         masked = MaskedTargets(index=batch["mask_index"].to(device, non_blocking=True),
                                target=batch["mask_target"].to(device, non_blocking=True))
+        return inputs, mask, masked
+
+    def _video_loss(self, engine, batch: dict, loop) -> tuple[torch.Tensor, dict[str, Any]]:
+        device, ob = loop.dist.device, self.objective
+        inputs, mask, masked = self._inputs(batch, device)  # clips a, b of video 0, then of video 1, ...
         frame_valid = (batch["frame_valid"].to(device, non_blocking=True).flatten(0, 1)
                        if bool(batch["any_pad"]) else None)  # any_pad is a CPU tensor: no sync
         with loop.precision.autocast():
-            out = engine(codes_in, mask, masked=masked, frame_valid=frame_valid)
+            out = engine(inputs, mask, masked=masked, frame_valid=frame_valid)
             z = out.cls_proj.float().view(-1, 2, out.cls_proj.shape[-1])  # (B, 2, d)
             cl = symmetric_infonce(z[:, 0], z[:, 1], temperature=ob.temperature)
             loss = ob.mlm_weight * out.mp_loss + ob.nce_weight * cl.loss
@@ -172,6 +260,13 @@ class PretrainTask:
                        masked=batch["masked"].sum(), cl_loss=cl.loss.detach(), cl_acc=cl.acc.detach(), micro=1,
                        valid=valid, pad=tokens - valid, tokens=tokens)
         return loss, contrib
+
+    def _image_loss(self, engine, batch: dict, loop) -> tuple[torch.Tensor, dict[str, Any]]:
+        inputs, mask, masked = self._inputs(batch, loop.dist.device)  # (B, 1, ...): one frame per image
+        with loop.precision.autocast():
+            out = engine(inputs, mask, masked=masked, frame_valid=None, contrastive=False)
+        return out.mp_loss, dict(image_mp_loss=out.mp_loss.detach(), image_mask_correct=out.mp_correct,
+                                 image_masked=batch["masked"], image_micro=1)
 
     metrics = staticmethod(pretrain_metrics)
 
@@ -240,8 +335,11 @@ class PretrainTask:
         for k in range(min(num, len(self.valid_set))):
             s = self.valid_set[k]
             codes, codes_in, mask = s["codes"][:1].to(device), s["codes_in"][:1].to(device), s["mask"][:1].to(device)
+            pixels = self.cfg.input == "pixels"
+            inputs = s["frames"][:1].to(device) if pixels else codes_in
             with loop.precision.autocast():
-                hidden = model.backbone(codes_in).hidden
+                hidden = model.backbone(inputs, mask=mask if pixels else None,
+                                        frame_valid=s["frame_valid"][:1].to(device) if pixels else "auto").hidden
                 logits = model.masked_logits(hidden, mask)
             pred = codes.clone()
             pred[mask] = logits.argmax(-1)

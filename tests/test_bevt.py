@@ -1,0 +1,123 @@
+"""BEVT mode (Wang et al., CVPR 2022): pixels in, the tokenizer's codes as targets, an image stream through the
+same weights. Unit contracts here; the end-to-end path (stores with frames, the CLIs) is in test_bevt_cli.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vimpac.data.image_stream import IMAGE, JointBatchSampler
+from vimpac.data.masking import block_mask, tube_mask
+from vimpac.data.sampler import EpochBatchSampler
+from vimpac.model.config import ModelConfig
+from vimpac.model.surgery import WeightsError, check_input_kind, check_same_architecture
+from vimpac.model.transformer import VimpacForClassification, VimpacForPretraining
+
+TINY = dict(vocab_size=29, clip_len=3, grid_h=4, grid_w=4, layers=1, hid_dim=32, heads=2, head_dim=16, mlp_dim=64,
+            nce_proj_hid_dim=16, nce_proj_out_dim=8, dropout=0.0)
+
+
+def pixel_cfg(**kw) -> ModelConfig:
+    return ModelConfig(**{**TINY, "input": "pixels", "patch_size": 4, **kw})
+
+
+def frames(b=2, t=3, seed=0) -> torch.Tensor:
+    return torch.randint(0, 256, (b, t, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_pixel_and_token_models_share_the_transformer():
+    torch.manual_seed(0)
+    tok = VimpacForPretraining(ModelConfig(**TINY))
+    pix = VimpacForPretraining(pixel_cfg())
+    tok_keys = {k for k in tok.state_dict() if not k.startswith(("backbone.embeddings.", "mp_head.decoder"))}
+    pix_keys = {k for k in pix.state_dict() if not k.startswith(("backbone.embeddings.", "mp_head.decoder"))}
+    assert tok_keys == pix_keys  # layers, heads: one model; only the input embedding (and the untied decoder) differ
+    assert type(tok.backbone.layers[0]) is type(pix.backbone.layers[0])
+    assert "backbone.embeddings.code.weight" in tok.state_dict() and "backbone.embeddings.proj.weight" in pix.state_dict()
+    assert pix.mp_head.decoder.shape == (29, 32) and tok.mp_head.decoder is None
+
+
+def test_pixel_forward_masks_patches_with_the_mask_embedding():
+    torch.manual_seed(0)
+    model = VimpacForPretraining(pixel_cfg()).eval()
+    x = frames()
+    mask = block_mask((2, 3, 4, 4), 2, torch.Generator().manual_seed(1))
+    emb = model.backbone.embeddings
+    tok_a, _ = emb(x, mask)
+    y = x.clone()
+    y[..., :, :, :] = 255 - y  # every pixel changes: only the unmasked patches' embeddings may follow
+    tok_b, _ = emb(y, mask)
+    flat = mask.reshape(2, -1)
+    torch.testing.assert_close(tok_a[flat], tok_b[flat])
+    assert not torch.allclose(tok_a[~flat], tok_b[~flat])
+    codes = torch.randint(0, 29, (2, 3, 4, 4))
+    out = model(x, mask, codes)
+    assert out.num_masked == int(mask.sum()) and torch.isfinite(out.mp_loss) and out.cls_proj.shape == (2, 8)
+    assert model(x, mask, codes, contrastive=False).cls_proj is None
+
+
+def test_pixel_model_refuses_codes_and_wrong_frame_sizes():
+    model = VimpacForPretraining(pixel_cfg()).eval()
+    mask = torch.zeros(2, 3, 4, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"takes frames \(B, T, H, W, 3\)"):
+        model.backbone(torch.zeros(2, 3, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"16x16 px = 4x4 patches of 4 px"):
+        model.backbone(torch.zeros(2, 3, 20, 20, 3, dtype=torch.uint8), mask=mask)
+    clf = VimpacForClassification(pixel_cfg(), num_classes=3).eval()
+    assert clf(frames()).shape == (2, 3)
+
+
+def test_padded_pixel_frames_do_not_change_cls():
+    torch.manual_seed(0)
+    model = VimpacForClassification(pixel_cfg(), num_classes=3).eval()
+    short = frames(b=1, t=2)
+    padded = torch.cat([short, torch.zeros(1, 1, 16, 16, 3, dtype=torch.uint8)], dim=1)
+    valid = torch.tensor([[True, True, False]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(padded, frame_valid=valid), model(short, frame_valid=None), rtol=1e-5,
+                                   atol=1e-5)
+
+
+def test_a_checkpoint_of_the_other_input_kind_is_refused_clearly():
+    with pytest.raises(WeightsError, match=r"--load X is a model with --input pixels .* this run uses --input tokens"):
+        check_input_kind(pixel_cfg(), "tokens", "--load X")
+    with pytest.raises(WeightsError, match=r"pass --input tokens"):
+        check_same_architecture(ModelConfig(**TINY), pixel_cfg(), "--load Y")
+    check_input_kind(pixel_cfg(), "pixels", "--load X")  # same kind: fine
+
+
+def test_config_from_an_older_checkpoint_is_a_token_model():
+    d = ModelConfig(**TINY).to_dict()
+    d.pop("input"), d.pop("patch_size")  # config.json written before pixel input existed
+    assert ModelConfig.from_dict(d).input == "tokens"
+    with pytest.raises(ValueError, match="input must be one of"):
+        ModelConfig(**{**TINY, "input": "audio"})
+
+
+def test_tube_mask_covers_the_same_patches_in_every_frame():
+    m = tube_mask((3, 5, 8, 8), 3, torch.Generator().manual_seed(0))
+    assert m.shape == (3, 5, 8, 8) and m.any()
+    assert (m == m[:, :1]).all()  # one spatial mask through all frames
+
+
+def test_joint_sampler_holds_the_image_ratio_over_an_epoch_and_resumes_exactly():
+    videos = EpochBatchSampler(40, micro_batch=4, world_size=1, rank=0, seed=3)
+    joint = JointBatchSampler(videos, num_images=7, ratio=0.5, image_batch=3, seed=3)
+    joint.set_position(2, 0)
+    batches = list(joint)
+    video_keys = [k for b in batches for k in b if k[0] != IMAGE]
+    image_keys = [k for b in batches for k in b if k[0] == IMAGE]
+    assert len(batches) == 10 and len(video_keys) == 40
+    assert len(image_keys) == 0.5 * 10 * 3  # ratio x video micro-batches x image micro-batch
+    assert [len([k for k in b if k[0] == IMAGE]) for b in batches] == [0, 3] * 5  # spread evenly
+    counts = np.bincount([k[2] for k in image_keys], minlength=7)
+    assert counts.max() - counts.min() <= 2  # whole permutations of the images, one after another
+    joint.set_position(2, 6)  # a resumed run starts mid-epoch: the same keys from there
+    assert list(joint) == batches[6:]
+    two = [JointBatchSampler(EpochBatchSampler(40, micro_batch=2, world_size=2, rank=r, seed=3), num_images=7,
+                             ratio=1.0, image_batch=2, seed=3) for r in range(2)]
+    for s in two:
+        s.set_position(0, 0)
+    first = [next(iter(s)) for s in two]
+    imgs = [k for b in first for k in b if k[0] == IMAGE]
+    assert len(imgs) == 4 and len({k[2] for k in imgs}) == 4  # ranks take different images
