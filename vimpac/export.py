@@ -17,6 +17,7 @@ import sys
 
 from video2token.cli import HelpFormatter
 
+from vimpac.model.config import INPUT_KINDS
 from vimpac.serve.classifier import PredictError
 from vimpac.serve.release import FILES, export_release, verify_release
 
@@ -29,11 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer-path", default=None, help="check this tokenizer against the fine-tuning stores'")
     p.add_argument("--with-tokenizer", action="store_true",
                    help="copy the tokenizer into RELEASE/tokenizer/ (self-contained: predict needs no tokenizer flags)")
+    p.add_argument("--input", choices=INPUT_KINDS, default=None,
+                   help="tokens or pixels: what the model must read (default: the checkpoint's kind; the other is "
+                        "refused). A pixel model's release needs no tokenizer")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     a = p.parse_args(argv)
     try:
         out = export_release(a.checkpoint, a.output, tokenizer_kind=a.tokenizer, tokenizer_path=a.tokenizer_path,
-                             with_tokenizer=a.with_tokenizer, overwrite=a.overwrite)
+                             with_tokenizer=a.with_tokenizer, overwrite=a.overwrite, input_kind=a.input)
         verify_release(out)
     except PredictError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

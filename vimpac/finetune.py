@@ -30,6 +30,7 @@ from video2token.cli import HelpFormatter
 from vimpac.data import registry
 from vimpac.data.labelled import LabelledData, LabelledSource
 from vimpac.model.checkpoint import CheckpointError, read_checkpoint_config
+from vimpac.model.config import INPUT_KINDS
 from vimpac.model.loading import resolve_checkpoint
 from vimpac.eval.finetuned import RESULTS, EvalSettings, evaluate_finetuned, parse_clip_counts
 from vimpac.train.entry import run_guarded
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dropout", type=float, default=0.1, help="backbone dropout")
     m.add_argument("--last-dropout", type=float, default=0.0, help="dropout before the classifier (paper: 0.0)")
     m.add_argument("--linear-probe", action="store_true", help="freeze the backbone, train the classifier only")
+    m.add_argument("--input", choices=INPUT_KINDS, default=None,
+                   help="tokens or pixels (BEVT; stores extracted with --keep-frames); default: what --load was "
+                        "trained on (a checkpoint of the other kind is refused)")
     m.add_argument("--from-scratch", action="store_true",
                    help="the same architecture as --load, randomly initialised (the no-pre-training baseline)")
     m.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward (less memory)")
@@ -126,7 +130,8 @@ def run(a: argparse.Namespace, hooks: LoopHooks | None) -> tuple[dict, bool]:
                                   clip_len=a.clip_len, clip_counts=clip_counts), True
     init = ClassifierInit(load=a.load, clip_len=a.clip_len, different_shape=a.different_shape, dropout=a.dropout,
                           last_dropout=a.last_dropout, linear_probe=a.linear_probe, from_scratch=a.from_scratch,
-                          grad_checkpointing=a.grad_checkpointing, layers=a.layers, hid_dim=a.hid_dim)
+                          grad_checkpointing=a.grad_checkpointing, layers=a.layers, hid_dim=a.hid_dim,
+                          input=a.input)
     task = FinetuneTask(data, init, settings, seed=a.seed, clip_counts=clip_counts, output=a.output)
     cfg = loop_config(a, epochs=a.epochs or data.default_epochs, default_batch=BATCH, default_bs_per_gpu=BS_PER_GPU)
     loop = TrainLoop(cfg, task, hooks=hooks)

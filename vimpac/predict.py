@@ -7,7 +7,8 @@ size and test crops, `--num-test-clips` uniform clips per crop, softmax scores a
     python -m vimpac.predict --checkpoint release/ucf101 --tokenizer dalle --tokenizer-path weights/dalle video.mp4
 
 The tokenizer is the one the checkpoint records (its SHA-256 checked) unless --tokenizer-path
-says otherwise. A video that cannot be read is reported among the results and the others are
+says otherwise. A pixel model (BEVT mode, fine-tuned with --input pixels) reads the decoded frames
+and never loads a tokenizer. A video that cannot be read is reported among the results and the others are
 still classified; the exit code is then 1.
 
 `--checkpoint` takes a fine-tuning output (its best/ or last/), one checkpoint dir, an export
@@ -24,8 +25,9 @@ import sys
 from video2token.cli import HelpFormatter
 from video2token.precision import add_precision_flag, resolve_precision
 
-from vimpac.serve.classifier import (PredictError, classify_codes, load_classifier, load_task_tokenizer, tokenize_views,
-                                     top_k)
+from vimpac.model.config import INPUT_KINDS
+from vimpac.serve.classifier import (PredictError, check_input, classify_codes, classify_frames, decode_views,
+                                     load_classifier, load_task_tokenizer, tokenize_views, top_k)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vimpac.predict", description=__doc__,
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenizer kind (default: the checkpoint's record)")
     p.add_argument("--tokenizer-path", default=None,
                    help="tokenizer weights (default: the checkpoint's record; its SHA-256 is checked either way)")
+    p.add_argument("--input", choices=INPUT_KINDS, default=None,
+                   help="what the model must read: tokens or pixels (default: the checkpoint's kind; the other is "
+                        "refused)")
     p.add_argument("--num-test-clips", type=int, default=None, help="default: the fine-tuning run's")
     p.add_argument("--top", type=int, default=5)
     add_precision_flag(p)
@@ -57,8 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         clf = load_classifier(a.checkpoint, device=a.device)
         for note in clf.notes:
             print(f"[predict] {note}", file=sys.stderr, flush=True)
-        tok = load_task_tokenizer(clf, kind=a.tokenizer, path=a.tokenizer_path, device=a.device,
-                                  precision=precision.name)
+        check_input(clf, a.input)
+        tok = None
+        if clf.pixels:  # frames in: no tokenizer at inference
+            if a.tokenizer or a.tokenizer_path:
+                print("[predict] --tokenizer / --tokenizer-path ignored: a pixel model reads the frames",
+                      file=sys.stderr, flush=True)
+        else:
+            tok = load_task_tokenizer(clf, kind=a.tokenizer, path=a.tokenizer_path, device=a.device,
+                                      precision=precision.name)
         num_clips = a.num_test_clips or int(clf.task.get("num_test_clips", 10))
         if num_clips < 1:
             raise PredictError(f"--num-test-clips must be >= 1, got {num_clips}")
@@ -70,8 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if not os.path.exists(video):
                 raise PredictError(f"{video} does not exist")
-            probs = classify_codes(clf, tokenize_views(video, tok, clf.task), num_clips=num_clips,
-                                   precision=precision.name)
+            if clf.pixels:
+                probs = classify_frames(clf, decode_views(video, clf.task), num_clips=num_clips,
+                                        precision=precision.name)
+            else:
+                probs = classify_codes(clf, tokenize_views(video, tok, clf.task), num_clips=num_clips,
+                                       precision=precision.name)
             results.append({"video": video, "top": top_k(probs, clf.label_names, a.top)})
         except PredictError as e:
             results.append({"video": video, "error": str(e)})

@@ -98,12 +98,12 @@ class LabelledData:
         except ValueError as e:
             raise DataError(str(e)) from None
 
-    def train_set(self, clip: ClipSpec, seed: int) -> TrainClips | None:
-        return TrainClips(self.train_stores, clip, seed=seed) if self.train_stores else None
+    def train_set(self, clip: ClipSpec, seed: int, *, pixels: bool = False) -> TrainClips | None:
+        return TrainClips(self.train_stores, clip, seed=seed, pixels=pixels) if self.train_stores else None
 
-    def test_set(self, clip: ClipSpec, num_clips: int | None = None) -> EvalClips:
+    def test_set(self, clip: ClipSpec, num_clips: int | None = None, *, pixels: bool = False) -> EvalClips:
         try:
-            return EvalClips(self.valid_stores, clip, num_clips=num_clips or self.src.num_test_clips)
+            return EvalClips(self.valid_stores, clip, num_clips=num_clips or self.src.num_test_clips, pixels=pixels)
         except ValueError as e:
             raise DataError(str(e)) from None
 

@@ -103,7 +103,8 @@ def evaluate_finetuned(path: str, data: LabelledData, settings: EvalSettings, *,
     model.to(torch.device(device)).eval()
     settings = EvalSettings(precision=precision, batch_size=settings.batch_size, max_videos=settings.max_videos,
                             progress=settings.progress)
-    final = evaluate_model(model, data.test_set(clip), settings)
+    pixels = cfg.input == "pixels"
+    final = evaluate_model(model, data.test_set(clip, pixels=pixels), settings)
     os.makedirs(out, exist_ok=True)
     return write_results(out, final, label_names=data.label_names, clip_counts=clip_counts,
-                         evaluate_clips=lambda n: evaluate_model(model, data.test_set(clip, n), settings))
+                         evaluate_clips=lambda n: evaluate_model(model, data.test_set(clip, n, pixels=pixels), settings))

@@ -16,15 +16,22 @@ from video2token.precision import autocast
 
 
 @torch.no_grad()
-def clip_probs(model: nn.Module, codes: torch.Tensor, *, precision: str = "fp32", chunk: int = 32) -> torch.Tensor:
-    """codes (B, N, T, h, w) -> softmax probabilities (B, N, C) of every clip, `chunk` clips per forward."""
-    b, n = codes.shape[:2]
-    flat = codes.flatten(0, 1)  # (B*N, T, h, w)
+def clip_probs(model: nn.Module, inputs: torch.Tensor, *, precision: str = "fp32", chunk: int = 32,
+               frame_valid: torch.Tensor | None = None) -> torch.Tensor:
+    """inputs: codes (B, N, T, h, w), or frames (B, N, T, S, S, 3) for a pixel model with frame_valid (B, N, T)
+    -> softmax probabilities (B, N, C) of every clip, `chunk` clips per forward."""
+    b, n = inputs.shape[:2]
+    flat = inputs.flatten(0, 1)  # (B*N, T, ...)
+    valid = None if frame_valid is None else frame_valid.flatten(0, 1)
     device = next(model.parameters()).device
     outs = []
     for i in range(0, flat.shape[0], chunk):
+        kw = {}
+        if valid is not None:  # pixels: black [PAD] frames cannot be told from video, the loader says which are
+            part = valid[i:i + chunk]
+            kw["frame_valid"] = None if bool(part.all()) else part.to(device)
         with autocast(precision, device):
-            logits = model(flat[i:i + chunk].to(device))
+            logits = model(flat[i:i + chunk].to(device), **kw)
         outs.append(logits.float().softmax(-1).cpu())
     return torch.cat(outs).view(b, n, -1)
 
@@ -91,7 +98,11 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 8, precision: str =
 
         it = tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
     for batch in it:
-        scores.append(video_scores(clip_probs(model, batch["codes"], precision=precision, chunk=chunk)))
+        if getattr(dataset, "pixels", False):
+            probs = clip_probs(model, batch["frames"], precision=precision, chunk=chunk, frame_valid=batch["frame_valid"])
+        else:
+            probs = clip_probs(model, batch["codes"], precision=precision, chunk=chunk)
+        scores.append(video_scores(probs))
         labels.append(batch["label"])
         index.append(batch["index"])
     model.train(was_training)

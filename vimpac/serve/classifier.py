@@ -1,5 +1,6 @@
-"""The classifier behind `vimpac.predict` and `vimpac.export`: load a fine-tuned model, tokenize a video's test
-views as extraction does, and average the softmax scores of uniform clips x crops (as fine-tuning's test)."""
+"""The classifier behind `vimpac.predict` and `vimpac.export`: load a fine-tuned model, decode a video's test
+views as extraction does (and tokenize them, for a token model; a pixel model reads the frames), and average
+the softmax scores of uniform clips x crops (as fine-tuning's test)."""
 from __future__ import annotations
 
 import os
@@ -36,6 +37,11 @@ class Classifier:
     def label_names(self) -> list[str]:
         return list(self.task["label_names"])
 
+    @property
+    def pixels(self) -> bool:
+        """A BEVT-mode model: it reads frames, so prediction needs no tokenizer."""
+        return self.model.cfg.input == "pixels"
+
 
 #: what an original VIMPAC snapshot does not record, filled in for prediction (each use is reported)
 ORIGINAL_DEFAULTS = {"fps": 2.0, "frame_rate": 1, "test_crops": ["center"], "test_hflip": [False]}
@@ -64,6 +70,15 @@ def load_classifier(checkpoint: str, *, device: str | torch.device = "cpu") -> C
     return Classifier(model=model.to(device).eval(), task=task, path=weights.path, notes=notes)
 
 
+def check_input(clf: Classifier, want: str | None) -> None:
+    """`--input` of predict / export, when given, must be what the model reads."""
+    have = clf.model.cfg.input
+    if want is not None and want != have:
+        raise PredictError(f"--input {want}, but {clf.path} is a model with --input {have}"
+                           + (" (BEVT: it reads frames, no tokenizer)" if have == "pixels" else
+                              " (it reads tokenizer codes)"))
+
+
 def check_tokenizer(task: dict[str, Any], described: dict[str, Any], where: str) -> None:
     """The tokenizer must be the one the fine-tuning stores were made with (same codes for the same pixels)."""
     want = task.get("tokenizer", {})
@@ -73,8 +88,8 @@ def check_tokenizer(task: dict[str, Any], described: dict[str, Any], where: str)
         raise PredictError(f"{where}: another tokenizer than the model was fine-tuned on: " + "; ".join(diff))
 
 
-def tokenize_views(video: str, tokenizer, task: dict[str, Any]) -> list[np.ndarray]:
-    """Codes (F, h, w) of each test view (crop, flip) of a video, decoded as extraction does."""
+def decode_views(video: str, task: dict[str, Any]) -> list[np.ndarray]:
+    """Frames (F, S, S, 3) uint8 of each test view (crop, flip) of a video, decoded as extraction does."""
     from video2token.video import VideoError, read_video
 
     size = int(task["frame_size"])
@@ -89,8 +104,13 @@ def tokenize_views(video: str, tokenizer, task: dict[str, Any]) -> list[np.ndarr
             raise PredictError(f"{video}: {e}") from None
         if len(frames) == 0:
             raise PredictError(f"{video}: no frame decoded at {task['fps']} FPS")
-        out.append(np.asarray(tokenizer.encode(frames)))  # (F, h, w)
+        out.append(np.asarray(frames))
     return out
+
+
+def tokenize_views(video: str, tokenizer, task: dict[str, Any]) -> list[np.ndarray]:
+    """Codes (F, h, w) of each test view (crop, flip) of a video, decoded as extraction does."""
+    return [np.asarray(tokenizer.encode(frames)) for frames in decode_views(video, task)]
 
 
 @torch.no_grad()
@@ -106,6 +126,27 @@ def classify_codes(clf: Classifier, views: list[np.ndarray], *, num_clips: int, 
         clips += [cut_clip(codes, s, clip, pad) for s in uniform_starts(len(codes), clip.span, num_clips)]
     batch = torch.from_numpy(np.stack(clips))[None]  # (1, V*N, T, h, w)
     return video_scores(clip_probs(clf.model, batch, precision=precision))[0].numpy()
+
+
+@torch.no_grad()
+def classify_frames(clf: Classifier, views: list[np.ndarray], *, num_clips: int, precision: str = "fp32") -> np.ndarray:
+    """A pixel model's averaged class probabilities (C,) over `num_clips` uniform clips of every view's frames
+    (F, S, S, 3) uint8; a short video's clips end in black [PAD] frames that the model leaves out."""
+    cfg = clf.model.cfg
+    clip = ClipSpec(clip_len=cfg.clip_len, frame_rate=int(clf.task.get("frame_rate", 1)))
+    size = (cfg.grid_h * cfg.patch_size, cfg.grid_w * cfg.patch_size)
+    clips, valid = [], []
+    for frames in views:
+        if tuple(frames.shape[1:3]) != size:
+            raise PredictError(f"frames of {frames.shape[1]}x{frames.shape[2]} px do not fit the model's "
+                               f"{size[0]}x{size[1]} px")
+        for s in uniform_starts(len(frames), clip.span, num_clips):
+            part = frames[s:s + clip.span:clip.frame_rate]
+            valid.append(np.arange(clip.clip_len) < len(part))
+            clips.append(np.concatenate([part, np.zeros((clip.clip_len - len(part), *part.shape[1:]), np.uint8)]))
+    batch = torch.from_numpy(np.stack(clips))[None]  # (1, V*N, T, S, S, 3)
+    frame_valid = torch.from_numpy(np.stack(valid))[None]  # (1, V*N, T)
+    return video_scores(clip_probs(clf.model, batch, precision=precision, frame_valid=frame_valid))[0].numpy()
 
 
 def top_k(probs: np.ndarray, names: list[str], k: int = 5) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from video2token.checksum import sha256_file
 
 from vimpac.eval.finetuned import RESULTS
 from vimpac.model.checkpoint import CheckpointError, save_checkpoint
-from vimpac.serve.classifier import (Classifier, PredictError, load_classifier, load_task_tokenizer,
+from vimpac.serve.classifier import (Classifier, PredictError, check_input, load_classifier, load_task_tokenizer,
                                      recorded_tokenizer_path)
 
 TOKENIZER_DIR = "tokenizer"  # --with-tokenizer: the tokenizer's files, inside the release
@@ -36,8 +36,10 @@ def model_card(clf: Classifier, results: dict[str, Any] | None, tokenizer: dict[
              "then a linear classifier on [CLS].", "",
              "| | |", "|---|---|",
              f"| model | {cfg.name}: {cfg.layers} layers x {cfg.hid_dim}, layout {cfg.layout}, pos {cfg.pos_emb} |",
-             f"| input | T={cfg.clip_len} frames (every {t.get('frame_rate', 1)}-th at {t['fps']} FPS), "
-             f"{t['frame_size']} px -> {cfg.grid_h}x{cfg.grid_w} codes |",
+             f"| input | T={cfg.clip_len} frames (every {t.get('frame_rate', 1)}-th at {t['fps']} FPS), " +
+             (f"{t['frame_size']} px frames in ({cfg.grid_h}x{cfg.grid_w} patches of {cfg.patch_size} px; BEVT mode: "
+              f"no tokenizer at inference) |" if cfg.input == "pixels" else
+              f"{t['frame_size']} px -> {cfg.grid_h}x{cfg.grid_w} codes |"),
              f"| classes | {t['num_classes']} (labels.json) |",
              f"| tokenizer | {tokenizer.get('kind')} ({tokenizer.get('vocab_size')} codes), sha256 "
              f"{tokenizer.get('sha256') or 'unknown'} |",
@@ -54,7 +56,8 @@ def model_card(clf: Classifier, results: dict[str, Any] | None, tokenizer: dict[
         lines.append("")
     else:
         lines += ["No evaluation numbers were found (results.json missing).", ""]
-    use = ("python -m vimpac.predict --checkpoint RELEASE_DIR VIDEO" if tokenizer.get("path") == TOKENIZER_DIR or
+    use = ("python -m vimpac.predict --checkpoint RELEASE_DIR VIDEO" if cfg.input == "pixels" or
+           tokenizer.get("path") == TOKENIZER_DIR or
            str(tokenizer.get("path", "")).startswith(TOKENIZER_DIR + os.sep) else
            f"python -m vimpac.predict --checkpoint RELEASE_DIR --tokenizer {tokenizer.get('kind')} "
            f"--tokenizer-path TOKENIZER VIDEO")
@@ -63,13 +66,19 @@ def model_card(clf: Classifier, results: dict[str, Any] | None, tokenizer: dict[
 
 
 def export_release(checkpoint: str, output: str, *, tokenizer_kind: str | None = None,
-                   tokenizer_path: str | None = None, with_tokenizer: bool = False, overwrite: bool = False) -> str:
+                   tokenizer_path: str | None = None, with_tokenizer: bool = False, overwrite: bool = False,
+                   input_kind: str | None = None, log=print) -> str:
     """Write the release folder of a fine-tuned checkpoint -> the folder.
 
     with_tokenizer: copy the tokenizer (given, or the checkpoint's record, SHA-256 checked) into
     RELEASE/tokenizer/, so the release is self-contained: `predict --checkpoint RELEASE VIDEO`.
     """
     clf = load_classifier(checkpoint)
+    check_input(clf, input_kind)
+    if clf.pixels and (with_tokenizer or tokenizer_path):
+        log("[export] a pixel model (BEVT mode) reads frames: no tokenizer is copied or checked "
+            "(tokenizer.json still names the one whose codes were its pre-training targets)")
+        with_tokenizer, tokenizer_path = False, None
     if os.path.exists(output) and not overwrite:
         raise PredictError(f"--output {output} already exists; pass --overwrite to replace it")
     described = dict(clf.task.get("tokenizer", {}))

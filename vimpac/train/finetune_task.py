@@ -22,7 +22,7 @@ from vimpac.eval.finetuned import EvalSettings, evaluate_model, write_results
 from vimpac.model.checkpoint import Checkpoint, CheckpointError
 from vimpac.model.config import ModelConfig
 from vimpac.model.loading import read_weights
-from vimpac.model.surgery import WeightsError, backbone_state
+from vimpac.model.surgery import WeightsError, backbone_state, check_input_kind
 from vimpac.model.transformer import VimpacForClassification
 from vimpac.train.errors import TrainError
 
@@ -43,6 +43,7 @@ class ClassifierInit:
     grad_checkpointing: bool = False
     layers: int | None = None           # the original scripts repeat the architecture: checked against --load
     hid_dim: int | None = None
+    input: str | None = None            # "tokens" / "pixels" (--input); None: what --load was trained on
 
 
 class FinetuneTask:
@@ -62,11 +63,12 @@ class FinetuneTask:
         self.train_set = None
 
     # -- model and data
-    def _datasets(self, clip_len: int) -> None:
+    def _datasets(self, clip_len: int, input_kind: str) -> None:
+        self.pixels = input_kind == "pixels"
         try:
             self.clip = self.data.clip_spec(clip_len)
-            self.train_set = self.data.train_set(self.clip, self.seed)
-            self.valid_set = self.data.test_set(self.clip)
+            self.train_set = self.data.train_set(self.clip, self.seed, pixels=self.pixels)
+            self.valid_set = self.data.test_set(self.clip, pixels=self.pixels)
         except DataError as e:
             raise TrainError(str(e)) from None
 
@@ -88,17 +90,27 @@ class FinetuneTask:
             if want is not None and want != have:
                 raise TrainError(f"{flag} {want} but --load {w.path} has {have}: the architecture comes from the "
                                  f"checkpoint; drop the flag or load another checkpoint")
+        if self.init.input is not None:
+            try:
+                check_input_kind(w.config, self.init.input, f"--load {w.path}")
+            except WeightsError as e:
+                raise TrainError(str(e)) from None
         return w.config, w.state, w.path
 
     def prepare(self, ckpt: Checkpoint | None) -> None:
         if ckpt is not None:
             self.cfg = ckpt.model_config
-            self._datasets(self.cfg.clip_len)
+            if self.init.input is not None and self.init.input != self.cfg.input:
+                try:
+                    check_input_kind(self.cfg, self.init.input, f"--resume {ckpt.path}")
+                except WeightsError as e:
+                    raise TrainError(str(e)) from None
+            self._datasets(self.cfg.clip_len, self.cfg.input)
             self._check_fits(self.cfg, f"--resume {ckpt.path}")
             self._source = None
             return
         src_cfg, src_state, path = self._load_source()
-        self._datasets(self.init.clip_len or src_cfg.clip_len)
+        self._datasets(self.init.clip_len or src_cfg.clip_len, src_cfg.input)
         self.cfg = src_cfg.replace(vocab_size=self.data.vocab_size, clip_len=self.clip.clip_len,
                                    grid_h=self.data.grid[0], grid_w=self.data.grid[1], dropout=self.init.dropout,
                                    grad_checkpointing=self.init.grad_checkpointing)
@@ -139,19 +151,19 @@ class FinetuneTask:
         return moments
 
     def train_config(self) -> dict[str, Any]:
-        return {"task": self.data.task(self.clip)}
+        return {"task": {**self.data.task(self.clip), "input": self.cfg.input}}
 
     # -- steps
     def forward(self, engine, batch: dict[str, torch.Tensor], loop) -> tuple[torch.Tensor, dict[str, float]]:
         if self.init.linear_probe:
             engine.module.backbone.eval()  # frozen features: no dropout either
         device = loop.dist.device
-        codes = batch["codes"].to(device, non_blocking=True)
+        inputs = batch["frames" if self.pixels else "codes"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
         fv = batch["frame_valid"]  # on the host: whether any clip has [PAD] frames costs no sync
         frame_valid = None if bool(fv.all()) else fv.to(device, non_blocking=True)
         with loop.precision.autocast():
-            logits = engine(codes, frame_valid=frame_valid)  # (B, C)
+            logits = engine(inputs, frame_valid=frame_valid)  # (B, C)
         loss = F.cross_entropy(logits.float(), labels)
         n = len(labels)
         return loss, {"loss": loss.detach() * n, "correct": (logits.detach().argmax(-1) == labels).sum(), "seen": n}
@@ -204,6 +216,7 @@ class FinetuneTask:
                     "num_test_clips": final.num_clips, "num_crops": final.num_crops}
         results = write_results(self.out, final, label_names=self.data.label_names, best=best, run=run,
                                 clip_counts=self.clip_counts, log=loop.log, main=loop.main,
-                                evaluate_clips=lambda n: evaluate_model(loop.engine.module, self.data.test_set(self.clip, n),
+                                evaluate_clips=lambda n: evaluate_model(loop.engine.module,
+                                                                        self.data.test_set(self.clip, n, pixels=self.pixels),
                                                                         self._settings(loop)))
         return {**summary, **results, "valid": final.summary()}
