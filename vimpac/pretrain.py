@@ -26,7 +26,7 @@ from typing import Any
 from video2token.cli import HelpFormatter
 
 from vimpac.data import registry
-from vimpac.data.pretrain_clips import MASKINGS, ClipSampling
+from vimpac.data.pretrain_clips import MASKINGS, ClipSampling, PairOptions
 from vimpac.data.image_stream import STREAMS
 from vimpac.model.config import CONFIG_NAMES, INPUT_KINDS, POS_EMB_KINDS, ModelConfig, apply_halving, named_config
 from vimpac.train.entry import run_guarded
@@ -73,6 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--halve-mlp", action="store_true", help="half the MLP width")
     m.add_argument("--nce-bn-after-proj", action="store_true", help="BatchNorm after the contrastive projection")
     m.add_argument("--load", default=None, help="initialise weights from a checkpoint directory (fresh schedule)")
+
+    b = p.add_argument_group("background-robust options (when each video's looks give the pair away)")
+    b.add_argument("--fgbg-merge", type=float, default=0.0,
+                   help="probability that a video's second clip keeps only its changing tokens and takes another "
+                        "video's static ones (FAME-style foreground/background merging, on the codes)")
+    b.add_argument("--static-frac", type=float, default=1.0,
+                   help="a position is background when its most frequent code fills this share of the clip's frames "
+                        "(1.0: any change makes it foreground; lower it when compression makes codes flicker)")
+    b.add_argument("--bg-erase", type=float, default=0.0,
+                   help="share of the second clip's positions frozen to one of its frames (Background Erasing at "
+                        "token level; 0: off)")
+    b.add_argument("--mp-change-weight", type=float, default=1.0,
+                   help="masked-prediction weight of targets the copy baseline gets wrong (1: a plain mean)")
+    b.add_argument("--reverse-negatives", action="store_true",
+                   help="each video's first clip played backwards is an extra InfoNCE negative: only the direction "
+                        "of motion tells it apart (1.5x the clips per step)")
 
     i = p.add_argument_group("image stream (BEVT: masked prediction on single frames, same weights)")
     i.add_argument("--stream", choices=STREAMS, default="video",
@@ -178,9 +194,16 @@ def build_task(a: argparse.Namespace) -> PretrainTask:
                                 mask_rand_replace=a.mask_rand_replace, masking=a.masking)
     except ValueError as e:
         raise TrainError(str(e)) from None
+    try:
+        pairs = PairOptions(fgbg_merge=a.fgbg_merge, static_frac=a.static_frac, bg_erase=a.bg_erase,
+                            change_weight=a.mp_change_weight, reverse_negatives=a.reverse_negatives)
+    except ValueError as e:
+        flags = {"fgbg_merge": "--fgbg-merge", "static_frac": "--static-frac", "bg_erase": "--bg-erase",
+                 "change_weight": "--mp-change-weight"}
+        raise TrainError(f"{flags.get(str(e).split()[0], 'pair options')}: {e}") from None
     data = PretrainData(train=tuple(train), valid=tuple(valid), sampling=sampling, frame_size=a.frame_size,
                         vocab_size=a.vocab_size, seed=a.seed, verify_stores=not a.no_verify_stores, input=a.input,
-                        image=image_stream(a, train))
+                        image=image_stream(a, train), pairs=pairs)
     objective = PretrainObjective(mlm_weight=a.mlm_weight, nce_weight=a.nce_weight, temperature=a.nce_temperature,
                                   eval_max_batches=a.eval_max_batches, image_weight=a.image_weight)
     return PretrainTask(data, objective, lambda vocab, grid: model_config_from_flags(a, vocab_size=vocab, grid=grid),

@@ -22,7 +22,9 @@ from vimpac.data.clips import ClipSpec, collate, read_clip, read_frames_clip
 from vimpac.data.image_stream import collate_images, split_streams
 from vimpac.data.masking import apply_mask, block_mask, expected_block_mask_ratio, iid_mask, tube_mask
 from vimpac.data.stores import check_compatible_stores
-from vimpac.eval.copy_baseline import copy_baseline_accuracy
+from vimpac.data.pair_views import (change_weights, erase_plan, foreground_positions, freeze_positions,
+                                     merge_foreground, reverse_time)
+from vimpac.eval.copy_baseline import copy_baseline_predictions
 from vimpac.model.masked import MaskedTargets
 from vimpac.model.special_tokens import SpecialTokens
 
@@ -78,9 +80,8 @@ class ClipPairDataset(Dataset):
 
     Returns codes (2, T, h, w) long targets with [PAD]; codes_in (2, T, h, w) long model input
     ([MASK] in place); mask (2, T, h, w) bool (never on [PAD]); frame_valid (2, T) bool (False: a [PAD]
-    frame); index () long; view () long; starts (2,) long; and the sample's metric counts, made here so
-    the trainer never reads them back from the device: masked, copy_correct (the copy baseline on these
-    masks), valid, tokens. Stores are opened lazily per worker process by TokenStore itself.
+    frame); index () long; view () long; starts (2,) long; seed () long (for the collate's random views).
+    Stores are opened lazily per worker process by TokenStore itself.
     """
 
     def __init__(self, stores: Sequence[TokenStore], sampling: ClipSampling, *, seed: int, what: str = "data",
@@ -116,7 +117,9 @@ class ClipPairDataset(Dataset):
         codes_in, mask = apply_mask(codes, mask, self.special, bert_style=self.sampling.mask_rand_replace,
                                     generator=gen)
         sample = {"codes": codes, "codes_in": codes_in, "mask": mask, "index": torch.tensor(k),
-                  "view": torch.tensor(view), "starts": torch.tensor(starts), **clip_facts(codes, mask, self.special)}
+                  "view": torch.tensor(view), "starts": torch.tensor(starts),
+                  "frame_valid": (codes != self.special.pad).any(dim=(-2, -1)),
+                  "seed": torch.tensor(int(seq.generate_state(2, dtype=np.uint64)[1] >> 1))}
         if self.pixels:  # (2, T, S, S, 3) uint8: the model puts its [MASK] embedding on masked patches itself
             sample["frames"] = torch.from_numpy(np.stack([read_frames_clip(store, k, s, self.clip) for s in starts]))
         return sample
@@ -131,32 +134,124 @@ def make_mask(sampling: ClipSampling, shape: tuple[int, ...], iid_ratio: float, 
     return block_mask(shape, sampling.mask_blocks, generator=gen)
 
 
-def clip_facts(codes: torch.Tensor, mask: torch.Tensor, special: SpecialTokens) -> dict[str, torch.Tensor]:
-    """codes, mask (..., T, h, w) of one sample -> frame_valid (..., T) bool and its metric counts (() long)."""
-    valid = codes != special.pad
-    copy_correct, masked = copy_baseline_accuracy(codes.reshape(-1, *codes.shape[-3:]),
-                                                  mask.reshape(-1, *mask.shape[-3:]),
-                                                  valid.reshape(-1, *valid.shape[-3:]))
-    return {"frame_valid": valid.any(dim=(-2, -1)), "masked": masked, "copy_correct": copy_correct,
-            "valid": valid.sum(), "tokens": torch.tensor(valid.numel())}
+def token_valid(codes: torch.Tensor, frame_valid: torch.Tensor) -> torch.Tensor:
+    """frame_valid (..., T) -> bool like codes (..., T, h, w): False on [PAD] frames ([PAD] fills whole frames)."""
+    return frame_valid[..., None, None].expand(codes.shape)
 
 
-def collate_pairs(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack pairs (codes/codes_in/mask (B, 2, T, h, w), frame_valid (B, 2, T), index/view (B,), starts (B, 2),
-    counts (B,)) and add what the model would otherwise find on the device: the flat masked positions of
-    the (2B, T, h, w) clips and their target codes (`mask_index`, `mask_target`, (M,) long, padded to a
-    multiple of MASK_PAD_TO), and `any_pad` (() bool: whether any clip has a [PAD] frame)."""
-    batch = collate(samples)
-    masked = MaskedTargets.from_mask(batch["mask"].flatten(0, 1), batch["codes"].flatten(0, 1), pad_to=MASK_PAD_TO)
-    batch["mask_index"], batch["mask_target"] = masked.index, masked.target
-    batch["any_pad"] = ~batch["frame_valid"].all()
-    return batch
+def clip_facts(codes: torch.Tensor, mask: torch.Tensor, frame_valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    """codes, mask (B, V, T, h, w), frame_valid (B, V, T) -> the samples' metric counts ((B,) long), made on the host
+    so the trainer never reads them back from the device: masked, copy_correct (the copy baseline on these
+    masks), valid, tokens."""
+    valid = token_valid(codes, frame_valid)
+    flat = (-1, *codes.shape[-3:])
+    pred, found = copy_baseline_predictions(codes.reshape(flat), mask.reshape(flat), valid.reshape(flat))
+    hit = ((pred == codes.reshape(flat)) & found & mask.reshape(flat)).reshape(codes.shape)
+    per = tuple(range(1, codes.dim()))
+    return {"masked": mask.sum(dim=per), "copy_correct": hit.sum(dim=per), "valid": valid.sum(dim=per),
+            "tokens": torch.full((codes.shape[0],), valid[0].numel())}
 
 
-def collate_joint(samples: list[dict]) -> dict:
-    """A joint micro-batch (BEVT stage 2): {"video": collate_pairs(...), "image": image batch or None}."""
+@dataclass(frozen=True)
+class PairOptions:
+    """Background-robust options of the clip pair and the masked-prediction targets (see `pair_views`)."""
+
+    fgbg_merge: float = 0.0          # probability that a video's second clip takes another video's background
+    static_frac: float = 1.0         # a position is background when its most frequent code fills this share of frames
+    bg_erase: float = 0.0            # share of the second clip's positions frozen to one of its frames (0: off)
+    change_weight: float = 1.0       # MP loss weight of targets the copy baseline misses (1: a plain mean)
+    reverse_negatives: bool = False  # each video's first clip, played backwards, as an extra InfoNCE negative
+
+    def __post_init__(self) -> None:
+        for key in ("fgbg_merge", "static_frac", "bg_erase"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"{key} must be in [0, 1], got {getattr(self, key)!r}")
+        if self.change_weight <= 0:
+            raise ValueError(f"change_weight must be > 0, got {self.change_weight!r}")
+
+    @property
+    def views(self) -> int:
+        """Clips per video in a batch: the pair, plus the reversed first clip."""
+        return 3 if self.reverse_negatives else 2
+
+
+class PairCollate:
+    """Stack pairs (codes/codes_in/mask (B, V, T, h, w), frames (B, V, T, S, S, 3) with pixel input, frame_valid
+    (B, V, T), index/view (B,), starts (B, 2), counts (B,)); V = 2, or 3 with reversed negatives (view 2 = view
+    0 backwards). Applies the PairOptions to the second clips, then adds what the model would otherwise find
+    on the device: the flat masked positions of the (V*B, T, h, w) clips with their target codes and
+    weights (`mask_index`, `mask_target`, `mask_weight`, padded to a multiple of `pad_to`), and `any_pad`
+    (() bool: whether any clip has a [PAD] frame). Random choices come from the samples' seeds."""
+
+    def __init__(self, options: PairOptions = PairOptions(), *, pad_to: int = MASK_PAD_TO, patch: int = 1) -> None:
+        """patch: pixels per code side (pixel input: fg/bg merging and erasing move whole patches)."""
+        self.options, self.pad_to, self.patch = options, pad_to, patch
+
+    def __call__(self, samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        batch = collate(samples)
+        op = self.options
+        if op.fgbg_merge > 0 or op.bg_erase > 0:
+            self._robust_second_clips(batch)
+        if op.reverse_negatives:
+            valid = batch["frame_valid"][:, 0]
+            for key in ("codes", "codes_in", "mask", "frames", "frame_valid"):
+                if key in batch:
+                    x = batch[key]
+                    rev = torch.stack([reverse_time(x[i, 0], valid[i]) for i in range(x.shape[0])])
+                    batch[key] = torch.cat([x, rev[:, None]], dim=1)
+        batch.update(clip_facts(batch["codes"], batch["mask"], batch["frame_valid"]))
+        codes, mask = batch["codes"].flatten(0, 1), batch["mask"].flatten(0, 1)
+        weight = None
+        if op.change_weight != 1.0:
+            valid = token_valid(codes, batch["frame_valid"].flatten(0, 1))
+            weight = change_weights(codes, mask, valid, op.change_weight)
+        masked = MaskedTargets.from_mask(mask, codes, pad_to=self.pad_to, weight=weight)
+        batch["mask_index"], batch["mask_target"] = masked.index, masked.target
+        if masked.weight is not None:
+            batch["mask_weight"] = masked.weight
+        batch["any_pad"] = ~batch["frame_valid"].all()
+        return batch
+
+    def _robust_second_clips(self, batch: dict[str, torch.Tensor]) -> None:
+        """fg/bg merging and background erasing of each video's second clip (codes, its input, its frames)."""
+        op, b = self.options, batch["codes"].shape[0]
+        gen = torch.Generator().manual_seed(int(batch["seed"].sum()) % (2 ** 62))
+        codes, valid = batch["codes"], batch["frame_valid"]
+        new = codes[:, 1].clone()
+        frames = batch.get("frames")
+        new_frames = None if frames is None else frames[:, 1].clone()
+        for i in range(b):
+            if op.fgbg_merge > 0 and b > 1 and float(torch.rand((), generator=gen)) < op.fgbg_merge:
+                j = (i + 1) % b  # the next video of the micro-batch lends its clip's background
+                fg = foreground_positions(codes[i, 1], valid[i, 1], op.static_frac)
+                new[i] = merge_foreground(codes[i, 1], codes[j, 1], fg, valid[i, 1], valid[j, 1])
+                if new_frames is not None:
+                    keep = (fg[None] | ~(valid[i, 1] & valid[j, 1])[:, None, None])  # (T, h, w): own pixels
+                    keep = keep.repeat_interleave(self.patch, 1).repeat_interleave(self.patch, 2)[..., None]
+                    new_frames[i] = torch.where(keep, frames[i, 1], frames[j, 1])
+            t = int(valid[i, 1].sum())
+            plan = erase_plan(t, tuple(new.shape[-2:]), op.bg_erase, gen) if op.bg_erase > 0 else None
+            if plan is not None:
+                frame, freeze = plan
+                new[i] = freeze_positions(new[i], t, frame, freeze)
+                if new_frames is not None:
+                    px = freeze.repeat_interleave(self.patch, 0).repeat_interleave(self.patch, 1)  # (S, S)
+                    new_frames[i] = freeze_positions(new_frames[i], t, frame, px)
+        batch["codes"] = torch.stack([codes[:, 0], new], dim=1)
+        # the masked positions keep their input ([MASK], or BERT's random / kept code); the others read the new codes
+        batch["codes_in"] = torch.where(batch["mask"], batch["codes_in"], batch["codes"])
+        if new_frames is not None:
+            batch["frames"] = torch.stack([frames[:, 0], new_frames], dim=1)
+
+
+#: the plain pair collate (no background-robust option): the valid split's, and the default
+collate_pairs = PairCollate()
+
+
+def collate_joint(samples: list[dict], pairs: PairCollate = collate_pairs) -> dict:
+    """A joint micro-batch (BEVT stage 2): {"video": pairs(...), "image": image batch or None}."""
     videos, images = split_streams(samples)
-    return {"stream_split": True, "video": collate_pairs(videos) if videos else None,
+    return {"stream_split": True, "video": pairs(videos) if videos else None,
             "image": collate_images(images, pad_to=MASK_PAD_TO) if images else None}
 
 

@@ -80,14 +80,19 @@ class InfoNCEOutput:
     acc: torch.Tensor   # () fraction of queries whose positive scores highest (both directions)
 
 
-def symmetric_infonce(z_a: torch.Tensor, z_b: torch.Tensor, *, temperature: float = 0.2, group=None) -> InfoNCEOutput:
+def symmetric_infonce(z_a: torch.Tensor, z_b: torch.Tensor, *, temperature: float = 0.2, group=None,
+                      negatives: torch.Tensor | None = None) -> InfoNCEOutput:
     """z_a, z_b (B, d): projections of two clips per video (row i of each from video i).
 
     Each query in z_a scores against every z_b in the global batch (and vice versa); the
-    positive is the same video. Loss = (CE_ab + CE_ba) / 2 * temperature.
+    positive is the same video. Loss = (CE_ab + CE_ba) / 2 * temperature. `negatives` (B, d), e.g.
+    the projections of the a clips played backwards, are scored by every query too (global batch),
+    as extra negatives only.
     """
     if z_a.shape != z_b.shape or z_a.dim() != 2:
         raise ValueError(f"z_a and z_b must both be (B, d), got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+    if negatives is not None and negatives.shape != z_a.shape:
+        raise ValueError(f"negatives must be (B, d) like z_a, got {tuple(negatives.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     z_a = F.normalize(z_a.float(), dim=-1)
@@ -95,8 +100,12 @@ def symmetric_infonce(z_a: torch.Tensor, z_b: torch.Tensor, *, temperature: floa
     all_a, offset = all_gather_with_grad(z_a, group)
     all_b, _ = all_gather_with_grad(z_b, group)
     target = torch.arange(z_a.shape[0], device=z_a.device) + offset
-    logits_ab = z_a @ all_b.t() / temperature  # (B, W*B)
-    logits_ba = z_b @ all_a.t() / temperature
+    keys_b, keys_a = all_b, all_a
+    if negatives is not None:
+        all_n, _ = all_gather_with_grad(F.normalize(negatives.float(), dim=-1), group)
+        keys_b, keys_a = torch.cat([all_b, all_n]), torch.cat([all_a, all_n])
+    logits_ab = z_a @ keys_b.t() / temperature  # (B, W*B [+ W*B])
+    logits_ba = z_b @ keys_a.t() / temperature
     loss = (F.cross_entropy(logits_ab, target) + F.cross_entropy(logits_ba, target)) / 2 * temperature
     with torch.no_grad():
         acc = ((logits_ab.argmax(-1) == target).float().mean() + (logits_ba.argmax(-1) == target).float().mean()) / 2

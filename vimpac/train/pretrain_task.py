@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from vimpac.data.image_stream import ImageFrames, JointBatchSampler, JointClips
-from vimpac.data.pretrain_clips import MASK_PAD_TO, ClipPairDataset, ClipSampling, collate_image_stream, collate_joint, collate_pairs
+from vimpac.data.pretrain_clips import (MASK_PAD_TO, ClipPairDataset, ClipSampling, PairCollate, PairOptions,
+                                        collate_image_stream, collate_joint, collate_pairs)
 from vimpac.data.sampler import EpochBatchSampler
 from vimpac.data.stores import DataError, check_compatible_stores, check_frame_size, open_stores
 from vimpac.eval.copy_baseline import copy_baseline_predictions
@@ -49,6 +50,7 @@ class PretrainData:
     seed: int = 9595
     verify_stores: bool = True      # SHA-256 of every shard when opened (--no-verify-stores: False)
     input: str = "tokens"           # "pixels": the clips' frames go in, their codes are the targets (BEVT)
+    pairs: PairOptions = PairOptions()  # background-robust views and targets (fg/bg merging, erasing, ...)
     image: "ImageStreamSpec | None" = None  # BEVT's image stream (stage 1 alone, stage 2 joint); None: videos only
 
 
@@ -143,14 +145,16 @@ class PretrainTask:
                                     f"the video stores {vocab} codes on a {grid} map")
         except DataError as e:
             raise TrainError(str(e)) from None
+        pair_collate = PairCollate(data.pairs, patch=self.cfg.patch_size if pixels else 1)
         if self.images is not None and data.image.only:  # stage 1: an epoch is one pass over the images
             self.train_set, self.clips_per_video = self.images, 1
             self.collate = functools.partial(collate_image_stream, pad_to=MASK_PAD_TO)
         elif self.images is not None:
             self.train_set = JointClips(videos, self.images)
-            self.collate = collate_joint
+            self.collate = functools.partial(collate_joint, pairs=pair_collate)
         else:
             self.train_set = videos
+            self.collate = pair_collate
 
     def _patch_size(self, grid: tuple[int, int]) -> int:
         """Pixels per code side: the stores' crop size over their code map (the tokenizer's stride)."""
@@ -236,13 +240,15 @@ class PretrainTask:
 
     def _inputs(self, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, MaskedTargets]:
         """(model input (N, T, ...) on the device, mask (N, T, h, w), MaskedTargets), pairs flattened to clips."""
-        pairs = batch["mask"].dim() == 5  # video samples hold 2 clips each
+        pairs = batch["mask"].dim() == 5  # video samples hold 2 (or 3) clips each
         flat = (lambda x: x.flatten(0, 1)) if pairs else (lambda x: x)
         key = "frames" if self.cfg.input == "pixels" else "codes_in"
         inputs = flat(batch[key].to(device, non_blocking=True))  # (2B, T, h, w) codes / (2B, T, S, S, 3) frames
         mask = flat(batch["mask"].to(device, non_blocking=True))
+        weight = batch.get("mask_weight")
         masked = MaskedTargets(index=batch["mask_index"].to(device, non_blocking=True),
-                               target=batch["mask_target"].to(device, non_blocking=True))
+                               target=batch["mask_target"].to(device, non_blocking=True),
+                               weight=None if weight is None else weight.to(device, non_blocking=True))
         return inputs, mask, masked
 
     def _video_loss(self, engine, batch: dict, loop) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -252,8 +258,10 @@ class PretrainTask:
                        if bool(batch["any_pad"]) else None)  # any_pad is a CPU tensor: no sync
         with loop.precision.autocast():
             out = engine(inputs, mask, masked=masked, frame_valid=frame_valid)
-            z = out.cls_proj.float().view(-1, 2, out.cls_proj.shape[-1])  # (B, 2, d)
-            cl = symmetric_infonce(z[:, 0], z[:, 1], temperature=ob.temperature)
+            views = batch["codes"].shape[1]  # 2, or 3: the first clip backwards as an extra negative
+            z = out.cls_proj.float().view(-1, views, out.cls_proj.shape[-1])  # (B, V, d)
+            cl = symmetric_infonce(z[:, 0], z[:, 1], temperature=ob.temperature,
+                                   negatives=z[:, 2] if views == 3 else None)
             loss = ob.mlm_weight * out.mp_loss + ob.nce_weight * cl.loss
         valid, tokens = batch["valid"].sum(), batch["tokens"].sum()
         contrib = dict(mp_loss=out.mp_loss.detach(), mask_correct=out.mp_correct, copy_correct=batch["copy_correct"].sum(),
