@@ -74,6 +74,25 @@ class PretrainObjective:
     image_weight: float = 1.0       # weight of the image stream's masked-prediction loss
 
 
+#: the monitors' thresholds: contrastive accuracy that high this early means the pairs are matched by looks
+SATURATED_CL_ACC, EARLY_EPOCHS = 0.95, 2
+
+
+def monitor_warnings(evaluation: dict[str, float], *, epoch: int, epochs: int, contrastive: bool = True) -> list[str]:
+    """What a valid evaluation after `epoch` epochs says is wrong with the run (shortcuts), as log lines."""
+    out = []
+    if contrastive and epoch <= EARLY_EPOCHS and evaluation.get("cl_acc", 0.0) >= SATURATED_CL_ACC:
+        out.append(f"contrastive accuracy {evaluation['cl_acc']:.1%} after {epoch} epoch(s): the two clips of a video "
+                   f"are matched by their looks (background, colours), a shortcut that teaches [CLS] little about "
+                   f"motion; try --fgbg-merge 1 / --bg-erase 0.5 / --reverse-negatives")
+    if epoch >= max(EARLY_EPOCHS + 1, epochs // 4) and "mask_acc" in evaluation \
+            and evaluation["mask_acc"] <= evaluation["copy_acc"]:
+        out.append(f"masked prediction ({evaluation['mask_acc']:.1%}) does not beat copying the nearest visible "
+                   f"frame ({evaluation['copy_acc']:.1%}) after {epoch} epochs: the model has learned no more than "
+                   f"copying; try --masking tube, more --mask-blocks, --mp-change-weight 4, or fewer codes")
+    return out
+
+
 def pretrain_metrics(t: dict[str, float]) -> dict[str, float]:
     out: dict[str, float] = {}
     if t["micro"] > 0:
@@ -101,6 +120,7 @@ class PretrainTask:
         """model_config(vocab_size, (h, w)) -> the model's config once the stores say what they hold."""
         self.data, self.objective, self.load = data, objective, load
         self.loaded_weights: dict[str, torch.Tensor] = {}
+        self.warnings: list[str] = []  # the monitors' findings, each logged once, kept in summary.json
         try:
             self.train_stores = open_stores(data.train, "--train-tokens", verify=data.verify_stores)
             self.valid_stores = (open_stores(data.valid, "--valid-tokens", verify=data.verify_stores)
@@ -322,12 +342,17 @@ class PretrainTask:
             loop.metrics.log("valid", loop.state.epoch, loop.state.step, **evaluation)
             loop.log(f"[pretrain] epoch {loop.state.epoch}: valid mp_loss {evaluation['mp_loss']:.4f} mask_acc "
                      f"{evaluation['mask_acc']:.4f} (copy baseline {evaluation['copy_acc']:.4f}) cl_loss "
-                     f"{evaluation['cl_loss']:.4f}")
+                     f"{evaluation['cl_loss']:.4f} cl_acc {evaluation['cl_acc']:.4f}")
+            for warning in monitor_warnings(evaluation, epoch=loop.state.epoch, epochs=loop.cfg.epochs,
+                                            contrastive=self.objective.nce_weight > 0):
+                if warning not in self.warnings:
+                    self.warnings.append(warning)
+                    loop.log(f"[pretrain] warning: {warning}")
 
     def finish(self, loop, summary: dict[str, Any]) -> dict[str, Any]:
         if loop.main:
             self.mask_examples(loop)
-        return summary
+        return {**summary, "warnings": list(self.warnings)}
 
     @torch.no_grad()
     def mask_examples(self, loop, num: int = 2) -> str | None:
