@@ -62,6 +62,9 @@ SWEEP_GRIDS = (16, 32)
 
 # ----------------------------------------------------------------------------- FLOPs
 
+PATCH = 8  # pixel input: the DALL-E / VQ-VAE stride, so a clip of 16x16 codes is 128x128 px
+
+
 def train_flops_per_clip(cfg: ModelConfig, t: int, h: int, w: int, masked_frac: float) -> float:
     """Matmul FLOPs of one clip's forward + backward in this package's model (backward = 2x forward).
 
@@ -184,7 +187,9 @@ def make_step(*, impl: str, cfg: ModelConfig, batch_size: int, precision: str, n
     -100, DistributedNCELoss over one rank). precision: "fp32", "bf16" or "fp16" (autocast).
     """
     torch.manual_seed(seed)
-    if impl == "vimpac":
+    if impl == "pixels":  # BEVT mode: frames in (patches of the tokenizer's stride 8), codes as targets
+        cfg = cfg.replace(input="pixels", patch_size=PATCH)
+    if impl in ("vimpac", "pixels"):
         model = VimpacForPretraining(cfg)
     elif impl == "naive":
         from naive_model import NaivePretrainModel  # benchmarks/ is on sys.path when run as a script
@@ -205,6 +210,10 @@ def make_step(*, impl: str, cfg: ModelConfig, batch_size: int, precision: str, n
     codes = torch.randint(0, cfg.vocab_size, shape, generator=g)
     codes_in, mask = apply_mask(codes, block_mask(shape, num_blocks, g), cfg.special_tokens)
     codes, codes_in, mask = codes.to(device), codes_in.to(device), mask.to(device)
+    if impl == "pixels":  # the model reads uint8 frames; the masked patches get its [MASK] embedding
+        codes_in = torch.randint(0, 256, (*shape, PATCH, PATCH, 3), dtype=torch.uint8, generator=g)
+        codes_in = codes_in.permute(0, 1, 2, 4, 3, 5, 6).reshape(*shape[:2], shape[2] * PATCH, shape[3] * PATCH, 3)
+        codes_in = codes_in.to(device)
 
     if impl == "original":
         # the original's batch order: first clips of every video, then the second clips (its NCE
@@ -225,7 +234,7 @@ def make_step(*, impl: str, cfg: ModelConfig, batch_size: int, precision: str, n
         masked = MaskedTargets.from_mask(mask.cpu(), codes.cpu(), pad_to=MASK_PAD_TO).to(device)
 
         def forward_loss() -> torch.Tensor:
-            if impl == "vimpac":
+            if impl in ("vimpac", "pixels"):
                 out = model(codes_in, mask, masked=masked, frame_valid=None)
                 mp_loss, proj = out.mp_loss, out.cls_proj
             else:
@@ -429,6 +438,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--grid", type=int, default=16, help="code-map side h = w")
     ap.add_argument("--vocab-size", type=int, default=8192)
     ap.add_argument("--layout", default="T,H|W")
+    ap.add_argument("--input", choices=("tokens", "pixels"), default="tokens",
+                    help="pixels: this package's model in BEVT mode (frames of grid x 8 px in), timed against the "
+                         "same model on tokens (the reference is then the token model, at the same precision)")
     ap.add_argument("--num-blocks", type=int, default=5)
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                     help="this package's model; auto: bf16 where the hardware computes it natively, else fp32")
@@ -484,6 +496,8 @@ def main(argv: list[str] | None = None) -> None:
     ref_precs = {"native": native, "same": [p for p in native if p == prec.name], "none": []}[args.reference]
     specs = [f"vimpac@{prec.name}"] + [f"{ref_impl}@{p}" for p in ref_precs]
     skipped = skipped_references(ref_impl, prec, args.reference)
+    if args.input == "pixels":
+        ref_impl, specs, skipped = "vimpac", [f"pixels@{prec.name}", f"vimpac@{prec.name}"], {}
     log = sys.stderr if args.json else sys.stdout
     print(machine_line(prec, device), file=log, flush=True)
     for p, why in skipped.items():
@@ -521,7 +535,8 @@ def main(argv: list[str] | None = None) -> None:
                **ours, "gflop_per_clip": round(flops / 1e9, 1), "achieved_tflops": round(achieved, 3),
                "matmul_tflops": round(ref_tflops, 3), "fraction_of_matmul": round(achieved / ref_tflops, 3),
                "reference": ref_impl, "reference_skipped": skipped,
-               ref_impl: {spec.split("@")[1]: r for spec, r in results.items() if not spec.startswith("vimpac@")}}
+               "input": args.input,
+               ref_impl: {spec.split("@")[1]: r for spec, r in results.items() if spec != specs[0]}}
     for p, r in summary[ref_impl].items():
         summary[f"speedup_vs_{ref_impl}_{p}"] = round(ours["clips_per_s"] / r["clips_per_s"], 2)
         if "step_cpu_s_median" in r and "step_cpu_s_median" in ours:  # steadier on a shared machine at 1 thread
