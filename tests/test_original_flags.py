@@ -7,6 +7,8 @@ import argparse
 import contextlib
 import io
 import json
+import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,17 +16,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import vimpac.finetune as finetune
-import vimpac.pretrain as pretrain
-from vimpac.model.config import named_config
-from vimpac.model.transformer import VimpacForPretraining
-from vimpac.train import ds_compat
-from vimpac.train.architecture import ArchitectureFlags
-from vimpac.train.errors import TrainError
-from vimpac.train.finetune_task import ClassifierInit, FinetuneTask
-from vimpac.train.flags import no_effect_notes
-from vimpac.train.optim import build_optimizer, param_groups
-from vimpac.train.runtime import EngineError, plan_for_data, slurm_launch
+sys.path.insert(0, os.path.dirname(__file__))
+from store_factory import make_prototype_store, make_store  # noqa: E402
+
+import vimpac.finetune as finetune  # noqa: E402
+import vimpac.pretrain as pretrain  # noqa: E402
+from vimpac.data.pretrain_clips import ClipSampling  # noqa: E402
+from vimpac.model.config import named_config  # noqa: E402
+from vimpac.model.transformer import VimpacForPretraining  # noqa: E402
+from vimpac.train import ds_compat  # noqa: E402
+from vimpac.train.architecture import ArchitectureFlags  # noqa: E402
+from vimpac.train.errors import TrainError  # noqa: E402
+from vimpac.train.finetune_task import ClassifierInit, FinetuneTask  # noqa: E402
+from vimpac.train.flags import no_effect_notes  # noqa: E402
+from vimpac.train.optim import build_optimizer, param_groups  # noqa: E402
+from vimpac.train.pretrain_task import KnnMonitor, PretrainData, PretrainObjective, PretrainTask  # noqa: E402
+from vimpac.train.runtime import EngineError, plan_for_data, slurm_launch  # noqa: E402
 
 FLAGS = json.loads((Path(__file__).parent / "data" / "original_param_flags.json").read_text())["flags"]
 ENTRIES = {"pretrain": pretrain, "finetune": finetune}
@@ -212,8 +219,9 @@ def test_architecture_flags_build_pretrainings_model_and_check_a_loaded_one():
     cfg = ArchitectureFlags.from_flags(a).model_config(vocab_size=32, grid=(4, 4), clip_len=4)
     assert (cfg.layers, cfg.hid_dim, cfg.heads, cfg.mlp_dim, cfg.layout, cfg.pos_emb) == (2, 128, 2, 256, "T,H|W",
                                                                                           "hw_separation")
-    ft = finetune.build_parser().parse_args(["--output", "o", "--layers", "2", "--hid-dim", "128", "--halve-mlp"])
-    arch = ArchitectureFlags.from_flags(ft)
+    ft = finetune.build_parser().parse_args(["--output", "o", "--layers", "2", "--hid-dim", "128", "--halve-mlp",
+                                             "--nce-proj-hid-dim", "7"])  # no effect in fine-tuning
+    arch = ArchitectureFlags.from_flags(ft, contrastive_head=False)
     assert arch.model_config(vocab_size=32, grid=(4, 4), clip_len=4).to_dict() == cfg.to_dict()  # same defaults
     assert arch.mismatches(cfg, "--load X") == []
     wrong = ArchitectureFlags(model="efflayoutT,H,W", pos_emb="default", layers=6, pre_activation=True,
@@ -227,3 +235,48 @@ def test_architecture_flags_build_pretrainings_model_and_check_a_loaded_one():
     with pytest.raises(TrainError, match="--model 'T,H': expected 'efflayout'"):
         ArchitectureFlags(model="T,H").model_config(vocab_size=32, grid=(4, 4), clip_len=4)
 
+
+
+# ----------------------------------------------------------------------------- --knn-monitor's stores
+
+def test_knn_monitor_stores_given_or_the_registrys_ucf101_split1(tmp_path):
+    def knn(*argv: str):
+        return pretrain.knn_from_flags(pretrain.build_parser().parse_args(["--output", "o", *argv]))
+
+    assert knn() is None
+    given = knn("--knn-monitor", "--knn-train-tokens", "A", "B", "--knn-valid-tokens", "C", "--knn-k", "7")
+    assert (given.train, given.valid, given.k, given.temperature) == (("A", "B"), ("C",), 7, 0.07)
+    root = tmp_path / "video_tokens"
+    with pytest.raises(TrainError, match=r"--knn-monitor: token store .*dalle_ucf101_train_split1_fps2_hflip0_"
+                                         r"32center32 does not exist.* or pass --knn-train-tokens"):
+        knn("--knn-monitor", "--frame-size", "32", "--data-root", str(root))
+    for name in ("train_split1_fps2_hflip0_32center32", "train_split1_fps2_hflip1_32center32",
+                 "val_split1_fps2_hflip0_32center32", "val_split1_fps2_hflip0_32top32"):
+        make_prototype_store(str(root / f"dalle_ucf101_{name}"), num_videos=2)
+    found = knn("--knn-monitor", "--frame-size", "32", "--data-root", str(root))
+    assert found.train == (str(root / "dalle_ucf101_train_split1_fps2_hflip0_32center32"),)  # the center view only
+    assert found.valid == (str(root / "dalle_ucf101_val_split1_fps2_hflip0_32center32"),)
+    with pytest.raises(TrainError, match="--knn-monitor needs labelled stores: --knn-train-tokens STORE"):
+        knn("--knn-monitor")  # no --frame-size to find the default stores with
+    with pytest.raises(TrainError, match="give both --knn-train-tokens"):
+        knn("--knn-monitor", "--knn-valid-tokens", "C")
+    with pytest.raises(TrainError, match="add --knn-monitor"):
+        knn("--knn-train-tokens", "A", "--knn-valid-tokens", "C")
+
+
+def test_knn_stores_must_fit_the_pretraining_stores(tmp_path):
+    train = make_store(str(tmp_path / "train"), num_videos=4)
+    small, big = (make_prototype_store(str(tmp_path / f"g{g}"), num_videos=4, grid=g) for g in (4, 8))
+    data = PretrainData(train=(train,), valid=(), sampling=ClipSampling(clip_len=4))
+    arch = ArchitectureFlags(layers=1, hid_dim=32, heads=2)
+
+    def task(knn: KnnMonitor) -> PretrainTask:
+        return PretrainTask(data, PretrainObjective(),
+                            lambda v, g: arch.model_config(vocab_size=v, grid=g, clip_len=4), knn=knn)
+
+    assert len(task(KnnMonitor(train=(small,), valid=(small,))).knn_sets[1]) == 4
+    with pytest.raises(TrainError, match=r"--knn-valid-tokens: .*g8 holds 32 codes on 8x8 maps, the pre-training "
+                                         r"stores 32 codes on 4x4 maps"):
+        task(KnnMonitor(train=(small,), valid=(big,)))
+    with pytest.raises(TrainError, match="--knn-k must be >= 1"):
+        task(KnnMonitor(train=(small,), valid=(small,), k=0))

@@ -153,7 +153,8 @@ def run(a: argparse.Namespace, hooks: LoopHooks | None, launch: Launch) -> tuple
                                   clip_len=a.clip_len, clip_counts=clip_counts), True
     init = ClassifierInit(load=a.load, clip_len=a.clip_len, different_shape=a.different_shape, dropout=a.dropout,
                           last_dropout=a.last_dropout, linear_probe=a.linear_probe, from_scratch=a.from_scratch,
-                          grad_checkpointing=a.grad_checkpointing, architecture=ArchitectureFlags.from_flags(a))
+                          grad_checkpointing=a.grad_checkpointing,
+                          architecture=ArchitectureFlags.from_flags(a, contrastive_head=False))
     task = FinetuneTask(data, init, settings, seed=a.seed, clip_counts=clip_counts, output=a.output,
                         label_smoothing=a.label_smoothing or 0.0)
     cfg = loop_config(a, epochs=a.epochs or data.default_epochs, default_batch=BATCH, default_bs_per_gpu=BS_PER_GPU)

@@ -85,7 +85,9 @@ def extract_cls_features(backbone: nn.Module, dataset, *, device: torch.device |
     from torch.utils.data import DataLoader, Subset
 
     subset = Subset(dataset, list(range(len(dataset)) if indices is None else indices))
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
+    # its own generator: an iterator draws a worker seed, which must not shift the global RNG a trainer's dropout uses
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers,
+                        generator=torch.Generator())
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []

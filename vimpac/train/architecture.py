@@ -41,9 +41,10 @@ class ArchitectureFlags:
     nce_bn_after_proj: bool = False
 
     @classmethod
-    def from_flags(cls, a: argparse.Namespace) -> "ArchitectureFlags":
-        """The fields this parser has (fine-tuning has no contrastive-head flags)."""
-        return cls(**{f.name: getattr(a, f.name) for f in fields(cls) if hasattr(a, f.name)})
+    def from_flags(cls, a: argparse.Namespace, *, contrastive_head: bool = True) -> "ArchitectureFlags":
+        """The parsed flags; contrastive_head=False leaves the --nce-* ones out (a classifier has no such head)."""
+        names = [f.name for f in fields(cls) if contrastive_head or not f.name.startswith("nce_")]
+        return cls(**{name: getattr(a, name) for name in names})
 
     def model_config(self, *, vocab_size: int, grid: tuple[int, int], clip_len: int, dropout: float = 0.1,
                      grad_checkpointing: bool = False) -> ModelConfig:
@@ -61,7 +62,8 @@ class ArchitectureFlags:
             heads = self.heads or max(1, self.hid_dim // 64)
             if self.hid_dim % heads:
                 raise TrainError(f"--hid-dim {self.hid_dim} is not divisible by --heads {heads}")
-            overrides.update(hid_dim=self.hid_dim, heads=heads, head_dim=self.hid_dim // heads, mlp_dim=4 * self.hid_dim)
+            overrides.update(hid_dim=self.hid_dim, heads=heads, head_dim=self.hid_dim // heads,
+                             mlp_dim=4 * self.hid_dim)
         elif self.heads is not None:
             raise TrainError("--heads goes with --hid-dim (the named --config fixes its own heads)")
         if self.nce_proj_layers is not None:
@@ -135,7 +137,8 @@ def add_architecture_flags(m: argparse._ArgumentGroup, *, from_load: bool) -> No
     m.add_argument("--layers", type=int, default=None, help=text("override the config's layers"))
     m.add_argument("--hid-dim", type=int, default=None, help=text("override the config's width (heads of 64, MLP 4x)"))
     m.add_argument("--heads", type=int, default=None, help=text("attention heads when --hid-dim is overridden"))
-    m.add_argument("--pre-activation", action="store_true", help=text("pre-LN layers + final LayerNorm (original's option)"))
+    m.add_argument("--pre-activation", action="store_true",
+                   help=text("pre-LN layers + final LayerNorm (original's option)"))
     m.add_argument("--halve-att", action="store_true", help=text("half the attention width (heads of half size)"))
     m.add_argument("--halve-mlp", action="store_true", help=text("half the MLP width"))
     m.add_argument("--grad-checkpointing", "--grad-checkpoint", action="store_true",

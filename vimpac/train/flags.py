@@ -18,24 +18,13 @@ from vimpac.data.registry import DEFAULT_ROOT
 from vimpac.train.loop import LoopConfig
 from vimpac.train.optim import OPTIMIZERS, SCHEDULES
 
-#: the original's argument shape of each flag one of the two stages accepts without an effect
-ORIGINAL_SHAPES: dict[str, dict[str, Any]] = {
-    "--eval-only": dict(action="store_true"),
-    "--split-id": dict(type=int),
-    "--different-shape": dict(action="store_true"),
-    "--num-test-clips": dict(type=int),
-    "--last-test-clips": dict(type=str),
-    "--last-dropout": dict(type=float),
-    "--label-smoothing": dict(type=float),
-    "--mask-blocks": dict(type=int),
-    "--mask-rand-replace": dict(action="store_true"),
-    "--mlm-weight": dict(type=float),
-    "--nce-weight": dict(type=float),
-    "--nce-proj-layers": dict(type=int),
-    "--nce-proj-hid-dim": dict(type=int),
-    "--nce-bn-after-proj": dict(action="store_true"),
-    "--nce-relevance-range": dict(type=int),
-    "--knn-monitor": dict(action="store_true"),
+#: the original's argument shape of each flag one of the two stages accepts without an effect: its value's type,
+#: or None for a switch
+ORIGINAL_SHAPES: dict[str, type | None] = {
+    "--eval-only": None, "--split-id": int, "--different-shape": None, "--num-test-clips": int,
+    "--last-test-clips": str, "--last-dropout": float, "--label-smoothing": float, "--mask-blocks": int,
+    "--mask-rand-replace": None, "--mlm-weight": float, "--nce-weight": float, "--nce-proj-layers": int,
+    "--nce-proj-hid-dim": int, "--nce-bn-after-proj": None, "--nce-relevance-range": int, "--knn-monitor": None,
 }
 
 
@@ -145,7 +134,9 @@ def add_no_effect_flags(p: argparse.ArgumentParser, reasons: Mapping[str, str]) 
     """
     g = p.add_argument_group("accepted from the original VIMPAC, no effect here")
     for flag, reason in reasons.items():
-        g.add_argument(flag, default=None, help=f"no effect: {reason}", **ORIGINAL_SHAPES[flag])
+        kind = ORIGINAL_SHAPES[flag]
+        shape: dict[str, Any] = {"action": "store_true"} if kind is None else {"type": kind}
+        g.add_argument(flag, default=None, help=f"no effect: {reason}", **shape)
 
 
 def no_effect_notes(a: argparse.Namespace, reasons: Mapping[str, str]) -> list[str]:
