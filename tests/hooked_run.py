@@ -2,10 +2,11 @@
 from the environment).
 
     python tests/hooked_run.py pretrain [--step-sleep S] [--nan-steps 2,4] [--sleep-before-swap S]
-        [--inf-activation-steps 2] [--inf-grad-steps 2] -- TRAINER FLAGS
+        [--inf-activation-steps 2] [--inf-grad-steps 2] [--hostnames h1,h2] -- TRAINER FLAGS
 
 --inf-activation-steps: the input of the model's first BatchNorm is +Inf in those steps' forwards (the loss
-follows); --inf-grad-steps: the loss stays finite but its gradient is Inf.
+follows); --inf-grad-steps: the loss stays finite but its gradient is Inf. --hostnames: what
+`scontrol show hostnames` would answer for any node list (--slurm-multinode-dist without SLURM).
 """
 from __future__ import annotations
 
@@ -89,9 +90,11 @@ def main() -> int:
     ap.add_argument("--sleep-before-swap", type=float, default=0.0)
     ap.add_argument("--inf-activation-steps", default="")
     ap.add_argument("--inf-grad-steps", default="")
+    ap.add_argument("--hostnames", default="")
     a = ap.parse_args(argv[:cut])
     entry = importlib.import_module(f"vimpac.{a.entry}")
-    return entry.main(argv[cut + 1:], hooks=hooks_from(a))
+    hostnames = (lambda nodelist: a.hostnames.split(",")) if a.hostnames else None
+    return entry.main(argv[cut + 1:], hooks=hooks_from(a), hostnames=hostnames)
 
 
 if __name__ == "__main__":

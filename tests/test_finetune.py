@@ -206,10 +206,10 @@ def test_vocabulary_remap_keeps_codes_and_moves_special_tokens():
     assert torch.equal(shrunk[:16], table[:16]) and torch.equal(shrunk[16:], table[old_v:])
 
 
-def test_bad_labels_and_missing_load_are_clear_errors(data, tmp_path):
+def test_missing_stores_and_bad_architecture_flags_are_clear_errors(data, tmp_path):
     proc = run(["--train-tokens", *data["train"], "--valid-tokens", *data["valid"], "--output", str(tmp_path / "x"),
-                *FAST])
-    assert proc.returncode == 2 and "--load" in proc.stderr
+                "--hid-dim", "32", "--heads", "3", *FAST])  # no --load: the architecture flags build the model
+    assert proc.returncode == 2 and "--hid-dim 32 is not divisible by --heads 3" in proc.stderr
     proc = run(["--load", data["pre"], "--dataset-name", "ucf101", "--frame-size", "32", "--data-root",
                 str(tmp_path / "nothing"), "--output", str(tmp_path / "y"), *FAST])
     assert proc.returncode == 2 and "train_split1" in proc.stderr and "--train-tokens" in proc.stderr
@@ -372,3 +372,29 @@ def test_resume_on_another_world_size_reseeds(finetuned, data, tmp_path):
     assert "resumed on 2 rank(s), saved by 1: reseeding" in proc.stdout
     ck = load_checkpoint(os.path.join(out, "last"))
     assert ck.trainer_state["epoch"] == 3 and len(ck.trainer_state["rng"]) == 2
+
+
+def test_sgd_with_label_smoothing_resumes_exactly_under_zero_and_refuses_another_optimizer(data, tmp_path):
+    """--optim sgd keeps its momentum buffers by parameter name: interval + --resume (into ZeRO-1's partitions)
+    reproduces the uninterrupted run; resuming it with AdamW is refused before anything starts."""
+    from safetensors.torch import load_file
+
+    common = ["--load", data["pre"], "--train-tokens", *data["train"], "--valid-tokens", *data["valid"], "--epochs",
+              "2", "--num-test-clips", "1", *FAST, "--lr", "3e-2", "--label-smoothing", "0.1"]
+    args = common + ["--optim", "sgd"]
+    ref = str(tmp_path / "ref")
+    log = ok(run(args + ["--output", ref]))
+    assert "optimizer: SGD (momentum 0.9 = --beta1, weight decay 0.01)" in log and "label smoothing 0.1" in log
+    out = str(tmp_path / "resumed")
+    ok(run(args + ["--output", out, "--interval", "1"]))
+    saved = load_checkpoint(os.path.join(out, "last"))
+    assert saved.trainer_state["optimizer"] == "sgd" and saved.trainer_state["adam_step"] == 0
+    assert saved.optimizer_state and all(k.endswith("::momentum_buffer") for k in saved.optimizer_state)
+    proc = run(common + ["--output", out, "--resume"])  # --optim left out: AdamW
+    assert proc.returncode == 2 and "was trained with --optim sgd, this run asks for --optim adamw" in proc.stderr
+    ok(run(args + ["--output", out, "--resume", "--zero-stage", "1"]))
+    want, got = load_file(os.path.join(ref, "last", "model.safetensors")), load_file(
+        os.path.join(out, "last", "model.safetensors"))
+    assert all(torch.allclose(want[k], got[k], rtol=1e-5, atol=1e-7) for k in want)
+    moved = sum(float((got[k] - saved.model_state[k]).abs().max()) for k in want)
+    assert moved > 1e-3  # the resumed epoch trained

@@ -19,12 +19,13 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from store_factory import make_store  # noqa: E402
+from store_factory import make_prototype_store, make_store  # noqa: E402
 
 import vimpac.pretrain as pretrain  # noqa: E402
 from video2token.precision import resolve_precision  # noqa: E402
 from vimpac.model.checkpoint import load_checkpoint, load_pretrained  # noqa: E402
 from vimpac.train.optim import LRSchedule  # noqa: E402
+from vimpac.train.pretrain_task import PretrainTask  # noqa: E402
 from video2token.runlog import read_metrics  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -237,6 +238,39 @@ def test_two_cpu_ranks_script_zero2_bf16(stores, tmp_path):
     assert ck.trainer_state["adam_step"] == STEPS_PER_EPOCH and len(ck.trainer_state["rng"]) == 2
     assert all(torch.isfinite(v).all() for v in ck.model_state.values() if v.is_floating_point())
     assert os.path.exists(os.path.join(out, "log.log")) and os.path.exists(os.path.join(out, "run.sh"))
+
+
+def test_two_slurm_ranks_with_the_knn_monitor_adam_and_gradient_accumulation(stores, tmp_path):
+    """--slurm-multinode-dist: two srun tasks (fake SLURM variables, host names injected instead of scontrol).
+
+    The kNN bank holds one copy of each of 4 prototype videos, so each rank's half of the bank alone
+    misses half the prototypes; the 8 queries are copies too (label = prototype): 100% only when the
+    bank is gathered, and the log counts the gathered queries.
+    """
+    bank = make_prototype_store(str(tmp_path / "bank"), num_videos=4)
+    queries = make_prototype_store(str(tmp_path / "queries"), num_videos=8)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    out = str(tmp_path / "out")
+    args = ["--slurm-multinode-dist", "--train-tokens", stores["train"], "--output", out, *TINY, "--epochs", "1",
+            "--batch-size", "8", "--gradient-accumulation", "2", "--optim", "adam", "--epsilon", "1e-7",
+            "--knn-monitor", "--knn-train-tokens", bank, "--knn-valid-tokens", queries, "--knn-k", "1"]
+    procs = [subprocess.Popen(_cmd(args, ["--hostnames", "127.0.0.1,127.0.0.2"]), cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=_env({"SLURM_PROCID": str(r), "SLURM_LOCALID": str(r), "SLURM_NTASKS": "2",
+                                        "SLURM_JOB_NODELIST": "node[1-2]", "MASTER_PORT": port}))
+             for r in (0, 1)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "rank 0/2" in logs[0] and "[pretrain]" not in logs[1]  # rank 1 prints nothing of its own
+    assert "(2 x 2 accumulation x 2 ranks)" in logs[0]  # --batch-size 8 / 2 ranks / --gradient-accumulation 2
+    assert "optimizer: Adam (betas (0.9, 0.98), eps 1e-07, no weight decay; --weight-decay 0.05 unused" in logs[0]
+    assert "kNN top-1 100.00 top-5 100.00 (k=1; 4 bank, 8 query videos)" in logs[0]
+    valid = [r for r in read_metrics(os.path.join(out, "metrics.jsonl")) if r["split"] == "valid"]
+    assert [(r["knn_top1"], r["knn_query_videos"]) for r in valid] == [(100.0, 8)]
+    assert "knn_top1" in PretrainTask.curve_keys and os.path.exists(os.path.join(out, "curves.png"))
+    assert load_checkpoint(os.path.join(out, "last")).trainer_state["optimizer"] == "adam"
 
 
 def test_nonfinite_steps_are_skipped_then_stop(stores, tmp_path):

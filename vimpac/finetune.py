@@ -10,6 +10,9 @@ positional embeddings are interpolated when the input shape differs from pre-tra
         --train-tokens STORE [VIEW ...] --valid-tokens STORE [CROP ...] --output O
     python -m vimpac.finetune ... --different-shape --clip-len 10 --frame-size 256 --frame-rate 4
     python -m vimpac.finetune --eval-only --output O [--load O/best] --num-test-clips 10
+    # no --load: random weights, the architecture from the flags (the paper's "no pre-training" rows)
+    python -m vimpac.finetune --dataset-name ucf101 --frame-size 128 --model "efflayoutT,H|W" \\
+        --pos-emb hw_separation --layers 6 --hid-dim 512 --clip-len 5 --output snap/finetune/ucf101_scratch
 
 Outputs under --output: metrics.jsonl, tensorboard/, curves.png, last/ (resumable checkpoint),
 best/ (weights of the best valid top-1), results.json, per_class_accuracy.csv, predictions.csv,
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -33,27 +37,47 @@ from vimpac.model.checkpoint import CheckpointError, read_checkpoint_config
 from vimpac.model.config import INPUT_KINDS
 from vimpac.model.loading import resolve_checkpoint
 from vimpac.eval.finetuned import RESULTS, EvalSettings, evaluate_finetuned, parse_clip_counts
-from vimpac.train.entry import run_guarded
+from vimpac.train.architecture import DEFAULT_CLIP_LEN, ArchitectureFlags, add_architecture_flags
+from vimpac.train.entry import launch_for, run_guarded, say
 from vimpac.train.errors import TrainError
 from vimpac.train.finetune_task import BEST, ClassifierInit, FinetuneTask
-from vimpac.train.flags import add_data_flags, add_optimisation_flags, add_run_flags, loop_config
+from vimpac.train.flags import (add_data_flags, add_no_effect_flags, add_optimisation_flags, add_run_flags,
+                                loop_config, no_effect_notes)
 from vimpac.train.hooks import LoopHooks
 from vimpac.train.loop import TrainLoop
+from vimpac.train.runtime import Launch
 
 BATCH, BS_PER_GPU = 128, 16  # the paper's fine-tuning batch (table 4)
+_PRETRAIN_ONLY = "a pre-training flag"
+#: the original VIMPAC's flags fine-tuning accepts but cannot honour, and why
+NO_EFFECT = {
+    "--mask-blocks": f"fine-tuning masks no tokens ({_PRETRAIN_ONLY})",
+    "--mask-rand-replace": f"fine-tuning masks no tokens ({_PRETRAIN_ONLY})",
+    "--mlm-weight": f"fine-tuning's loss is the classifier's cross-entropy ({_PRETRAIN_ONLY})",
+    "--nce-weight": f"fine-tuning's loss is the classifier's cross-entropy ({_PRETRAIN_ONLY})",
+    "--nce-proj-layers": f"a classifier has no contrastive head ({_PRETRAIN_ONLY})",
+    "--nce-proj-hid-dim": f"a classifier has no contrastive head ({_PRETRAIN_ONLY})",
+    "--nce-bn-after-proj": f"a classifier has no contrastive head ({_PRETRAIN_ONLY})",
+    "--nce-relevance-range": f"fine-tuning draws one clip per video, not a pair ({_PRETRAIN_ONLY})",
+    "--knn-monitor": "fine-tuning reports its test accuracy at every evaluation; the kNN monitor is pre-training's "
+                     "(the original's fine-tuning ignored the flag too)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vimpac.finetune", description=__doc__,
                                 formatter_class=HelpFormatter)
     d = add_data_flags(p, dataset_default="custom", dataset_help=f"one of {', '.join(registry.finetune_names())}",
-                       clip_len_default=None, clip_len_help="frames per clip (default: the pre-training T)")
+                       clip_len_default=None,
+                       clip_len_help=f"frames per clip (default: --load's T; without --load {DEFAULT_CLIP_LEN})")
     d.add_argument("--split-id", type=int, default=1, help="official split (1..3 for ucf101 and hmdb51)")
     d.add_argument("--num-test-clips", type=int, default=10, help="uniform temporal clips per test crop")
     d.add_argument("--last-test-clips", default=None, help="e.g. 2,5,10: also evaluate these clip counts at the end")
 
     m = p.add_argument_group("model")
-    m.add_argument("--load", default=None, help="pre-training output: a checkpoint dir or its model.safetensors")
+    m.add_argument("--load", default=None,
+                   help="pre-training output: a checkpoint dir or its model.safetensors; without it the model below "
+                        "starts from random weights (the no-pre-training baseline, as the original)")
     m.add_argument("--different-shape", action="store_true",
                    help="allow another --clip-len / --frame-size than pre-training (interpolates positional tables)")
     m.add_argument("--dropout", type=float, default=0.1, help="backbone dropout")
@@ -64,16 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "trained on (a checkpoint of the other kind is refused)")
     m.add_argument("--from-scratch", action="store_true",
                    help="the same architecture as --load, randomly initialised (the no-pre-training baseline)")
-    m.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward (less memory)")
-    m.add_argument("--layers", type=int, default=None, help="accepted from the original scripts; must match --load")
-    m.add_argument("--hid-dim", type=int, default=None, help="accepted from the original scripts; must match --load")
+    add_architecture_flags(m, from_load=True)
 
     add_optimisation_flags(p, lr=1e-4, beta2=0.999, weight_decay=0.01, batch_size=BATCH, bs_per_gpu=BS_PER_GPU, epochs=None,
                            epochs_help="default: the dataset's (paper table 4), else 50")
+    o = p.add_argument_group("objective")
+    o.add_argument("--label-smoothing", type=float, default=None,
+                   help="smoothed training cross-entropy: (1 - s) x NLL + s x the mean over classes (the "
+                        "original's; evaluation scores are unchanged)")
     r = add_run_flags(p)
     r.add_argument("--eval-only", action="store_true", help="evaluate --load (a fine-tuned checkpoint) or OUTPUT/best")
     r.add_argument("--eval-batch-size", type=int, default=4, help="videos per eval batch (each: clips x crops)")
     r.add_argument("--eval-max-videos", type=int, default=None, help="cap on test videos (quick checks)")
+    add_no_effect_flags(p, NO_EFFECT)
     return p
 
 
@@ -110,7 +137,7 @@ def check_vocab(a: argparse.Namespace, data: LabelledData) -> None:
                          f"flag or use stores of that tokenizer")
 
 
-def run(a: argparse.Namespace, hooks: LoopHooks | None) -> tuple[dict, bool]:
+def run(a: argparse.Namespace, hooks: LoopHooks | None, launch: Launch) -> tuple[dict, bool]:
     """Fine-tune (or only evaluate) -> (results, whether this process prints)."""
     try:
         clip_counts = parse_clip_counts(a.last_test_clips)
@@ -121,7 +148,7 @@ def run(a: argparse.Namespace, hooks: LoopHooks | None) -> tuple[dict, bool]:
         reuse_run_stores(a, eval_path)
     data = labelled_data(a)
     check_vocab(a, data)
-    settings = EvalSettings(batch_size=a.eval_batch_size, max_videos=a.eval_max_videos, progress=a.tqdm)
+    settings = EvalSettings(batch_size=a.eval_batch_size, max_videos=a.eval_max_videos, progress=a.tqdm is not False)
     if a.eval_only:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         precision = resolve_precision(a.precision, device)
@@ -130,17 +157,25 @@ def run(a: argparse.Namespace, hooks: LoopHooks | None) -> tuple[dict, bool]:
                                   clip_len=a.clip_len, clip_counts=clip_counts), True
     init = ClassifierInit(load=a.load, clip_len=a.clip_len, different_shape=a.different_shape, dropout=a.dropout,
                           last_dropout=a.last_dropout, linear_probe=a.linear_probe, from_scratch=a.from_scratch,
-                          grad_checkpointing=a.grad_checkpointing, layers=a.layers, hid_dim=a.hid_dim,
-                          input=a.input)
-    task = FinetuneTask(data, init, settings, seed=a.seed, clip_counts=clip_counts, output=a.output)
+                          grad_checkpointing=a.grad_checkpointing,
+                          architecture=ArchitectureFlags.from_flags(a, contrastive_head=False), input=a.input)
+    task = FinetuneTask(data, init, settings, seed=a.seed, clip_counts=clip_counts, output=a.output,
+                        label_smoothing=a.label_smoothing or 0.0)
     cfg = loop_config(a, epochs=a.epochs or data.default_epochs, default_batch=BATCH, default_bs_per_gpu=BS_PER_GPU)
-    loop = TrainLoop(cfg, task, hooks=hooks)
+    loop = TrainLoop(cfg, task, hooks=hooks, launch=launch)
     return loop.fit(), loop.main
 
 
-def main(argv: list[str] | None = None, *, hooks: LoopHooks | None = None) -> int:
+def main(argv: list[str] | None = None, *, hooks: LoopHooks | None = None, environ: Mapping[str, str] | None = None,
+         hostnames: Callable[[str], Sequence[str]] | None = None) -> int:
+    """environ (default os.environ) and hostnames (default `scontrol show hostnames`): the launch's sources."""
     a = build_parser().parse_args(argv)
-    result = run_guarded(lambda: run(a, hooks))
+    launch = launch_for(slurm=a.slurm_multinode_dist, environ=os.environ if environ is None else environ,
+                        hostnames=hostnames)
+    if launch is None:
+        return 2
+    say(launch, [f"[finetune] {note}" for note in no_effect_notes(a, NO_EFFECT)])
+    result = run_guarded(lambda: run(a, hooks, launch), launch)
     if result is None:
         return 2
     summary, prints = result

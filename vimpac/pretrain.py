@@ -11,6 +11,8 @@ symmetric InfoNCE over the global batch; both tasks read the same block-masked c
     # two stages (paper: 90 epochs at 128 px, then 10 at 256 px, one schedule):
     python -m vimpac.pretrain --dataset-name howto100m --frame-size 128 --epochs 100 --interval 90 --output O
     python -m vimpac.pretrain --dataset-name howto100m --frame-size 256 --epochs 100 --output O --resume
+    # with the original's kNN monitor (cosine kNN top-1 of [CLS] on a labelled split, every evaluation):
+    python -m vimpac.pretrain ... --knn-monitor --knn-train-tokens STORE --knn-valid-tokens STORE
 
 Outputs under --output: metrics.jsonl, tensorboard/, last/ (checkpoint; its model.safetensors +
 config.json are what fine-tuning loads), curves.png, mask_examples.png, summary.json.
@@ -21,29 +23,47 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 from video2token.cli import HelpFormatter
 
 from vimpac.data import registry
-from vimpac.data.pretrain_clips import MASKINGS, ClipSampling, PairOptions
 from vimpac.data.image_stream import STREAMS
-from vimpac.model.config import CONFIG_NAMES, INPUT_KINDS, POS_EMB_KINDS, ModelConfig, apply_halving, named_config
-from vimpac.train.entry import run_guarded
+from vimpac.data.pretrain_clips import MASKINGS, ClipSampling, PairOptions
+from vimpac.eval.knn import DEFAULT_K, DEFAULT_TEMPERATURE
+from vimpac.model.config import INPUT_KINDS
+from vimpac.train.architecture import DEFAULT_CLIP_LEN, ArchitectureFlags, add_architecture_flags
+from vimpac.train.entry import launch_for, run_guarded, say
 from vimpac.train.errors import TrainError
-from vimpac.train.flags import add_data_flags, add_optimisation_flags, add_run_flags, loop_config
+from vimpac.train.flags import (add_data_flags, add_no_effect_flags, add_optimisation_flags, add_run_flags,
+                                loop_config, no_effect_notes)
 from vimpac.train.hooks import LoopHooks
 from vimpac.train.loop import TrainLoop
-from vimpac.train.pretrain_task import ImageStreamSpec, PretrainData, PretrainObjective, PretrainTask
+from vimpac.train.pretrain_task import ImageStreamSpec, KnnMonitor, PretrainData, PretrainObjective, PretrainTask
 
 BATCH, BS_PER_GPU = 1024, 32  # the paper's global batch; per rank on a 32 GB V100
+KNN_DATASET = "ucf101"  # the original's kNN monitor: UCF101 split 1, hard-coded
+#: the original VIMPAC's flags pre-training accepts but cannot honour, and why
+NO_EFFECT = {
+    "--eval-only": "pre-training has no evaluate-only mode (the original's ignored the flag too); evaluate a "
+                   "fine-tuned model with vimpac.finetune --eval-only",
+    "--split-id": "pre-training reads no labelled split (the --knn-monitor's default stores are UCF101 split 1, as "
+                  "in the original)",
+    "--different-shape": "pre-training fits the positional tables to a new --clip-len / --frame-size by itself "
+                         "(--load, --resume)",
+    "--num-test-clips": "pre-training evaluates one clip pair per video",
+    "--last-test-clips": "pre-training evaluates one clip pair per video",
+    "--last-dropout": "pre-training has no classifier",
+    "--label-smoothing": "the original smoothed fine-tuning's classification loss only; pre-training's losses are "
+                         "masked-token cross-entropy and InfoNCE",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vimpac.pretrain", description=__doc__,
                                 formatter_class=HelpFormatter)
     d = add_data_flags(p, dataset_default=None, dataset_help=f"locate stores under --data-root by name "
-                       f"({', '.join(registry.dataset_names())})", clip_len_default=5,
+                       f"({', '.join(registry.dataset_names())})", clip_len_default=DEFAULT_CLIP_LEN,
                        clip_len_help="frames per clip (T)")
     d.add_argument("--nce-relevance-range", type=int, default=-1,
                    help="max distance (stored frames) between a video's two clips; -1: anywhere (the paper's best)")
@@ -57,20 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--mask-rand-replace", action="store_true", help="BERT 80/10/10 replacement of masked tokens")
 
     m = p.add_argument_group("model")
-    m.add_argument("--config", choices=CONFIG_NAMES, default="small", help="named model size (paper table 6)")
-    m.add_argument("--model", default="efflayoutT,H|W", help="'efflayout' + layout string, e.g. efflayoutT,H|W")
-    m.add_argument("--pos-emb", choices=POS_EMB_KINDS, default="hw_separation",
-                   help="positional embedding: T + H + W tables, T + (h*w), or one (T*h*w) table")
-    m.add_argument("--layers", type=int, default=None, help="override the config's layers")
-    m.add_argument("--hid-dim", type=int, default=None, help="override the config's width (heads of 64, MLP 4x)")
-    m.add_argument("--heads", type=int, default=None, help="attention heads when --hid-dim is overridden")
+    add_architecture_flags(m, from_load=False)
     m.add_argument("--dropout", type=float, default=0.1, help="dropout on the residual branches")
     m.add_argument("--nce-proj-layers", type=int, default=None, help="contrastive head layers (default: the config's)")
     m.add_argument("--nce-proj-hid-dim", type=int, default=None, help="contrastive head width (default: the config's)")
-    m.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward (less memory)")
-    m.add_argument("--pre-activation", action="store_true", help="pre-LN layers + final LayerNorm (original's option)")
-    m.add_argument("--halve-att", action="store_true", help="half the attention width (heads of half size)")
-    m.add_argument("--halve-mlp", action="store_true", help="half the MLP width")
     m.add_argument("--nce-bn-after-proj", action="store_true", help="BatchNorm after the contrastive projection")
     m.add_argument("--load", default=None, help="initialise weights from a checkpoint directory (fresh schedule)")
 
@@ -112,44 +122,46 @@ def build_parser() -> argparse.ArgumentParser:
                            epochs_help="length of the schedule")
     r = add_run_flags(p)
     r.add_argument("--eval-max-batches", type=int, default=None, help="cap on eval micro-batches per rank")
-    r.add_argument("--num-test-clips", type=int, default=1,
-                   help="accepted from the original scripts: pre-training evaluates one clip pair per video")
+
+    k = p.add_argument_group("kNN monitor (the original's --knn-monitor)")
+    k.add_argument("--knn-monitor", action="store_true",
+                   help="at every evaluation, the weighted kNN top-1/top-5 of the backbone's [CLS] (one centre clip "
+                        "per video): --knn-train-tokens is the memory bank, --knn-valid-tokens the queries; logged "
+                        "as knn_top1 / knn_top5 with the valid metrics and drawn in curves.png")
+    k.add_argument("--knn-train-tokens", nargs="+", default=None,
+                   help=f"labelled store(s) of the memory bank (views of one split); default: the {KNN_DATASET} "
+                        f"split-1 train store at --frame-size under --data-root (the original's)")
+    k.add_argument("--knn-valid-tokens", nargs="+", default=None,
+                   help=f"labelled store(s) of the queries; default: the {KNN_DATASET} split-1 test store")
+    k.add_argument("--knn-k", type=int, default=DEFAULT_K, help="neighbours that vote (capped by the bank's size)")
+    k.add_argument("--knn-temperature", type=float, default=DEFAULT_TEMPERATURE,
+                   help="a neighbour's vote is exp(cosine similarity / temperature)")
+    add_no_effect_flags(p, NO_EFFECT)
     return p
 
 
-def parse_layout_flag(model: str) -> str:
-    prefix = "efflayout"
-    if not model.startswith(prefix) or len(model) == len(prefix):
-        raise TrainError(f"--model {model!r}: expected '{prefix}' followed by a layout, e.g. '{prefix}T,H|W'")
-    return model[len(prefix):]
-
-
-def model_config_from_flags(a: argparse.Namespace, *, vocab_size: int, grid: tuple[int, int]) -> ModelConfig:
-    overrides: dict[str, Any] = dict(vocab_size=vocab_size, clip_len=a.clip_len, grid_h=grid[0], grid_w=grid[1],
-                                     layout=parse_layout_flag(a.model), pos_emb=a.pos_emb, dropout=a.dropout,
-                                     grad_checkpointing=a.grad_checkpointing)
-    if a.layers is not None:
-        overrides["layers"] = a.layers
-    if a.hid_dim is not None:
-        heads = a.heads or max(1, a.hid_dim // 64)
-        if a.hid_dim % heads:
-            raise TrainError(f"--hid-dim {a.hid_dim} is not divisible by --heads {heads}")
-        overrides.update(hid_dim=a.hid_dim, heads=heads, head_dim=a.hid_dim // heads, mlp_dim=4 * a.hid_dim)
-    elif a.heads is not None:
-        raise TrainError("--heads goes with --hid-dim (the named --config fixes its own heads)")
-    if a.nce_proj_layers is not None:
-        overrides["nce_proj_layers"] = a.nce_proj_layers
-    if a.nce_proj_hid_dim is not None:
-        overrides["nce_proj_hid_dim"] = a.nce_proj_hid_dim
-    if a.pre_activation:
-        overrides.update(pre_ln=True, embed_norm=False)  # the original's pre-activation has no embedding LayerNorm
-    if a.nce_bn_after_proj:
-        overrides["nce_bn_after_proj"] = True
-    try:
-        return apply_halving(named_config(a.config, **overrides), halve_att=a.halve_att, halve_mlp=a.halve_mlp)
-    except ValueError as e:
-        hint = " (set --heads with --hid-dim)" if "head" in str(e) else ""
-        raise TrainError(f"{e}{hint}") from None
+def knn_from_flags(a: argparse.Namespace) -> KnnMonitor | None:
+    """--knn-monitor's stores: the ones given, else the registry's UCF101 split-1 stores at --frame-size."""
+    if not a.knn_monitor:
+        if a.knn_train_tokens or a.knn_valid_tokens:
+            raise TrainError("--knn-train-tokens / --knn-valid-tokens are the kNN monitor's stores: add --knn-monitor")
+        return None
+    if a.knn_train_tokens or a.knn_valid_tokens:
+        if not (a.knn_train_tokens and a.knn_valid_tokens):
+            raise TrainError("--knn-monitor: give both --knn-train-tokens STORE... (memory bank) and "
+                             "--knn-valid-tokens STORE... (queries)")
+        train, valid = a.knn_train_tokens, a.knn_valid_tokens
+    else:
+        if a.frame_size is None:
+            raise TrainError(f"--knn-monitor needs labelled stores: --knn-train-tokens STORE --knn-valid-tokens STORE, "
+                             f"or --frame-size for the {KNN_DATASET} split-1 stores under --data-root")
+        kw = dict(frame_size=a.frame_size, purpose="finetune", split_id=1, tokenizer=a.tokenizer, root=a.data_root)
+        try:  # the center view of each split, as the original's one-view monitor
+            train = registry.store_paths(KNN_DATASET, "train", flag="--knn-train-tokens", **kw)[:1]
+            valid = registry.store_paths(KNN_DATASET, "valid", flag="--knn-valid-tokens", **kw)[:1]
+        except (FileNotFoundError, ValueError) as e:
+            raise TrainError(f"--knn-monitor: {e}") from None
+    return KnnMonitor(train=tuple(train), valid=tuple(valid), k=a.knn_k, temperature=a.knn_temperature)
 
 
 def locate_stores(a: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -206,27 +218,40 @@ def build_task(a: argparse.Namespace) -> PretrainTask:
                         image=image_stream(a, train), pairs=pairs)
     objective = PretrainObjective(mlm_weight=a.mlm_weight, nce_weight=a.nce_weight, temperature=a.nce_temperature,
                                   eval_max_batches=a.eval_max_batches, image_weight=a.image_weight)
-    return PretrainTask(data, objective, lambda vocab, grid: model_config_from_flags(a, vocab_size=vocab, grid=grid),
-                        load=a.load)
+    arch = ArchitectureFlags.from_flags(a)
+    return PretrainTask(data, objective,
+                        lambda vocab, grid: arch.model_config(vocab_size=vocab, grid=grid, clip_len=a.clip_len,
+                                                              dropout=a.dropout,
+                                                              grad_checkpointing=a.grad_checkpointing),
+                        load=a.load, knn=knn_from_flags(a))
 
 
-def main(argv: list[str] | None = None, *, hooks: LoopHooks | None = None) -> int:
+def main(argv: list[str] | None = None, *, hooks: LoopHooks | None = None, environ: Mapping[str, str] | None = None,
+         hostnames: Callable[[str], Sequence[str]] | None = None) -> int:
+    """environ (default os.environ) and hostnames (default `scontrol show hostnames`): the launch's sources."""
     a = build_parser().parse_args(argv)
+    launch = launch_for(slurm=a.slurm_multinode_dist, environ=os.environ if environ is None else environ,
+                        hostnames=hostnames)
+    if launch is None:
+        return 2
+    say(launch, [f"[pretrain] {note}" for note in no_effect_notes(a, NO_EFFECT)])
 
     def run() -> tuple[dict[str, Any], bool]:
         cfg = loop_config(a, epochs=a.epochs, default_batch=BATCH, default_bs_per_gpu=BS_PER_GPU)
-        loop = TrainLoop(cfg, build_task(a), hooks=hooks)
+        loop = TrainLoop(cfg, build_task(a), hooks=hooks, launch=launch)
         return loop.fit(), loop.main
 
-    result = run_guarded(run)
+    result = run_guarded(run, launch)
     if result is None:
         return 2
     summary, prints = result
     if prints:
-        tr, va = summary["train"] or {}, summary["valid"]
+        tr, va = summary["train"] or {}, summary["valid"] or {}
         train = "; ".join(f"train {p}mp_loss {tr[p + 'mp_loss']:.4f} {p}mask_acc {tr[p + 'mask_acc']:.4f}"
                           for p in ("", "image_") if p + "mp_loss" in tr) or "no train step"
-        valid = f"valid mask_acc {va['mask_acc']:.4f} vs copy baseline {va['copy_acc']:.4f}" if va else "no eval"
+        valid = ", ".join(([f"valid mask_acc {va['mask_acc']:.4f} vs copy baseline {va['copy_acc']:.4f}"]
+                           if "mask_acc" in va else []) + ([f"kNN top-1 {va['knn_top1']:.2f}"] if "knn_top1" in va
+                                                          else [])) or "no eval"
         print(f"done: step {summary['steps']} (epoch {summary['epoch']}/{summary['epochs']}), "
               f"{summary['steps_this_run']} steps in {summary['seconds']} s = {summary['videos_per_s']} videos/s "
               f"({summary['precision']}), {summary['skipped_steps']} skipped; {train}; {valid}; "

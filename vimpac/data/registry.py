@@ -121,11 +121,13 @@ def get_finetune_spec(name: str) -> DatasetSpec:
 
 
 def store_paths(name: str, role: str, *, frame_size: int, purpose: str = "pretrain", split_id: int = 1,
-                tokenizer: str = "dalle", fps: float | None = None, root: str = DEFAULT_ROOT) -> list[str]:
+                tokenizer: str = "dalle", fps: float | None = None, root: str = DEFAULT_ROOT,
+                flag: str | None = None) -> list[str]:
     """Existing store directories of one split of a registered dataset, one per view; [] when it has no such split.
 
     purpose "pretrain": the center view; "finetune": the train or test views of `split_id`.
-    A missing first view is a clear error naming the directory.
+    A missing first view is a clear error naming the directory (and `flag`, default --{role}-tokens,
+    as the way to give the stores by path).
     """
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
@@ -144,5 +146,5 @@ def store_paths(name: str, role: str, *, frame_size: int, purpose: str = "pretra
         raise FileNotFoundError(f"token store for --dataset-name {name} ({role} split {split!r}, frame size "
                                 f"{frame_size}) not found: {paths[0]} does not exist; extract it with "
                                 f"`python -m video2token.extract --output {paths[0]} ...` (README: dataset "
-                                f"preparation) or pass --{role}-tokens")
+                                f"preparation) or pass {flag or f'--{role}-tokens'}")
     return [p for p in paths if os.path.isdir(p)]

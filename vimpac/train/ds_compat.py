@@ -39,14 +39,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def deepspeed_environment(*, cpu: bool, single_process: bool) -> None:
+def deepspeed_environment(*, cpu: bool, single_process: bool, rendezvous: Mapping[str, str] | None = None) -> None:
     """Set what DeepSpeed reads from the environment (it has no other way to be told).
 
     cpu: `DS_ACCELERATOR=cpu` (before deepspeed is imported). single_process: a plain `python`
-    run without a launcher becomes rank 0 of a 1-rank group on a free local port.
+    run without a launcher becomes rank 0 of a 1-rank group on a free local port. rendezvous:
+    RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* a launcher did not set (SLURM's srun).
     """
     if cpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.update(rendezvous or {})
     if single_process:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -146,6 +148,17 @@ def skip_window(engine, *, window_micro: int, accumulation: int) -> None:
 
 # ----------------------------------------------------------------------------- optimizer state
 
+def state_keys(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
+    """The per-parameter tensors a checkpoint keeps for this optimizer: Adam(W) moments, SGD's momentum buffer."""
+    if isinstance(optimizer, torch.optim.SGD):
+        return ("momentum_buffer",) if any(g.get("momentum", 0) for g in optimizer.param_groups) else ()
+    return MOMENTS
+
+
+def _counts_steps(optimizer: torch.optim.Optimizer) -> bool:
+    return not isinstance(optimizer, torch.optim.SGD)  # Adam(W) keeps a step count per parameter; SGD none
+
+
 def _is_zero(engine) -> bool:
     return bool(engine.zero_optimization_stage())
 
@@ -160,17 +173,18 @@ def _relink_zero_state(engine, *, init_step: int | None = None) -> None:
 
     DeepSpeed 0.19.8 links them once, right after the first param group's first step, so the
     slices of every later group (here: the no-decay group) stay unlinked and
-    `safe_get_full_optimizer_state` fails for them. With `init_step`, empty AdamW states are
-    created first (a resumed engine has not stepped yet, and linking needs the tensors).
+    `safe_get_full_optimizer_state` fails for them. With `init_step`, empty states are created
+    first (a resumed engine has not stepped yet, and linking needs the tensors).
     """
     zero = engine.optimizer
     base = zero.optimizer
     if init_step is not None:
+        keys = state_keys(base)
         for group in base.param_groups:
             for flat in group["params"]:
-                if not base.state.get(flat):
-                    base.state[flat] = {"step": _step_tensor(group, flat, init_step),
-                                        **{key: torch.zeros_like(flat) for key in MOMENTS}}
+                if not base.state.get(flat) and keys:
+                    step = {"step": _step_tensor(group, flat, init_step)} if _counts_steps(base) else {}
+                    base.state[flat] = {**step, **{key: torch.zeros_like(flat) for key in keys}}
     zero._hp_optimizer_states_linked = False
     zero._lazy_init_hp_params_optimizer_state()
 
@@ -184,15 +198,19 @@ def _step_tensor(group: dict, param: torch.Tensor, step: int) -> torch.Tensor:
 
 
 def gather_optimizer_state(engine) -> tuple[dict[str, torch.Tensor], int]:
-    """Full AdamW moments per parameter name and the AdamW step count. Collective: call on every rank."""
+    """Full optimizer state per parameter name ("<name>::exp_avg", ...; `state_keys`) and the Adam(W) step
+    count (0 for SGD). Collective: call on every rank."""
     from deepspeed.utils import safe_get_full_optimizer_state
 
     out: dict[str, torch.Tensor] = {}
     steps: set[int] = set()
+    keys = state_keys(_client_optimizer(engine))
+    if not keys:
+        return out, 0
     if _is_zero(engine):
         _relink_zero_state(engine)
         for name, p in engine.module.named_parameters():
-            for key in MOMENTS:
+            for key in keys:
                 out[f"{name}::{key}"] = safe_get_full_optimizer_state(p, key).detach().cpu()
         for st in _client_optimizer(engine).state.values():
             if "step" in st:
@@ -200,40 +218,50 @@ def gather_optimizer_state(engine) -> tuple[dict[str, torch.Tensor], int]:
     else:
         state = _client_optimizer(engine).state
         for name, p in engine.module.named_parameters():
-            if p in state and "exp_avg" in state[p]:
-                for key in MOMENTS:
+            if p in state and all(torch.is_tensor(state[p].get(key)) for key in keys):
+                for key in keys:
                     out[f"{name}::{key}"] = state[p][key].detach().cpu()
-                steps.add(int(state[p]["step"]))
+                if "step" in state[p]:
+                    steps.add(int(state[p]["step"]))
     # parameters that never got a gradient have no state (stage 0); the rest share one count
     return out, max(steps, default=0)
 
 
 def restore_optimizer_state(engine, moments: Mapping[str, torch.Tensor], adam_step: int) -> None:
-    """Put gathered moments back into the engine's optimizer (any ZeRO stage; each rank keeps its part).
+    """Put gathered state back into the engine's optimizer (any ZeRO stage; each rank keeps its part).
 
-    Moments must already match the parameters' shapes (stage 2 resamples them beforehand).
+    The state must be this optimizer's (`state_keys`) and match the parameters' shapes (stage 2
+    resamples positional tables beforehand).
     """
     from deepspeed.utils import safe_set_full_optimizer_state
 
+    opt = _client_optimizer(engine)
+    keys = state_keys(opt)
     params = dict(engine.module.named_parameters())
     names = {k.split("::")[0] for k in moments}
     unknown = sorted(names - set(params))
     if unknown:
         raise CompatError(f"optimizer state names parameters the model does not have: {unknown[:5]}")
+    foreign = sorted({k.split("::", 1)[-1] for k in moments} - set(keys))
+    if foreign:
+        raise CompatError(f"optimizer state holds {foreign}, which {type(opt).__name__} does not keep "
+                          f"(it keeps {list(keys) or 'nothing'}): saved by another --optim")
     for name in names:
-        for key in MOMENTS:
+        for key in keys:
             value = moments.get(f"{name}::{key}")
             if value is None:
                 raise CompatError(f"optimizer state lacks {name}::{key}")
             if tuple(value.shape) != tuple(params[name].shape):
                 raise CompatError(f"optimizer state {name}::{key} has shape {tuple(value.shape)}, parameter "
                                       f"has {tuple(params[name].shape)}")
-    opt = _client_optimizer(engine)
+    if not names:
+        return
+    counts = _counts_steps(opt)
     if _is_zero(engine):
         _relink_zero_state(engine, init_step=adam_step)
         for name in sorted(names):
             p = params[name]
-            for key in MOMENTS:
+            for key in keys:
                 safe_set_full_optimizer_state(p, moments[f"{name}::{key}"].to(p.device, torch.float32), key)
         for group in opt.param_groups:
             for flat in group["params"]:
@@ -244,5 +272,5 @@ def restore_optimizer_state(engine, moments: Mapping[str, torch.Tensor], adam_st
         group_of = {p: g for g in opt.param_groups for p in g["params"]}
         for name in names:
             p = params[name]
-            opt.state[p] = {"step": _step_tensor(group_of[p], p, adam_step),
-                            **{key: moments[f"{name}::{key}"].to(p.device, p.dtype).clone() for key in MOMENTS}}
+            step = {"step": _step_tensor(group_of[p], p, adam_step)} if counts else {}
+            opt.state[p] = {**step, **{key: moments[f"{name}::{key}"].to(p.device, p.dtype).clone() for key in keys}}

@@ -3,7 +3,8 @@
 Trains on random extracted views (2 resizes x 3 crops x flip), evaluates every epoch on uniform
 temporal clips x test crops with averaged scores, keeps the best epoch's weights in `best/`, and
 ends with results.json and the reports. Positional tables are interpolated when the input shape
-differs from pre-training (`--different-shape`).
+differs from pre-training (`--different-shape`). Without a checkpoint to load, the model is built
+from the architecture flags with random weights (the paper's "no pre-training" baseline).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from vimpac.model.config import ModelConfig
 from vimpac.model.loading import read_weights
 from vimpac.model.surgery import WeightsError, backbone_state, check_input_kind
 from vimpac.model.transformer import VimpacForClassification
+from vimpac.train.architecture import DEFAULT_CLIP_LEN, ArchitectureFlags
 from vimpac.train.errors import TrainError
 
 BEST = "best"
@@ -33,16 +35,17 @@ BEST = "best"
 class ClassifierInit:
     """Where the classifier's weights come from and how the model is set up."""
 
-    load: str | None = None
-    clip_len: int | None = None         # default: the pre-training T
+    load: str | None = None             # None: random weights, the architecture from `architecture`
+    clip_len: int | None = None         # default: the pre-training T (without --load: vimpac.pretrain's default)
     different_shape: bool = False
     dropout: float = 0.1                # backbone dropout
     last_dropout: float = 0.0           # dropout before the classifier (the original's --last-dropout)
     linear_probe: bool = False
     from_scratch: bool = False
     grad_checkpointing: bool = False
-    layers: int | None = None           # the original scripts repeat the architecture: checked against --load
-    hid_dim: int | None = None
+    # the model without --load; with --load, the flags given are checked against the checkpoint (the
+    # original scripts repeat the architecture next to --load)
+    architecture: ArchitectureFlags = ArchitectureFlags()
     input: str | None = None            # "tokens" / "pixels" (--input); None: what --load was trained on
 
 
@@ -55,9 +58,13 @@ class FinetuneTask:
     curve_baselines: dict[str, tuple[str, str]] = {}
 
     def __init__(self, data: LabelledData, init: ClassifierInit, evaluation: EvalSettings, *, seed: int,
-                 clip_counts: list[int], output: str) -> None:
+                 clip_counts: list[int], output: str, label_smoothing: float = 0.0) -> None:
+        """label_smoothing: the training loss's (the original's --label-smoothing); evaluation scores stay plain."""
+        if not 0.0 <= label_smoothing < 1.0:
+            raise TrainError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
         self.data, self.init, self.evaluation = data, init, evaluation
         self.seed, self.clip_counts, self.out = seed, clip_counts, output
+        self.label_smoothing = label_smoothing
         self.best_dir = os.path.join(output, BEST)
         self.loaded_weights: dict[str, torch.Tensor] = {}
         self.train_set = None
@@ -77,19 +84,20 @@ class FinetuneTask:
             raise TrainError(f"{where}: model takes {cfg.vocab_size} codes on {cfg.grid_h}x{cfg.grid_w} maps, the "
                              f"stores hold {self.data.vocab_size} codes on {self.data.grid[0]}x{self.data.grid[1]} maps")
 
-    def _load_source(self) -> tuple[ModelConfig, dict[str, torch.Tensor], str]:
+    def _load_source(self) -> tuple[ModelConfig, dict[str, torch.Tensor] | None, str | None]:
+        """(config, weights, path) of --load; without --load: the architecture flags' config and no weights."""
         if not self.init.load:
-            raise TrainError("fine-tuning needs --load PRETRAIN_OUTPUT (a checkpoint dir with model.safetensors + "
-                             "config.json, or an original VIMPAC snapshot)")
+            cfg = self.init.architecture.model_config(vocab_size=self.data.vocab_size, grid=tuple(self.data.grid),
+                                                      clip_len=self.init.clip_len or DEFAULT_CLIP_LEN)
+            return cfg, None, None
         try:
             w = read_weights(self.init.load)  # this project's checkpoints and original snapshots alike
         except CheckpointError as e:
             raise TrainError(f"--load: {e}") from None
-        for flag, want, have in (("--layers", self.init.layers, w.config.layers),
-                                 ("--hid-dim", self.init.hid_dim, w.config.hid_dim)):
-            if want is not None and want != have:
-                raise TrainError(f"{flag} {want} but --load {w.path} has {have}: the architecture comes from the "
-                                 f"checkpoint; drop the flag or load another checkpoint")
+        wrong = self.init.architecture.mismatches(w.config, f"--load {w.path}")
+        if wrong:
+            raise TrainError(f"{'; '.join(wrong)}: the architecture comes from the checkpoint; drop the flag or load "
+                             f"another checkpoint")
         if self.init.input is not None:
             try:
                 check_input_kind(w.config, self.init.input, f"--load {w.path}")
@@ -127,6 +135,12 @@ class FinetuneTask:
                                                         keep_head=True, where=ckpt.path)
             else:
                 src_cfg, src_state, path = self._source
+                if path is None:
+                    c = self.cfg
+                    log(f"[finetune] no --load: random initial weights (the no-pre-training baseline), a "
+                        f"{c.layers}-layer {c.hid_dim}-wide efflayout{c.layout} model ({c.pos_emb} positions) from "
+                        f"the architecture flags; {self.data.num_classes}-class classifier")
+                    return self._freeze(model)
                 if self.init.from_scratch:
                     log(f"[finetune] architecture of {path}, random initial weights (--from-scratch); "
                         f"{self.data.num_classes}-class classifier")
@@ -164,7 +178,7 @@ class FinetuneTask:
         frame_valid = None if bool(fv.all()) else fv.to(device, non_blocking=True)
         with loop.precision.autocast():
             logits = engine(inputs, frame_valid=frame_valid)  # (B, C)
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         n = len(labels)
         return loss, {"loss": loss.detach() * n, "correct": (logits.detach().argmax(-1) == labels).sum(), "seen": n}
 
@@ -179,7 +193,8 @@ class FinetuneTask:
     def describe(self, loop) -> str:
         return (f"{len(self.train_set)} train videos x {len(self.data.train_stores)} view(s), {len(self.valid_set)} "
                 f"test videos x {len(self.data.valid_stores)} crop(s), {self.data.num_classes} classes"
-                f"{' (linear probe)' if self.init.linear_probe else ''}")
+                f"{' (linear probe)' if self.init.linear_probe else ''}"
+                f"{f', label smoothing {self.label_smoothing:g}' if self.label_smoothing else ''}")
 
     def _settings(self, loop) -> EvalSettings:
         max_videos = self.evaluation.max_videos
@@ -205,7 +220,8 @@ class FinetuneTask:
     def finish(self, loop, summary: dict[str, Any]) -> dict[str, Any]:
         st = loop.state
         final = summary["valid"] or self.evaluate(loop)  # resumed at the very end, or evaluation switched off
-        init = "scratch" if self.init.from_scratch else ("linear_probe" if self.init.linear_probe else "pretrained")
+        scratch = self.init.from_scratch or not self.init.load
+        init = "scratch" if scratch else ("linear_probe" if self.init.linear_probe else "pretrained")
         run = {"init": init, "load": self.init.load, "seed": self.seed, "train_videos": len(self.train_set),
                "epochs": loop.cfg.epochs, "steps": st.step, "steps_this_run": summary["steps_this_run"],
                "seconds": summary["seconds"], "train_clips_per_s": summary["videos_per_s"],

@@ -1,12 +1,12 @@
 """The one training loop of pre-training and fine-tuning, on DeepSpeed (ZeRO data parallelism).
 
 `TrainLoop(cfg, task).fit()` owns everything the two stages share: the process group and
-precision, batch plan and resumable data order, AdamW + schedule (restored at the resumed step,
+precision, batch plan and resumable data order, optimizer + schedule (restored at the resumed step,
 in epochs, so a stage with another batch size keeps the curve), gradient accumulation, the
 non-finite guard (a step whose loss or gradient norm is NaN/Inf on any rank is skipped: no
 update, and the module buffers its forwards touched, e.g. BatchNorm statistics, are put back;
 the run stops after `max_nonfinite` in a row), checkpoints (fp32 weights, fp32 masters under fp16,
-AdamW moments, RNG per rank, data position; refused when non-finite), metrics and progress.
+optimizer moments, RNG per rank, data position; refused when non-finite), metrics and progress.
 
 A task (`pretrain_task.PretrainTask`, `finetune_task.FinetuneTask`) supplies the data, the
 model, the loss of a micro-batch with its metric contributions, evaluation, and what happens at
@@ -33,7 +33,7 @@ from vimpac.train.deepspeed_setup import build_ds_config, choose_zero_stage, ini
 from vimpac.train.errors import TrainError
 from vimpac.train.hooks import LoopHooks
 from vimpac.train.memory import HeapTrimmer
-from vimpac.train.optim import LRSchedule, build_optimizer, build_scheduler
+from vimpac.train.optim import LRSchedule, build_optimizer, build_scheduler, describe_optimizer
 from vimpac.train.runtime import BatchPlan, DistInfo, Launch, any_rank, init_distributed, plan_for_data
 from vimpac.train.state import LoopState, rng_state, seed_everything, set_rng_state
 from vimpac.train.step_sums import StepSums
@@ -52,6 +52,9 @@ class LoopConfig:
     lr: float
     betas: tuple[float, float]
     weight_decay: float
+    optim: str = "adamw"              # adamw | adam | sgd (the original's --optim)
+    eps: float = 1e-6                 # Adam(W) epsilon
+    accumulation: int | None = None   # micro-steps per optimizer step (--gradient-accumulation); --bs-per-gpu wins
     clip_grad_norm: float = 1.0
     lr_scheduler: str = "linear"
     warm_up: float = 0.1
@@ -158,7 +161,10 @@ class TrainLoop:
             compiled = compile_layers(self.model)
             self.log(f"[{task.name}] --compile: {compiled} transformer layers compiled by torch.compile "
                      f"(the first steps include compilation)")
-        optimizer = build_optimizer(self.model, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        optimizer = build_optimizer(self.model, kind=cfg.optim, lr=cfg.lr, betas=cfg.betas,
+                                    weight_decay=cfg.weight_decay, eps=cfg.eps)
+        self.log(f"[{task.name}] optimizer: " + describe_optimizer(cfg.optim, betas=cfg.betas,
+                                                                    weight_decay=cfg.weight_decay, eps=cfg.eps))
         st = self.state
         self.schedule = LRSchedule(kind=cfg.lr_scheduler, warmup=cfg.warm_up, epochs=cfg.epochs,
                                    steps_per_epoch=self.steps_per_epoch,
@@ -188,7 +194,8 @@ class TrainLoop:
         cfg = self.cfg
         plan, warning = plan_for_data(batch_size=cfg.batch_size, bs_per_gpu=cfg.bs_per_gpu,
                                       default_batch=cfg.default_batch, default_bs_per_gpu=cfg.default_bs_per_gpu,
-                                      world_size=world_size, num_videos=len(self.task.train_set))
+                                      world_size=world_size, num_videos=len(self.task.train_set),
+                                      accumulation=cfg.accumulation)
         if warning:
             self.log(f"[{self.task.name}] warning: {warning}")
         return plan
@@ -211,6 +218,11 @@ class TrainLoop:
             self.state = LoopState.from_dict(ckpt.trainer_state, os.path.join(self.ckpt_dir, "trainer_state.json"))
         except ValueError as e:
             raise TrainError(f"--resume: {e}") from None
+        saved_optim = ckpt.trainer_state.get("optimizer", "adamw")  # checkpoints before --optim: AdamW
+        if saved_optim != cfg.optim:
+            raise TrainError(f"--resume: {self.ckpt_dir} was trained with --optim {saved_optim}, this run asks for "
+                             f"--optim {cfg.optim}; resume with --optim {saved_optim} (one optimizer's state does not "
+                             f"fit another)")
         if self.state.epoch >= cfg.epochs:
             raise TrainError(f"--resume: the checkpoint already finished epoch {self.state.epoch} of --epochs "
                              f"{cfg.epochs}; raise --epochs to train longer (a new schedule)")
@@ -294,7 +306,7 @@ class TrainLoop:
         if self.main:
             train_config = {**dict(self.cfg.flags), **self.task.train_config(), **(extra_train_config or {})}
             trainer_state = ({**st.to_dict(), "rng": rngs, "steps_per_epoch": self.steps_per_epoch,
-                              "global_batch": self.plan.global_batch} if full else None)
+                              "global_batch": self.plan.global_batch, "optimizer": self.cfg.optim} if full else None)
             try:
                 save_checkpoint(directory, model_state=model_state, model_config=self.model.cfg,
                                 train_config=train_config, step=st.step, epoch=st.epoch, optimizer_state=moments,

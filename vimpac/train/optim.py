@@ -1,4 +1,5 @@
-"""AdamW with decay groups and the epoch-based learning-rate schedule (warm-up, then linear / cosine / constant)."""
+"""The optimizer (AdamW with decay groups; Adam and SGD as the original's `--optim`) and the epoch-based
+learning-rate schedule (warm-up, then linear / cosine / constant)."""
 from __future__ import annotations
 
 import math
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 SCHEDULES = ("linear", "cosine", "constant")
+OPTIMIZERS = ("adamw", "adam", "sgd")  # the original's --optim choices
 
 
 class ScheduleError(ValueError):
@@ -43,14 +45,35 @@ def param_groups(model: nn.Module, *, weight_decay: float) -> list[dict[str, Any
 
 
 def build_optimizer(model: nn.Module, *, lr: float, betas: tuple[float, float], weight_decay: float,
-                    eps: float = 1e-6) -> torch.optim.AdamW:
-    """torch AdamW as DeepSpeed's client optimizer (works on CPU without DeepSpeed's compiled ops)."""
-    groups = param_groups(model, weight_decay=weight_decay)
+                    eps: float = 1e-6, kind: str = "adamw") -> torch.optim.Optimizer:
+    """A torch optimizer as DeepSpeed's client optimizer (works on CPU without DeepSpeed's compiled ops).
+
+    adamw: decoupled weight decay on the decay group. adam: Adam without weight decay, as the
+    original's `--optim adam`. sgd: momentum `betas[0]`, L2 weight decay on the decay group (the
+    original decayed every tensor; here biases, norms and positional tables are left out, as for AdamW).
+    """
+    if kind not in OPTIMIZERS:
+        raise ScheduleError(f"--optim must be one of {OPTIMIZERS}, got {kind!r}")
+    groups = param_groups(model, weight_decay=0.0 if kind == "adam" else weight_decay)
     for g in groups:
         g.pop("names")
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=betas[0], weight_decay=weight_decay)
     # the fused kernel (CPU and CUDA) does the whole update in one pass per group instead of ~10 ops per tensor
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for g in groups for p in g["params"])
+    if kind == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps, fused=fused)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
+
+
+def describe_optimizer(kind: str, *, betas: tuple[float, float], weight_decay: float, eps: float) -> str:
+    """One line for the run's log: what `build_optimizer(kind=...)` builds from these flags."""
+    if kind == "sgd":
+        return f"SGD (momentum {betas[0]} = --beta1, weight decay {weight_decay})"
+    if kind == "adam":
+        unused = f"; --weight-decay {weight_decay} unused, as in the original" if weight_decay else ""
+        return f"Adam (betas {betas}, eps {eps:g}, no weight decay{unused})"
+    return f"AdamW (betas {betas}, eps {eps:g}, weight decay {weight_decay})"
 
 
 @dataclass

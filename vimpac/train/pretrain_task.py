@@ -2,7 +2,9 @@
 
 Loss = mlm_weight x masked-token CE + nce_weight x symmetric InfoNCE over the global batch; both
 tasks read the same block-masked clips. Evaluation: the same losses on the valid split, with
-the copy-the-nearest-frame baseline on the same masks. At the end: mask_examples.png.
+the copy-the-nearest-frame baseline on the same masks, and with a kNN monitor (the original's
+`--knn-monitor`) the weighted kNN top-1/top-5 of [CLS] features on a labelled split. At the end:
+mask_examples.png.
 """
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from vimpac.data.clips import ClipSpec
 from vimpac.data.image_stream import ImageFrames, JointBatchSampler, JointClips
 from vimpac.data.pretrain_clips import (MASK_PAD_TO, ClipPairDataset, ClipSampling, PairCollate, PairOptions,
                                         collate_image_stream, collate_joint, collate_pairs)
 from vimpac.data.sampler import EpochBatchSampler
 from vimpac.data.stores import DataError, check_compatible_stores, check_frame_size, open_stores
 from vimpac.eval.copy_baseline import copy_baseline_predictions
+from vimpac.eval.knn import DEFAULT_K, DEFAULT_TEMPERATURE, centre_clips, extract_cls_features, knn_accuracy
 from vimpac.model.checkpoint import Checkpoint, CheckpointError
 from vimpac.model.loading import PRETRAIN, LoadedWeights, read_weights
 from vimpac.model.config import ModelConfig
@@ -29,6 +33,7 @@ from vimpac.model.masked import MaskedTargets
 from vimpac.model.surgery import WeightsError, check_same_architecture, fit_state_dict, resample_moments
 from vimpac.model.transformer import VimpacForPretraining
 from vimpac.train.errors import TrainError
+from vimpac.train.runtime import gather_rows
 from vimpac.train.step_sums import StepSums
 
 #: model options no pre-training flag sets: a --load checkpoint's values are kept (e.g. an original VIMPAC
@@ -63,6 +68,16 @@ class ImageStreamSpec:
     ratio: float = 1.0              # joint: image micro-batches per video micro-batch
     batch: int | None = None        # images per image micro-batch (default: 2 x the video micro-batch)
     mask_blocks: int = 5            # rectangles per image
+
+
+@dataclass(frozen=True)
+class KnnMonitor:
+    """The kNN monitor's labelled stores (views of one split each): the memory bank and the queries."""
+
+    train: tuple[str, ...]
+    valid: tuple[str, ...]
+    k: int = DEFAULT_K
+    temperature: float = DEFAULT_TEMPERATURE
 
 
 @dataclass(frozen=True)
@@ -112,13 +127,14 @@ class PretrainTask:
     sum_names = SUMS
     clips_per_video = 2
     collate = staticmethod(collate_pairs)
-    curve_keys = ("mp_loss", "cl_loss", "mask_acc", "copy_acc", "lr", "grad_norm")
-    curve_baselines = {"mask_acc": ("copy_acc", "copy baseline (valid)")}
+    curve_keys = ("mp_loss", "cl_loss", "mask_acc", "copy_acc", "lr", "grad_norm", "knn_top1")
+    curve_baselines = {"mask_acc": ("copy_acc", "copy baseline (valid)"), "knn_top1": ("knn_top5", "kNN top-5")}
 
     def __init__(self, data: PretrainData, objective: PretrainObjective,
-                 model_config: Callable[[int, tuple[int, int]], ModelConfig], *, load: str | None = None) -> None:
+                 model_config: Callable[[int, tuple[int, int]], ModelConfig], *, load: str | None = None,
+                 knn: KnnMonitor | None = None) -> None:
         """model_config(vocab_size, (h, w)) -> the model's config once the stores say what they hold."""
-        self.data, self.objective, self.load = data, objective, load
+        self.data, self.objective, self.load, self.knn = data, objective, load, knn
         self.loaded_weights: dict[str, torch.Tensor] = {}
         self.warnings: list[str] = []  # the monitors' findings, each logged once, kept in summary.json
         try:
@@ -175,6 +191,7 @@ class PretrainTask:
         else:
             self.train_set = videos
             self.collate = pair_collate
+        self.knn_sets = self._knn_sets(knn, vocab, grid) if knn is not None else None
 
     def _patch_size(self, grid: tuple[int, int]) -> int:
         """Pixels per code side: the stores' crop size over their code map (the tokenizer's stride)."""
@@ -190,6 +207,25 @@ class PretrainTask:
             return sampler
         return JointBatchSampler(sampler, num_images=len(self.images), ratio=self.data.image.ratio,
                                  image_batch=self.data.image.batch or 2 * plan.micro_batch, seed=self.data.seed)
+
+    def _knn_sets(self, knn: KnnMonitor, vocab: int, grid: tuple[int, int]):
+        """(memory bank, queries): one centre clip per video of the labelled stores, checked against the model."""
+        clip = ClipSpec(clip_len=self.cfg.clip_len, frame_rate=self.data.sampling.frame_rate)
+        sets = []
+        try:
+            for paths, what in ((knn.train, "--knn-train-tokens"), (knn.valid, "--knn-valid-tokens")):
+                ds = centre_clips(paths, clip, what=what, verify=self.data.verify_stores,
+                                  pixels=self.cfg.input == "pixels")
+                if (ds.vocab_size, tuple(ds.grid)) != (vocab, tuple(grid)):
+                    raise DataError(f"{what}: {paths[0]} holds {ds.vocab_size} codes on {ds.grid[0]}x{ds.grid[1]} "
+                                    f"maps, the pre-training stores {vocab} codes on {grid[0]}x{grid[1]} maps; "
+                                    f"extract the kNN stores with the same tokenizer and --frame-size")
+                sets.append(ds)
+        except DataError as e:
+            raise TrainError(str(e)) from None
+        if knn.k < 1 or not knn.temperature > 0:
+            raise TrainError(f"--knn-k must be >= 1 and --knn-temperature > 0, got {knn.k} and {knn.temperature}")
+        return tuple(sets)
 
     # -- model
     def prepare(self, ckpt: Checkpoint | None) -> None:
@@ -305,8 +341,29 @@ class PretrainTask:
     def describe(self, loop) -> str:
         return f"{len(self.train_set)} videos"
 
-    @torch.no_grad()
     def evaluate(self, loop) -> dict[str, float] | None:
+        out = self._evaluate_losses(loop)
+        if self.knn_sets is not None:
+            out = {**(out or {}), **self.knn_monitor(loop)}
+        return out
+
+    def knn_monitor(self, loop) -> dict[str, float]:
+        """The kNN monitor: each rank extracts its share of bank and queries, every rank scores the gathered whole."""
+        rank, world = loop.dist.rank, loop.dist.world_size
+        kw = dict(device=loop.dist.device, precision=loop.precision.name, batch_size=2 * loop.plan.micro_batch,
+                  num_workers=loop.cfg.num_workers)
+        backbone = loop.engine.module.backbone
+        feats = []
+        for ds in self.knn_sets:
+            n = len(ds) if not loop.cfg.debug else min(len(ds), loop.cfg.debug_steps * kw["batch_size"])
+            feats.append(gather_rows(extract_cls_features(backbone, ds, indices=range(rank, n, world), **kw),
+                                     loop.dist))
+        (bank, bank_labels), (queries, labels) = feats
+        top1, top5 = knn_accuracy(bank, bank_labels, queries, labels, k=self.knn.k, temperature=self.knn.temperature)
+        return {"knn_top1": top1, "knn_top5": top5, "knn_bank_videos": len(bank), "knn_query_videos": len(queries)}
+
+    @torch.no_grad()
+    def _evaluate_losses(self, loop) -> dict[str, float] | None:
         if self.valid_set is None:
             return None
         sampler = self._valid_sampler(loop)
@@ -340,9 +397,16 @@ class PretrainTask:
     def on_epoch_end(self, loop, evaluation: dict[str, float] | None) -> None:
         if evaluation is not None:
             loop.metrics.log("valid", loop.state.epoch, loop.state.step, **evaluation)
-            loop.log(f"[pretrain] epoch {loop.state.epoch}: valid mp_loss {evaluation['mp_loss']:.4f} mask_acc "
-                     f"{evaluation['mask_acc']:.4f} (copy baseline {evaluation['copy_acc']:.4f}) cl_loss "
-                     f"{evaluation['cl_loss']:.4f} cl_acc {evaluation['cl_acc']:.4f}")
+            parts = []
+            if "mp_loss" in evaluation:
+                parts.append(f"valid mp_loss {evaluation['mp_loss']:.4f} mask_acc {evaluation['mask_acc']:.4f} (copy "
+                             f"baseline {evaluation['copy_acc']:.4f}) cl_loss {evaluation['cl_loss']:.4f} cl_acc "
+                             f"{evaluation['cl_acc']:.4f}")
+            if "knn_top1" in evaluation:
+                parts.append(f"kNN top-1 {evaluation['knn_top1']:.2f} top-5 {evaluation['knn_top5']:.2f} (k="
+                             f"{self.knn.k}; {evaluation['knn_bank_videos']} bank, {evaluation['knn_query_videos']} "
+                             f"query videos)")
+            loop.log(f"[pretrain] epoch {loop.state.epoch}: {'; '.join(parts)}")
             for warning in monitor_warnings(evaluation, epoch=loop.state.epoch, epochs=loop.cfg.epochs,
                                             contrastive=self.objective.nce_weight > 0):
                 if warning not in self.warnings:

@@ -1,7 +1,8 @@
 """Process-group set-up and batch arithmetic shared by every training run.
 
 - `Launch`: what the launcher (plain `python`, `torchrun`, the `deepspeed` launcher) says about
-  this process, read once from the environment;
+  this process, read once from the environment; `slurm_launch`: the same from `srun`'s SLURM_*
+  variables (the original VIMPAC's `--slurm-multinode-dist`);
 - `init_distributed`: join (or, under plain python, create) the process group: gloo on CPU,
   nccl on GPUs; the same DeepSpeed code path runs everywhere;
 - `plan_batches`: global batch = micro batch x accumulation x world size.
@@ -9,8 +10,10 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -31,6 +34,8 @@ class Launch:
     local_world_size: int
     launched: bool  # False: plain `python`, one process
     cpu: bool       # DeepSpeed on the CPU (no GPU, or DS_ACCELERATOR=cpu)
+    # variables DeepSpeed's env:// rendezvous reads, set by `init_distributed` (SLURM: no launcher set them)
+    rendezvous: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> "Launch":
@@ -51,6 +56,50 @@ class Launch:
         return "cpu" if self.cpu else "cuda"
 
 
+SLURM_MASTER_PORT = 29500  # the original's fixed port; MASTER_PORT in the environment wins
+SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_JOB_NODELIST")
+
+
+def scontrol_hostnames(nodelist: str) -> list[str]:
+    """`scontrol show hostnames NODELIST`: a compressed SLURM node list ("node[01-04]") -> host names."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise EngineError(f"--slurm-multinode-dist: `scontrol show hostnames {nodelist}` failed ({e}); run inside a "
+                          f"SLURM allocation, or launch with torchrun / deepspeed instead") from None
+    return out.split()
+
+
+def slurm_launch(environ: Mapping[str, str], hostnames: Callable[[str], Sequence[str]]) -> Launch:
+    """This process's place from srun's variables (one task per GPU), as the original's --slurm-multinode-dist.
+
+    rank = SLURM_PROCID, local rank = SLURM_LOCALID, world size = SLURM_NTASKS, master = the first
+    host of SLURM_JOB_NODELIST (`hostnames` expands it: `scontrol_hostnames`), port MASTER_PORT or 29500.
+    """
+    missing = [k for k in SLURM_VARIABLES if not environ.get(k)]
+    if missing:
+        raise EngineError(f"--slurm-multinode-dist: {', '.join(missing)} not set; start every rank with srun (one "
+                          f"task per GPU) inside a SLURM allocation, or drop the flag")
+    try:
+        rank, local_rank, world = (int(environ[k]) for k in SLURM_VARIABLES[:3])
+        port = int(environ.get("MASTER_PORT") or SLURM_MASTER_PORT)
+    except ValueError as e:
+        raise EngineError(f"--slurm-multinode-dist: a SLURM variable or MASTER_PORT is not an integer ({e})") from None
+    if not 0 <= rank < world or local_rank < 0:
+        raise EngineError(f"--slurm-multinode-dist: SLURM_PROCID {rank} / SLURM_LOCALID {local_rank} out of range "
+                          f"for SLURM_NTASKS {world}")
+    hosts = list(hostnames(environ["SLURM_JOB_NODELIST"]))
+    if not hosts:
+        raise EngineError(f"--slurm-multinode-dist: SLURM_JOB_NODELIST {environ['SLURM_JOB_NODELIST']!r} names no host")
+    per_node = re.match(r"\d+", environ.get("SLURM_NTASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE") or "")
+    local_world = int(per_node.group()) if per_node else world
+    return Launch(rank=rank, world_size=world, local_rank=local_rank, local_world_size=max(local_world, 1),
+                  launched=True, cpu=ds_compat.use_cpu_accelerator(environ),
+                  rendezvous=(("MASTER_ADDR", hosts[0]), ("MASTER_PORT", str(port)), ("RANK", str(rank)),
+                              ("WORLD_SIZE", str(world)), ("LOCAL_RANK", str(local_rank))))
+
+
 @dataclass(frozen=True)
 class DistInfo:
     rank: int
@@ -65,7 +114,8 @@ class DistInfo:
 
 def init_distributed(launch: Launch) -> DistInfo:
     """Join (or create) the process group; return this process's place in it."""
-    ds_compat.deepspeed_environment(cpu=launch.cpu, single_process=not launch.launched)
+    ds_compat.deepspeed_environment(cpu=launch.cpu, single_process=not launch.launched,
+                                    rendezvous=dict(launch.rendezvous))
     import deepspeed  # after the accelerator is decided
 
     if launch.cpu:
@@ -92,6 +142,16 @@ def any_rank(flag: bool, dist: DistInfo) -> bool:
     return bool(t.item() > 0)
 
 
+def gather_rows(tensors: Sequence[torch.Tensor], dist: DistInfo) -> list[torch.Tensor]:
+    """Every rank's rows of each tensor, concatenated in rank order, on every rank (CPU; a collective)."""
+    local = [t.detach().cpu() for t in tensors]
+    if dist.world_size == 1:
+        return local
+    parts: list = [None] * dist.world_size
+    torch.distributed.all_gather_object(parts, local)  # rows differ between ranks: objects, not equal-size tensors
+    return [torch.cat([p[i] for p in parts]) for i in range(len(local))]
+
+
 # ----------------------------------------------------------------------------- batches
 
 @dataclass(frozen=True)
@@ -115,15 +175,31 @@ def plan_batches(*, batch_size: int, bs_per_gpu: int, world_size: int) -> BatchP
 
 
 def plan_for_data(*, batch_size: int | None, bs_per_gpu: int | None, default_batch: int, default_bs_per_gpu: int,
-                  world_size: int, num_videos: int) -> tuple[BatchPlan, str | None]:
+                  world_size: int, num_videos: int, accumulation: int | None = None) -> tuple[BatchPlan, str | None]:
     """The batch plan from the flags a user gave -> (plan, a warning when the data changed the defaults).
 
     Both flags given: taken as they are (`plan_batches` names both when they disagree). Only
     --batch-size: the micro batch is the largest divisor of its per-rank share up to the default.
     Only --bs-per-gpu: the default global batch rounded down to a multiple of it (at least one
     micro-step). No --batch-size: the global batch is capped by the training videos, so a small
-    set still trains; the warning says so.
+    set still trains; the warning says so. `accumulation` (--gradient-accumulation N, the
+    original's): micro batch = global batch / world size / N, unless --bs-per-gpu is given (it wins,
+    as in the original; the warning says when N is then not what runs).
     """
+    if accumulation is not None:
+        if accumulation < 1:
+            raise EngineError(f"--gradient-accumulation must be >= 1, got {accumulation}")
+        if bs_per_gpu is None:
+            return _plan_for_accumulation(batch_size=batch_size, accumulation=accumulation,
+                                          default_batch=default_batch, world_size=world_size, num_videos=num_videos)
+        plan, warning = plan_for_data(batch_size=batch_size, bs_per_gpu=bs_per_gpu, default_batch=default_batch,
+                                      default_bs_per_gpu=default_bs_per_gpu, world_size=world_size,
+                                      num_videos=num_videos)
+        if plan.accumulation != accumulation:
+            note = (f"--gradient-accumulation {accumulation} not used: --bs-per-gpu {bs_per_gpu} wins (as in the "
+                    f"original), giving {plan.accumulation} accumulation step(s)")
+            warning = f"{warning}; {note}" if warning else note
+        return plan, warning
     if batch_size is not None and bs_per_gpu is not None:
         return plan_batches(batch_size=batch_size, bs_per_gpu=bs_per_gpu, world_size=world_size), None
     if batch_size is not None:
@@ -149,3 +225,22 @@ def plan_for_data(*, batch_size: int | None, bs_per_gpu: int | None, default_bat
                f"{num_videos} training videos; using {capped} ({micro} per rank x {capped // per_step} accumulation "
                f"x {world_size} rank(s)); pass --batch-size to choose")
     return plan_batches(batch_size=capped, bs_per_gpu=micro, world_size=world_size), warning
+
+
+def _plan_for_accumulation(*, batch_size: int | None, accumulation: int, default_batch: int, world_size: int,
+                           num_videos: int) -> tuple[BatchPlan, str | None]:
+    """--gradient-accumulation N without --bs-per-gpu: the micro batch follows from the global batch."""
+    per_micro = world_size * accumulation  # one video per rank and micro-step, at the least
+    if batch_size is not None:
+        if batch_size < 1 or batch_size % per_micro:
+            raise EngineError(f"--batch-size {batch_size} is not divisible by world size {world_size} x "
+                              f"--gradient-accumulation {accumulation} = {per_micro}; pick a multiple of {per_micro}")
+        return plan_batches(batch_size=batch_size, bs_per_gpu=batch_size // per_micro, world_size=world_size), None
+    wanted = max(per_micro, default_batch // per_micro * per_micro)
+    if num_videos >= wanted or num_videos < per_micro:  # (too few videos for even one step: the loop explains)
+        return plan_batches(batch_size=wanted, bs_per_gpu=wanted // per_micro, world_size=world_size), None
+    capped = num_videos // per_micro * per_micro
+    warning = (f"--batch-size not given: the default of {default_batch} videos per step does not fit the "
+               f"{num_videos} training videos; using {capped} ({capped // per_micro} per rank x {accumulation} "
+               f"accumulation x {world_size} rank(s)); pass --batch-size to choose")
+    return plan_batches(batch_size=capped, bs_per_gpu=capped // per_micro, world_size=world_size), warning
