@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the codes, for training on pixels (BEVT); about crop^2 x 3 bytes per frame before "
                         "compression. A store has them for every video or for none")
     p.add_argument("--frames-compression", default=DEFAULT_FRAMES_COMPRESSION, choices=FRAME_COMPRESSIONS,
-                   help="HDF5 compression of the kept frames: none reads fastest (5-6x lzf / gzip at 128 px); "
+                   help="HDF5 compression of the kept frames: none reads fastest (6-12x lzf / gzip at 128 px); "
                         "lzf / gzip shrink flat or synthetic frames (6x / 11x on the demo's) but natural ones "
                         "barely (benchmarks/README.md, 'Frames for training')")
     add_precision_flag(p)
