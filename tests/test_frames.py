@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from store_factory import store_meta  # noqa: E402
+from test_store_integrity import _cfg as _store_cfg, _cli_args, _list  # noqa: E402  (the extraction settings)
 
 from video2token.extract import ExtractConfig, main as extract_main, run  # noqa: E402
 from video2token.inspect import main as inspect_main  # noqa: E402
@@ -57,25 +58,8 @@ def video_root(tmp_path_factory):
     return root
 
 
-def _list(d, lines) -> str:
-    p = os.path.join(d, "list.txt")
-    with open(p, "w") as f:
-        f.write("".join(line + "\n" for line in lines))
-    return p
-
-
 def _cfg(root, anno, out, tok, **kw) -> ExtractConfig:
-    base = dict(video_root=str(root), anno=(anno,), output=str(out), fps=2, frame_shorter_side=32, crop_size=32,
-                tokenizer="vqvae", tokenizer_path=tok, batch_size=4, num_workers=0, timeout=60, progress=False,
-                device="cpu", keep_frames=True)
-    base.update(kw)
-    return ExtractConfig(**base)
-
-
-def _cli_args(root, anno, out, tok, *extra) -> list[str]:
-    return ["--video-root", str(root), "--anno", anno, "--output", str(out), "--fps", "2", "--frame-shorter-side",
-            "32", "--crop-size", "32", "--tokenizer", "vqvae", "--tokenizer-path", tok, "--batch-size", "4",
-            "--num-workers", "0", "--device", "cpu", "--no-progress", *extra]
+    return _store_cfg(root, anno, out, tok, **{"keep_frames": True, **kw})
 
 
 def _record(i: int, t: int = 3, side: int = 32, frames: bool = True) -> VideoRecord:
