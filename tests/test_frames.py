@@ -65,7 +65,7 @@ def _cfg(root, anno, out, tok, **kw) -> ExtractConfig:
 def _record(i: int, t: int = 3, side: int = 32, frames: bool = True) -> VideoRecord:
     codes = (np.arange(t * 16).reshape(t, 4, 4) * (i + 1) % 32).astype(np.int16)
     px = np.random.default_rng(i).integers(0, 256, (t, side, side, 3), dtype=np.uint8) if frames else None
-    return VideoRecord(i, f"vid_{i:04d}.mp4", i % 3, codes, np.arange(t) / 2, px)
+    return VideoRecord(i, f"vid_{i:04d}.mp4", i % 3, codes, np.arange(t) / 2, frames=px)
 
 
 def _frames_store(path, n: int = 6, compression: str = "gzip") -> str:

@@ -189,7 +189,7 @@ def run(cfg: ExtractConfig) -> dict:
         nonlocal last_commit
         for k, (it, timestamps, frames), codes in results:
             # refuses codes that do not fit, and frames that are not the codes' (T, h*stride, w*stride, 3)
-            writer.add(VideoRecord(k, it.video_id, it.label, codes, timestamps, frames))
+            writer.add(VideoRecord(k, it.video_id, it.label, codes, timestamps, frames=frames))
             summary["stored"] += 1
             summary["frames"] += codes.shape[0]
             bar.update(1)

@@ -431,7 +431,8 @@ def _read_shard_records(path: str, stride: int | None = None) -> tuple[list[Vide
         t, h, w = (int(x) for x in shapes[i])
         c = codes[offs[i]:offs[i] + t * h * w].reshape(t, h, w)
         px = _PartFrames(path, int(poffs[i]), (t, h * stride, w * stride, 3)) if poffs is not None else None
-        records.append(VideoRecord(int(srcs[i]), ids[i], int(labels[i]), c, ts[foffs[i]:foffs[i] + t], px))
+        records.append(VideoRecord(int(srcs[i]), ids[i], int(labels[i]), c, ts[foffs[i]:foffs[i] + t],
+                                   frames=px))
     return records, failures
 
 
