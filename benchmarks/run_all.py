@@ -18,6 +18,7 @@ BENCHMARKS = [
     ("VQ-VAE tokenizer", ["tokenizer.py"]),
     ("model train step", ["train_step.py", "--config", "small", "--batch-size", "4", "--clip-len", "5", "--grid", "16"]),
     ("pre-training throughput", ["pretrain_throughput.py"]),
+    ("frames for training (stored vs online decode)", ["frames_loader.py"]),
 ]
 
 

@@ -11,6 +11,8 @@ after --timeout and logged) while the parent encodes fixed-size batches. Work is
 in small atomic part files: after a kill -9, rerunning the same command continues and ends
 with a store bit-identical to an uninterrupted run. Many machines split one job with
 --shard-id/--num-shards, or RANK/WORLD_SIZE (torchrun, DeepSpeed) or SLURM_PROCID/SLURM_NTASKS.
+--keep-frames also stores the frames the tokenizer encoded (uint8) beside the codes, for
+training that reads pixels (BEVT).
 """
 from __future__ import annotations
 
@@ -21,16 +23,15 @@ import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from .annotations import AnnotationError, read_annotations
 from .batcher import FrameBatcher
 from .cli import HelpFormatter
 from .decode_pool import DEFAULT_READER, DecodePool, read_inline
 from .precision import add_precision_flag
-from .store import MAX_VOCAB, ShardWriter, StoreError, VideoRecord
+from .store import (DEFAULT_FRAMES_COMPRESSION, FRAME_COMPRESSIONS, MAX_VOCAB, ShardWriter, StoreError, VideoRecord,
+                    frames_meta)
 from .tokenizers import KINDS, TokenizerError, load_tokenizer
-from .video import CROP_TYPES, DEFAULT_MAX_FRAMES
+from .video import CROP_TYPES, DEFAULT_MAX_FRAMES, trim_to_stride
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,13 @@ class ExtractConfig:
     reader: str = DEFAULT_READER
     #: a video that would yield more frames is skipped (logged, stage "decode", kind too_long)
     max_frames: int = DEFAULT_MAX_FRAMES
+    #: store the frames the tokenizer encoded beside the codes (BEVT-style training reads pixels)
+    keep_frames: bool = False
+    #: one of store.FRAME_COMPRESSIONS, for the kept frames
+    frames_compression: str = DEFAULT_FRAMES_COMPRESSION
+
+
+_MAX_PENDING_FRAME_BYTES = 256 << 20  # --keep-frames: commit before kept frames fill more memory than this
 
 
 def read_label_names(path: str) -> list[str]:
@@ -99,6 +107,8 @@ def shard_range(n_items: int, shard_id: int, num_shards: int) -> range:
 
 
 def _store_meta(cfg: ExtractConfig, tok, label_names, anno_format: str, num_listed: int) -> dict:
+    frames = {"frames": frames_meta(cfg.crop_size if cfg.crop_type != "none" else None, cfg.frames_compression)
+              } if cfg.keep_frames else {}
     return {
         "tokenizer": tok.describe(),
         "fps": cfg.fps,
@@ -113,15 +123,8 @@ def _store_meta(cfg: ExtractConfig, tok, label_names, anno_format: str, num_list
         "label_names": label_names,
         "num_listed": num_listed,
         "code_dtype": "int16",
+        **frames,
     }
-
-
-def _trim_to_stride(frames: np.ndarray, stride: int) -> np.ndarray:
-    """crop type "none": centre-trim each side to a multiple of the tokenizer stride."""
-    _, h, w, _ = frames.shape
-    h2, w2 = h - h % stride, w - w % stride
-    y, x = (h - h2) // 2, (w - w2) // 2
-    return frames[:, y:y + h2, x:x + w2]
 
 
 def run(cfg: ExtractConfig) -> dict:
@@ -133,6 +136,8 @@ def run(cfg: ExtractConfig) -> dict:
         raise ValueError(f"--fps must be positive, got {cfg.fps}")
     if cfg.max_frames < 1:
         raise ValueError(f"--max-frames must be >= 1, got {cfg.max_frames}")
+    if cfg.frames_compression not in FRAME_COMPRESSIONS:
+        raise ValueError(f"--frames-compression must be one of {FRAME_COMPRESSIONS}, got {cfg.frames_compression!r}")
     if cfg.crop_type != "none" and cfg.crop_size > cfg.frame_shorter_side:
         raise ValueError(f"--crop-size {cfg.crop_size} is larger than --frame-shorter-side {cfg.frame_shorter_side}")
     ann = read_annotations(list(cfg.anno), cfg.video_root, fmt=cfg.anno_format,
@@ -182,12 +187,14 @@ def run(cfg: ExtractConfig) -> dict:
 
     def store_ready(results) -> None:
         nonlocal last_commit
-        for k, (it, timestamps), codes in results:
-            writer.add(VideoRecord(k, it.video_id, it.label, codes, timestamps))  # refuses codes that do not fit
+        for k, (it, timestamps, frames), codes in results:
+            # refuses codes that do not fit, and frames that are not the codes' (T, h*stride, w*stride, 3)
+            writer.add(VideoRecord(k, it.video_id, it.label, codes, timestamps, frames=frames))
             summary["stored"] += 1
             summary["frames"] += codes.shape[0]
             bar.update(1)
-        if writer.pending >= cfg.commit_every or time.monotonic() - last_commit > cfg.commit_seconds:
+        if (writer.pending >= cfg.commit_every or time.monotonic() - last_commit > cfg.commit_seconds
+                or writer.pending_frame_bytes > _MAX_PENDING_FRAME_BYTES):
             writer.commit()
             last_commit = time.monotonic()
 
@@ -200,8 +207,8 @@ def run(cfg: ExtractConfig) -> dict:
             summary["skipped"][res.stage] += 1
             bar.update(1)
             return
-        frames = res.frames if cfg.crop_type != "none" else _trim_to_stride(res.frames, tok.downsample)
-        batcher.add(k, frames, (it, res.timestamps))
+        frames = res.frames if cfg.crop_type != "none" else trim_to_stride(res.frames, tok.downsample)
+        batcher.add(k, frames, (it, res.timestamps, frames if cfg.keep_frames else None))
         t0 = time.monotonic()
         store_ready(batcher.ready())
         encode_time += time.monotonic() - t0
@@ -297,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store (or shard) made earlier")
     p.add_argument("--commit-every", type=int, default=64, help="videos per committed part (resume granularity)")
     p.add_argument("--device", default=None, help="torch device for the tokenizer (default: cuda:LOCAL_RANK under torchrun / srun, cuda if available, else cpu)")
+    p.add_argument("--keep-frames", action="store_true",
+                   help="also store the frames the tokenizer encoded (uint8, after resize / crop / flip) beside "
+                        "the codes, for training on pixels (BEVT); about crop^2 x 3 bytes per frame before "
+                        "compression. A store has them for every video or for none")
+    p.add_argument("--frames-compression", default=DEFAULT_FRAMES_COMPRESSION, choices=FRAME_COMPRESSIONS,
+                   help="HDF5 compression of the kept frames: none reads fastest (6-12x lzf / gzip at 128 px); "
+                        "lzf / gzip shrink flat or synthetic frames (6x / 11x on the demo's) but natural ones "
+                        "barely (benchmarks/README.md, 'Frames for training')")
     add_precision_flag(p)
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -315,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         label_names=a.label_names,
         decoder=a.decoder, batch_size=a.batch_size, num_workers=a.num_workers, timeout=a.timeout,
         shard_id=shard_id, num_shards=num_shards, overwrite=a.overwrite, commit_every=a.commit_every,
-        device=a.device, precision=a.precision, progress=not a.no_progress, max_frames=a.max_frames)
+        device=a.device, precision=a.precision, progress=not a.no_progress, max_frames=a.max_frames,
+        keep_frames=a.keep_frames, frames_compression=a.frames_compression)
     try:
         summary = run(cfg)
     except (StoreError, AnnotationError, TokenizerError, ValueError) as e:

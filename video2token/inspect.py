@@ -1,8 +1,9 @@
 """`python -m video2token.inspect STORE`: summarise a token store and report what is wrong with it.
 
-Prints videos, frames, token-map sizes, labels, metadata and problems found: shards whose
+Prints videos, frames, token-map sizes, the kept frames (--keep-frames: frame size, compression,
+bytes per video on disk), labels, metadata and problems found: shards whose
 bytes differ from their integrity record (SHA-256, size) or whose index arrays do not tile
-their code array, missing shards, an unfinished extraction, videos that were not stored,
+their code (or frame) arrays, missing shards, an unfinished extraction, videos that were not stored,
 codes outside the vocabulary, shards with inconsistent metadata. Exit status 1 when
 problems were found. `--seal` records the SHA-256 of shards made before stores had
 integrity records (after checking what can be checked).
@@ -92,6 +93,7 @@ def inspect_store(path: str, check_codes: bool = True) -> tuple[dict, list[str]]
         "frames_per_video": {"min": int(frames.min()) if n else 0, "mean": round(float(frames.mean()), 2) if n else 0,
                              "max": int(frames.max()) if n else 0},
         "token_maps": {f"{h}x{w}": c for (h, w), c in sorted(shapes.items())},
+        "kept_frames": _kept_frames(store),
         "not_stored": not_stored or "none",
         "labelled": int((labels >= 0).sum()),
         "unlabelled": int((labels < 0).sum()),
@@ -101,6 +103,18 @@ def inspect_store(path: str, check_codes: bool = True) -> tuple[dict, list[str]]
     }
     store.close()
     return summary, problems
+
+
+def _kept_frames(store: TokenStore) -> dict | str:
+    """What --keep-frames stored: frame size, compression, bytes per video on disk and uncompressed."""
+    if not store.has_frames:
+        return "none (extracted without --keep-frames)"
+    spec = store.meta["frames"]
+    disk, raw = store.frame_bytes()
+    n = max(len(store), 1)
+    return {"size": spec["size"] if spec["size"] is not None else "per video (crop type none)",
+            "compression": spec["compression"], "bytes_per_video": round(disk / n),
+            "uncompressed_bytes_per_video": round(raw / n), "bytes_on_disk": disk}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,19 @@ Each shard file holds, for its N videos (sorted by their position in the source 
     source_index  int64  (N,)              position in the annotation list
     attrs: format, version, shard_id, num_shards, meta (JSON), failures (JSON list)
 
+and, in a store extracted with --keep-frames (meta.json's `frames` says so), the frames the
+tokenizer encoded (after resize / crop / flip), frame k beside the codes of frame k:
+
+    pixels        uint8  (sum of T*H*W*3,) all frames, flat, video after video (chunked, compressed
+                                           as meta `frames.compression` says)
+    pixel_offsets int64  (N,)              start of each video in `pixels`
+
+A video's frame size is its code map times the tokenizer stride (H, W) = (h*s, w*s), so
+(T, H, W, 3) follows from `shapes` (H = W = meta `frames.size` unless crop type "none").
+The integrity record then holds `pixels` (their count) too and the index checks cover them
+like the codes. A store without frames has neither dataset nor meta key (older readers read
+a store with frames as a codes store: the format version is unchanged).
+
 Readers (`TokenStore`) open HDF5 files lazily, per process, so DataLoader workers never
 share a handle. Writers (`ShardWriter`) commit work in small part files (temp + fsync +
 rename) and merge them at the end, so a kill at any moment loses at most the uncommitted
@@ -33,7 +46,7 @@ Integrity: at finalize each shard's SHA-256, size and index facts (videos, codes
 go into its `.integrity.json`, written before the shard is renamed into place. A reader
 checks size and SHA-256 before the HDF5 library sees a byte of the shard (corrupt bytes can
 make HDF5 spin forever), then checks the index arrays: offsets and shapes tile the code and
-timestamp arrays exactly, ids and source positions are in order, labels are in range. Part
+timestamp (and pixel) arrays exactly, ids and source positions are in order, labels are in range. Part
 files carry a SHA-256 too; a damaged part is discarded and its videos are redone.
 `verify=False` skips the SHA-256 only (trusted storage).
 
@@ -71,6 +84,10 @@ _ERRORS_RE = re.compile(r"^errors(-\d{5}-of-\d{5})?\.jsonl$")
 _PART_RE = re.compile(r"^part-(\d{8})\.h5$")
 _CHUNK = 1 << 16
 META = "meta.json"
+#: --frames-compression values; none is fastest to read (benchmarks/README.md, "Frames for training")
+FRAME_COMPRESSIONS = ("none", "lzf", "gzip")
+DEFAULT_FRAMES_COMPRESSION = "none"
+_PIXEL_CHUNK = 1 << 18  # bytes per HDF5 chunk of `pixels`: a 128 px clip of 5 frames spans 1-2 chunks
 PARTS = ".parts"
 # index sanity bounds: a token map side, frames per video (far above any --max-frames)
 _MAX_SIDE, _MAX_FRAMES = 1 << 15, 1 << 31
@@ -218,6 +235,125 @@ def check_codes_fit(codes: np.ndarray, vocab_size: int, where: str) -> np.ndarra
     return codes.astype(CODE_DTYPE, copy=False)
 
 
+# ----------------------------------------------------------------------------- frames (--keep-frames)
+
+def frames_meta(size: int | None, compression: str) -> dict:
+    """meta.json's `frames` entry of a store that keeps its frames; size None for crop type "none"."""
+    if compression not in FRAME_COMPRESSIONS:
+        raise StoreError(f"frames compression must be one of {FRAME_COMPRESSIONS}, got {compression!r}")
+    return {"size": size, "channels": 3, "dtype": "uint8", "compression": compression}
+
+
+def _frames_spec(meta: dict, where: str) -> dict | None:
+    """The checked `frames` entry of a store's metadata, None when the store keeps no frames."""
+    spec = meta.get("frames") if isinstance(meta, dict) else None
+    if spec is None:
+        return None
+    size = spec.get("size") if isinstance(spec, dict) else None
+    if (not isinstance(spec, dict) or spec.get("channels") != 3 or spec.get("dtype") != "uint8"
+            or spec.get("compression") not in FRAME_COMPRESSIONS
+            or not (size is None or (isinstance(size, int) and 0 < size <= _MAX_SIDE))):
+        raise StoreError(f"{where}: metadata key 'frames' is not a frames description ({spec!r}); re-extract it "
+                         f"(rerun with --overwrite)")
+    return spec
+
+
+def _stride(meta: dict, where: str) -> int:
+    d = meta.get("tokenizer", {}).get("downsample")
+    if not isinstance(d, int) or d < 1:
+        raise StoreError(f"{where}: a store with frames needs the tokenizer stride (tokenizer.downsample) in its "
+                         f"metadata, got {d!r}")
+    return d
+
+
+def frame_shapes(shapes: np.ndarray, stride: int) -> np.ndarray:
+    """Code-map shapes (N, 3) = (T, h, w) -> frame shapes (N, 4) = (T, h*stride, w*stride, 3), int64."""
+    s = shapes.astype(np.int64).reshape(-1, 3)
+    return np.stack([s[:, 0], s[:, 1] * stride, s[:, 2] * stride, np.full(len(s), 3, np.int64)], axis=1)
+
+
+def check_pixel_index(path: str, *, shapes: np.ndarray, pixel_offsets: np.ndarray, num_pixels: int, stride: int,
+                      size: int | None) -> dict:
+    """`pixel_offsets` must tile the `pixels` array exactly, T frames of (h*stride, w*stride, 3) per video."""
+    def bad(msg: str) -> StoreError:
+        return StoreError(f"shard {path} has an inconsistent frame index: {msg}; re-extract it (rerun with "
+                          f"--overwrite)")
+
+    n = len(shapes)
+    if pixel_offsets.shape != (n,):
+        raise bad(f"pixel_offsets has shape {pixel_offsets.shape} for {n} videos")
+    fshapes = frame_shapes(shapes, stride)
+    if size is not None and n and (np.any(fshapes[:, 1] != size) or np.any(fshapes[:, 2] != size)):
+        k = int(np.flatnonzero((fshapes[:, 1] != size) | (fshapes[:, 2] != size))[0])
+        raise bad(f"video {k} has {fshapes[k, 1]}x{fshapes[k, 2]} frames, the store's frames are {size}x{size}")
+    sizes = fshapes.prod(axis=1)
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    if not np.array_equal(pixel_offsets.astype(np.int64), starts) or (int(ends[-1]) if n else 0) != num_pixels:
+        wrong = np.flatnonzero(pixel_offsets.astype(np.int64) != starts)
+        where = f"first wrong at video {int(wrong[0])}" if len(wrong) else "wrong total"
+        raise bad(f"pixel offsets do not tile the {num_pixels} frame bytes ({where})")
+    return {"pixels": int(num_pixels)}
+
+
+@dataclass(frozen=True)
+class _PartFrames:
+    """Where a video's frames lie in a part file: read only when the shard is written, one video at a time."""
+    path: str
+    start: int
+    shape: tuple[int, int, int, int]
+
+
+class _FrameReader:
+    """A record's frames, from memory or from its part file (one part open at a time: parts come in order)."""
+
+    def __init__(self):
+        self._path: str | None = None
+        self._file: h5py.File | None = None
+
+    def __call__(self, frames) -> np.ndarray:
+        if isinstance(frames, np.ndarray):
+            return frames
+        if frames.path != self._path:
+            self.close()
+            self._file, self._path = h5py.File(frames.path, "r"), frames.path
+        n = int(np.prod(frames.shape))
+        return self._file["pixels"][frames.start:frames.start + n].reshape(frames.shape)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file = self._path = None
+
+
+def _write_pixels(f: h5py.File, records: list, compression: str) -> None:
+    """The `pixels` and `pixel_offsets` datasets: whole chunks, written in record order (same bytes every run)."""
+    sizes = np.array([int(np.prod(r.frames.shape)) for r in records], dtype=np.int64)
+    total = int(sizes.sum())
+    f.create_dataset("pixel_offsets", data=np.cumsum(sizes) - sizes, track_times=False)
+    chunk = min(_PIXEL_CHUNK, total)
+    dset = f.create_dataset("pixels", shape=(total,), dtype=np.uint8, chunks=(chunk,) if total else None,
+                            compression=compression if total and compression != "none" else None, track_times=False)
+    buf = np.empty(chunk, np.uint8)  # a kill cannot tear this file: it is a temp file until renamed
+    fill = pos = 0
+    read = _FrameReader()
+    try:
+        for r in records:
+            flat = np.ascontiguousarray(read(r.frames), dtype=np.uint8).reshape(-1)
+            i = 0
+            while i < flat.size:
+                take = min(chunk - fill, flat.size - i)
+                buf[fill:fill + take] = flat[i:i + take]
+                fill, i = fill + take, i + take
+                if fill == chunk:
+                    dset[pos:pos + chunk] = buf
+                    pos, fill = pos + chunk, 0
+        if fill:
+            dset[pos:pos + fill] = buf[:fill]
+    finally:
+        read.close()
+
+
 # ----------------------------------------------------------------------------- writing
 
 @dataclass
@@ -227,6 +363,8 @@ class VideoRecord:
     label: int
     codes: np.ndarray        # (T, h, w) int16
     timestamps: np.ndarray   # (T,) float64
+    #: (T, h*stride, w*stride, 3) uint8, the frames the codes encode (stores with frames only)
+    frames: np.ndarray | _PartFrames | None = None
 
 
 @dataclass
@@ -238,8 +376,10 @@ class _Buffer:
         return len(self.records) + len(self.failures)
 
 
-def _write_shard_file(path: str, records: list[VideoRecord], failures: list[dict], attrs: dict) -> None:
-    """Write records (already in final order) to `path` (not atomic by itself)."""
+def _write_shard_file(path: str, records: list[VideoRecord], failures: list[dict], attrs: dict,
+                      frames_compression: str | None = None) -> None:
+    """Write records (already in final order) to `path` (not atomic by itself); their frames too unless
+    `frames_compression` is None."""
     n = len(records)
     shapes = np.array([r.codes.shape for r in records], dtype=np.int32).reshape(n, 3)
     sizes = shapes.prod(axis=1).astype(np.int64) if n else np.zeros(0, np.int64)
@@ -266,12 +406,15 @@ def _write_shard_file(path: str, records: list[VideoRecord], failures: list[dict
                          track_times=False)
         f.create_dataset("video_ids", data=np.array([r.video_id for r in records], dtype=object),
                          dtype=h5py.string_dtype("utf-8"), track_times=False)
+        if frames_compression is not None:
+            _write_pixels(f, records, frames_compression)
         for k, v in attrs.items():
             f.attrs[k] = v
         f.attrs["failures"] = json.dumps(failures, sort_keys=True)
 
 
-def _read_shard_records(path: str) -> tuple[list[VideoRecord], list[dict]]:
+def _read_shard_records(path: str, stride: int | None = None) -> tuple[list[VideoRecord], list[dict]]:
+    """Records and failures of a part (or shard); with `stride`, each record's frames as a reference into it."""
     with h5py.File(path, "r") as f:
         codes = f["codes"][()]
         ts = f["timestamps"][()]
@@ -282,11 +425,14 @@ def _read_shard_records(path: str) -> tuple[list[VideoRecord], list[dict]]:
         srcs = f["source_index"][()]
         ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in f["video_ids"][()]]
         failures = json.loads(f.attrs.get("failures", "[]"))
+        poffs = f["pixel_offsets"][()] if stride is not None else None
     records = []
     for i in range(len(ids)):
         t, h, w = (int(x) for x in shapes[i])
         c = codes[offs[i]:offs[i] + t * h * w].reshape(t, h, w)
-        records.append(VideoRecord(int(srcs[i]), ids[i], int(labels[i]), c, ts[foffs[i]:foffs[i] + t]))
+        px = _PartFrames(path, int(poffs[i]), (t, h * stride, w * stride, 3)) if poffs is not None else None
+        records.append(VideoRecord(int(srcs[i]), ids[i], int(labels[i]), c, ts[foffs[i]:foffs[i] + t],
+                                   frames=px))
     return records, failures
 
 
@@ -321,6 +467,9 @@ class ShardWriter:
             raise StoreError(f"shard id {shard_id} outside [0, {num_shards})")
         self.store_dir = os.path.abspath(store_dir)
         self.meta = json.loads(json.dumps(meta))  # JSON-normalised copy, so comparisons are exact
+        #: meta's `frames` entry when every record carries its frames (--keep-frames), else None
+        self.frames_spec = _frames_spec(self.meta, store_dir)
+        self._stride = _stride(self.meta, store_dir) if self.frames_spec else None
         self.shard_id, self.num_shards = shard_id, num_shards
         self.final_path = os.path.join(self.store_dir, shard_name(shard_id, num_shards))
         self.errors_path = os.path.join(self.store_dir, errors_name(shard_id, num_shards))
@@ -382,6 +531,14 @@ class ShardWriter:
                     raise StoreError(f"{meta_path}: unreadable store metadata ({e}); pass --overwrite to start over")
                 existing = {}
             diff = _meta_diff(existing, self.meta) if existing else ["metadata unreadable"]
+            if diff and not overwrite and isinstance(existing, dict) and (
+                    existing.get("frames") is None) != (self.meta.get("frames") is None):
+                kept = existing.get("frames") is not None
+                raise StoreError(f"{self.store_dir} was extracted {'with' if kept else 'without'} --keep-frames (it "
+                                 f"{'holds' if kept else 'holds no'} frames) and this job runs "
+                                 f"{'without' if kept else 'with'} it: a store keeps the frames of every video or "
+                                 f"of none. Rerun {'with' if kept else 'without'} --keep-frames to continue it, "
+                                 f"pass --overwrite to replace it, or choose another --output")
             if diff and not overwrite:
                 raise StoreError(f"{self.store_dir} already holds a store made with other settings:\n  "
                                  + "\n  ".join(diff) + "\npass --overwrite to replace it, or choose another --output")
@@ -443,6 +600,18 @@ class ShardWriter:
     def add(self, record: VideoRecord) -> None:
         check_codes_fit(record.codes, int(self.meta["tokenizer"]["vocab_size"]), record.video_id)
         record.codes = record.codes.astype(CODE_DTYPE, copy=False)
+        if self.frames_spec is not None:
+            t, h, w = record.codes.shape
+            want = (t, h * self._stride, w * self._stride, 3)
+            if not isinstance(record.frames, np.ndarray) or record.frames.dtype != np.uint8 or \
+                    record.frames.shape != want:
+                got = (f"{record.frames.dtype} {record.frames.shape}" if isinstance(record.frames, np.ndarray)
+                       else "none")
+                raise StoreError(f"{record.video_id}: this store keeps frames: expected uint8 frames {want} "
+                                 f"beside codes {record.codes.shape}, got {got}")
+        elif record.frames is not None:
+            raise StoreError(f"{record.video_id}: frames given to store {self.store_dir}, which keeps none "
+                             f"(its metadata has no 'frames' entry)")
         self._buffer.records.append(record)
 
     def add_failure(self, source_index: int, video_id: str | None, path: str | None, stage: str,
@@ -451,8 +620,17 @@ class ShardWriter:
                                       "path": path, "stage": stage, "reason": reason})
 
     @property
+    def _compression(self) -> str | None:
+        return self.frames_spec["compression"] if self.frames_spec is not None else None
+
+    @property
     def pending(self) -> int:
         return len(self._buffer)
+
+    @property
+    def pending_frame_bytes(self) -> int:
+        """Bytes of kept frames added since the last commit (held in memory until it)."""
+        return sum(r.frames.nbytes for r in self._buffer.records if isinstance(r.frames, np.ndarray))
 
     def commit(self) -> None:
         """Atomically persist everything added since the last commit as one part file (with its SHA-256)."""
@@ -460,7 +638,8 @@ class ShardWriter:
             return
         part = os.path.join(self.parts_dir, f"part-{self.num_parts:08d}.h5")
         with atomic_path(part) as tmp:
-            _write_shard_file(tmp, self._buffer.records, self._buffer.failures, {"format": FORMAT + "-part"})
+            _write_shard_file(tmp, self._buffer.records, self._buffer.failures, {"format": FORMAT + "-part"},
+                              self._compression)
             _write_record(tmp, part, {})
         self.done.update(r.source_index for r in self._buffer.records)
         self.done.update(x["source_index"] for x in self._buffer.failures)
@@ -484,7 +663,7 @@ class ShardWriter:
                 if _PART_RE.match(name):
                     path = os.path.join(self.parts_dir, name)
                     verify_file(path, "part")
-                    r, fl = _read_shard_records(path)
+                    r, fl = _read_shard_records(path, self._stride)  # frames stay on disk until written
                     records += r
                     failures += fl
             records.sort(key=lambda r: r.source_index)
@@ -497,12 +676,13 @@ class ShardWriter:
             attrs = {"format": FORMAT, "version": VERSION, "shard_id": self.shard_id,
                      "num_shards": self.num_shards, "meta": json.dumps(self.meta, sort_keys=True)}
             self._write_errors(failures)
+            facts = {"videos": len(records), "codes": int(sum(r.codes.size for r in records)),
+                     "frames": int(sum(r.codes.shape[0] for r in records)), "failures": len(failures)}
+            if self.frames_spec is not None:
+                facts["pixels"] = int(sum(np.prod(r.frames.shape) for r in records))
             with atomic_path(self.final_path) as tmp:
-                _write_shard_file(tmp, records, failures, attrs)
-                _write_record(tmp, self.final_path, {"videos": len(records),
-                                                     "codes": int(sum(r.codes.size for r in records)),
-                                                     "frames": int(sum(r.codes.shape[0] for r in records)),
-                                                     "failures": len(failures)})
+                _write_shard_file(tmp, records, failures, attrs, self._compression)
+                _write_record(tmp, self.final_path, facts)
             self.complete = True  # the rename above is the commit point
             self._settle(failures)
             return self.final_path, failures, len(records)
@@ -604,8 +784,16 @@ def list_shards(store_dir: str) -> list[tuple[int, int]]:
     return sorted(out)
 
 
+def frame_range(frames: slice | None, t: int) -> tuple[int, int]:
+    """[f0, f1) of a video of t frames that `frames` selects (its step is ignored), codes and frames alike."""
+    if frames is None:
+        return 0, t
+    f0, f1, _ = frames.indices(t)
+    return f0, max(f0, f1)
+
+
 class _Shard:
-    """Index arrays of one shard in memory; the code array read lazily, one handle per process.
+    """Index arrays of one shard in memory; the code (and frame) arrays read lazily, one handle per process.
 
     verify: size and SHA-256 against the integrity record before HDF5 opens the file. The
     index arrays are checked either way, and against the record's facts when there is one.
@@ -633,6 +821,8 @@ class _Shard:
                 self.video_ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in f["video_ids"][()]]
                 self.failures = json.loads(f.attrs.get("failures", "[]"))
                 num_codes, num_ts = int(f["codes"].shape[0]), int(f["timestamps"].shape[0])
+                self.frames_spec = _frames_spec(self.meta, path)
+                self.pixel_offsets, num_pixels = self._pixel_index(f)
         except StoreError:
             raise
         except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as e:
@@ -643,6 +833,13 @@ class _Shard:
                             frame_offsets=self.frame_offsets, labels=self.labels, source_index=self.source_index,
                             num_ids=len(self.video_ids), num_codes=num_codes, num_timestamps=num_ts,
                             num_classes=len(names) if isinstance(names, list) else None)
+        if self.frames_spec is not None:
+            facts.update(check_pixel_index(path, shapes=self.shapes, pixel_offsets=self.pixel_offsets,
+                                           num_pixels=num_pixels, stride=self.stride,
+                                           size=self.frames_spec["size"]))
+            if record is not None and "pixels" not in record:
+                raise StoreError(f"shard {path} holds frames but its integrity record has no 'pixels' count; "
+                                 f"re-extract it (rerun with --overwrite)")
         if record is not None:
             wrong = {k: (record.get(k), v) for k, v in facts.items() if k in record and record[k] != v}
             if wrong:
@@ -650,41 +847,83 @@ class _Shard:
                                  + ", ".join(f"{k} {b} (record: {a})" for k, (a, b) in wrong.items()))
         self._file = None
         self._pid = None
+        self._datasets: dict[str, h5py.Dataset] = {}
 
-    def _h5(self) -> h5py.File:
+    def _pixel_index(self, f: h5py.File) -> tuple[np.ndarray | None, int]:
+        """(pixel_offsets, size of `pixels`) of a shard with frames; (None, 0) without; a mismatch is an error."""
+        self.stride: int | None = None
+        has = "pixels" in f or "pixel_offsets" in f
+        if self.frames_spec is None:
+            if has:
+                raise StoreError(f"{self.path} holds frames its metadata does not declare (no 'frames' entry); "
+                                 f"re-extract it (rerun with --overwrite)")
+            return None, 0
+        if not ("pixels" in f and "pixel_offsets" in f):
+            raise StoreError(f"{self.path}: its metadata says it keeps frames but the pixels or pixel_offsets "
+                             f"dataset is missing; re-extract it (rerun with --overwrite)")
+        self.stride = _stride(self.meta, self.path)
+        pixels = f["pixels"]
+        want = self.frames_spec["compression"]
+        if pixels.dtype != np.uint8 or pixels.ndim != 1 or (
+                pixels.shape[0] and (pixels.compression or "none") != want):
+            raise StoreError(f"{self.path}: the pixels dataset is {pixels.dtype} {pixels.shape} compressed with "
+                             f"{pixels.compression or 'none'}, its metadata says flat uint8 with {want}; re-extract "
+                             f"it (rerun with --overwrite)")
+        return f["pixel_offsets"][()], int(pixels.shape[0])
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        """A dataset of this process's own handle, kept open: opening one per read cost ~0.4 ms and dropped
+        its chunk cache (a compressed chunk was then decompressed again for every clip)."""
         if self._file is None or self._pid != os.getpid():
             self._file = h5py.File(self.path, "r")
             self._pid = os.getpid()
-        return self._file
+            self._datasets = {}
+        if name not in self._datasets:
+            self._datasets[name] = self._file[name]
+        return self._datasets[name]
 
     def read(self, i: int, frames: slice | None = None) -> np.ndarray:
         t, h, w = (int(x) for x in self.shapes[i])
         start = int(self.code_offsets[i])
-        if frames is not None:
-            f0, f1, _ = frames.indices(t)
-            flat = self._h5()["codes"][start + f0 * h * w:start + f1 * h * w]
-            return flat.reshape(max(f1 - f0, 0), h, w)
-        return self._h5()["codes"][start:start + t * h * w].reshape(t, h, w)
+        f0, f1 = frame_range(frames, t)
+        return self._dataset("codes")[start + f0 * h * w:start + f1 * h * w].reshape(f1 - f0, h, w)
+
+    def read_frames(self, i: int, frames: slice | None = None) -> np.ndarray:
+        """Frames (T', H, W, 3) uint8 of video i: the same frame indices as `read(i, frames)`."""
+        t, h, w = (int(x) for x in self.shapes[i])
+        f0, f1 = frame_range(frames, t)
+        hh, ww = h * self.stride, w * self.stride
+        per = hh * ww * 3
+        start = int(self.pixel_offsets[i])
+        return self._dataset("pixels")[start + f0 * per:start + f1 * per].reshape(f1 - f0, hh, ww, 3)
+
+    def pixel_bytes(self) -> tuple[int, int]:
+        """(bytes of frames on disk, bytes uncompressed) in this shard."""
+        d = self._dataset("pixels")
+        return int(d.id.get_storage_size()), int(d.shape[0])
 
     def timestamps(self, i: int) -> np.ndarray:
         t = int(self.shapes[i][0])
         s = int(self.frame_offsets[i])
-        return self._h5()["timestamps"][s:s + t]
+        return self._dataset("timestamps")[s:s + t]
 
     def close(self) -> None:
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
         self._file = None
+        self._datasets = {}
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_file"] = None
         state["_pid"] = None
+        state["_datasets"] = {}
         return state
 
 
 class TokenStore:
-    """Read a token store: `len(s)`, `s.video_ids`, `s.read(video_id) -> (codes int16 (T,h,w), label)`.
+    """Read a token store: `len(s)`, `s.video_ids`, `s.read(video_id) -> (codes int16 (T,h,w), label)`;
+    `s.read_frames_at(k)` -> frames uint8 (T, H, W, 3) when `s.has_frames`.
 
     `path` is a store directory (all its shards are read together, in shard order, which
     equals the order of the source list) or a single shard file. An unfinished store
@@ -750,6 +989,28 @@ class TokenStore:
         """Codes (T, h, w) int16 (or the `frames` slice of them) and label of the k-th video."""
         si, i = self._loc[k]
         return self._shards[si].read(i, frames), int(self._shards[si].labels[i])
+
+    @property
+    def has_frames(self) -> bool:
+        """Whether the store keeps the frames its codes encode (extracted with --keep-frames)."""
+        return self.meta.get("frames") is not None
+
+    def read_frames_at(self, k: int, frames: slice | None = None) -> np.ndarray:
+        """Frames (T, H, W, 3) uint8 of the k-th video (or the `frames` slice of them): frame j is the image
+        whose codes are `read_at(k, frames)[0][j]`. Reads only those frames."""
+        if not self.has_frames:
+            raise StoreError(f"token store {self.path} keeps no frames (it was extracted without --keep-frames): "
+                             f"extract with --keep-frames, or decode them from the videos "
+                             f"(video2token.online_frames.OnlineFrames)")
+        si, i = self._loc[k]
+        return self._shards[si].read_frames(i, frames)
+
+    def frame_bytes(self) -> tuple[int, int]:
+        """(bytes of the kept frames on disk, bytes uncompressed), all shards; (0, 0) without frames."""
+        if not self.has_frames:
+            return 0, 0
+        sizes = [s.pixel_bytes() for s in self._shards]
+        return sum(a for a, _ in sizes), sum(b for _, b in sizes)
 
     def timestamps(self, video_id: str) -> np.ndarray:
         si, i = self._loc[self.index(video_id)]

@@ -44,7 +44,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from fractions import Fraction
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -276,10 +277,8 @@ def _decode_av(path: Path, fps: float, transform: Transform,
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        time_base = stream.time_base  # Fraction: times are computed exactly, then rounded once
         rate = stream.average_rate or stream.guessed_rate
         nominal_fps = float(rate) if rate else None
-        origin = stream.start_time  # ticks
         _check_header_length(path, _header_duration(container, stream), fps, max_frames)
         cap = max_frames if max_frames is not None else math.inf
 
@@ -289,41 +288,25 @@ def _decode_av(path: Path, fps: float, transform: Transform,
         prev_out: np.ndarray | None = None
         last_pts = None
         last_duration: float | None = None
-        first_error: Exception | None = None
-        n_errors = 0
+        errors: list[Exception] = []
         pts_seen: list[float] = []
-        for packet in container.demux(stream):
-            try:
-                decoded = packet.decode()
-            except av.FFmpegError as e:  # corrupt packet: skip it as ffmpeg does, remember why
-                n_errors += 1
-                first_error = first_error or e
-                continue
-            for frame in decoded:
-                if frame.pts is None:
-                    continue
-                if origin is None:
-                    origin = frame.pts
-                t = float((frame.pts - origin) * time_base)
-                if last_pts is not None and t <= last_pts:
-                    continue  # non-increasing pts (broken muxing): keep the first
-                # Every t_k before this frame (up to the tie tolerance) shows the previous one.
-                while prev is not None and k / fps + _TIE_EPS < t:
-                    if k >= cap:
-                        raise _too_long(path, k + 1, fps, max_frames, _header_duration(container, stream))
-                    if prev_out is None:
-                        prev_out = _convert_av(prev, transform)
-                    outputs.append(prev_out)
-                    k += 1
-                prev, prev_out, last_pts = frame, None, t
-                # pts + duration in exact ticks: 1.3 + 0.1 in floats is 1.4000000000000001.
-                last_duration = float((frame.pts + frame.duration - origin) * time_base) - t if frame.duration else None
-                if len(pts_seen) < 64:
-                    pts_seen.append(t)
+        for t, end, frame in _timed_frames(container, stream, errors):
+            # Every t_k before this frame (up to the tie tolerance) shows the previous one.
+            while prev is not None and k / fps + _TIE_EPS < t:
+                if k >= cap:
+                    raise _too_long(path, k + 1, fps, max_frames, _header_duration(container, stream))
+                if prev_out is None:
+                    prev_out = _convert_av(prev, transform)
+                outputs.append(prev_out)
+                k += 1
+            prev, prev_out, last_pts = frame, None, t
+            last_duration = end - t if end is not None else None
+            if len(pts_seen) < 64:
+                pts_seen.append(t)
         if prev is None:
             reason = "no decodable video frames"
-            if first_error is not None:
-                reason += f" ({n_errors} packet errors, first: {first_error})"
+            if errors:
+                reason += f" ({len(errors)} packet errors, first: {errors[0]})"
             raise VideoError(path, reason, "no_frames")
         duration = _video_end(last_pts, last_duration, np.asarray(pts_seen), nominal_fps)
         _check_truncation(path, duration, _header_duration(container, stream))
@@ -337,6 +320,33 @@ def _decode_av(path: Path, fps: float, transform: Transform,
         return np.stack(outputs), sample_times(duration, fps)
     finally:
         container.close()
+
+
+def _timed_frames(container, stream, errors: list[Exception]) -> Iterator[tuple[float, float | None, av.VideoFrame]]:
+    """(t, end, frame) of each decoded frame from where the container stands, t and end (pts + duration,
+    None without one) in seconds on the timeline. Corrupt packets are skipped as ffmpeg does (their
+    errors appended to `errors`); of frames with non-increasing pts (broken muxing) the first is kept."""
+    time_base = stream.time_base  # Fraction: times are computed exactly, then rounded once
+    origin = stream.start_time  # ticks
+    last = None
+    for packet in container.demux(stream):
+        try:
+            decoded = packet.decode()
+        except av.FFmpegError as e:
+            errors.append(e)
+            continue
+        for frame in decoded:
+            if frame.pts is None:
+                continue
+            if origin is None:
+                origin = frame.pts
+            t = float((frame.pts - origin) * time_base)
+            if last is not None and t <= last:
+                continue
+            last = t
+            # pts + duration in exact ticks: 1.3 + 0.1 in floats is 1.4000000000000001.
+            end = float((frame.pts + frame.duration - origin) * time_base) if frame.duration else None
+            yield t, end, frame
 
 
 def _convert_av(frame: av.VideoFrame, transform: Transform) -> np.ndarray:
@@ -355,8 +365,6 @@ def _rotate(image: np.ndarray, rotation_ccw: int) -> np.ndarray:
 def _decode_decord(path: Path, fps: float, transform: Transform,
                    max_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Timestamps from decord's index, then only the picked frames, fetched in chunks."""
-    import decord  # lazy: optional dependency
-
     # Validate with PyAV first: decord's own errors for these cases are cryptic or crash.
     container = _open(path)
     try:
@@ -370,6 +378,19 @@ def _decode_decord(path: Path, fps: float, transform: Transform,
     finally:
         container.close()
     _check_header_length(path, header_duration, fps, max_frames)
+    reader, order, frame_pts = _decord_index(path)
+    duration = _video_end(float(frame_pts[-1]), last_duration, frame_pts[:64], nominal_fps)
+    _check_truncation(path, duration, header_duration)
+    times = sample_times(duration, fps)
+    if max_frames is not None and len(times) > max_frames:
+        raise _too_long(path, len(times), fps, max_frames, duration)
+    return _decord_pick(path, reader, order, frame_pts, times, transform), times
+
+
+def _decord_index(path: Path):
+    """decord's reader, the indices of the frames the sampling rule considers and their pts (s), (M,) each."""
+    import decord
+
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0)
         n = len(reader)
@@ -383,12 +404,14 @@ def _decode_decord(path: Path, fps: float, transform: Transform,
     # Same rule as the av path: of frames with non-increasing pts keep the first.
     order = np.flatnonzero(frame_pts >= np.maximum.accumulate(frame_pts))
     order = order[np.concatenate([[True], np.diff(frame_pts[order]) > 0])]
-    frame_pts = frame_pts[order]
-    duration = _video_end(float(frame_pts[-1]), last_duration, frame_pts[:64], nominal_fps)
-    _check_truncation(path, duration, header_duration)
-    times = sample_times(duration, fps)
-    if max_frames is not None and len(times) > max_frames:
-        raise _too_long(path, len(times), fps, max_frames, duration)
+    return reader, order, frame_pts[order]
+
+
+def _decord_pick(path: Path, reader, order: np.ndarray, frame_pts: np.ndarray, times: np.ndarray,
+                 transform: Transform) -> np.ndarray:
+    """The transformed frames shown at `times` (K,): each distinct frame fetched and transformed once."""
+    import decord
+
     idx = order[frame_indices(frame_pts, times)]
     unique, inverse = np.unique(idx, return_inverse=True)
     outputs = []
@@ -397,7 +420,7 @@ def _decode_decord(path: Path, fps: float, transform: Transform,
             outputs.append(transform(_decord_frames(reader, unique[lo : lo + _DECORD_CHUNK])))
     except decord.DECORDError as e:
         raise VideoError(path, f"decord failed to decode frames ({str(e).splitlines()[0]})", "decode_error") from e
-    return np.concatenate(outputs)[inverse], times
+    return np.concatenate(outputs)[inverse]
 
 
 def _decord_frames(reader, indices: np.ndarray) -> np.ndarray:
@@ -424,6 +447,59 @@ def _decord_frames(reader, indices: np.ndarray) -> np.ndarray:
             raw = np.ascontiguousarray(raw.reshape(rows, -1)[:, : width * 3].reshape(rows, width, 3))
         frames.append(raw)
     return np.stack(frames)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding only the frames shown at given times (a clip of a stored video)
+
+
+def _decode_av_at(path: Path, times: np.ndarray, transform: Transform) -> np.ndarray:
+    """Seek to the keyframe at or before times[0], decode up to the frame shown at times[-1]."""
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if stream.start_time is not None and times[0] > _TIE_EPS:
+            target = stream.start_time + math.floor(Fraction(float(times[0])) / stream.time_base)  # ticks
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            out = _pick_av(path, container, stream, times, transform, after_seek=True)
+            if out is not None:
+                return out
+    finally:
+        container.close()
+    container = _open(path)  # no seek, or the seek overshot: from the first frame, as read_video does
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        return _pick_av(path, container, stream, times, transform, after_seek=False)
+    finally:
+        container.close()
+
+
+def _pick_av(path: Path, container, stream, times: np.ndarray, transform: Transform, *,
+             after_seek: bool) -> np.ndarray | None:
+    """_decode_av's sampling rule at `times` (K,) from where the container stands; None when a seek landed
+    after times[0] (the frame shown there is behind us)."""
+    outputs: list[np.ndarray] = []
+    prev: av.VideoFrame | None = None
+    prev_out: np.ndarray | None = None
+    for t, _, frame in _timed_frames(container, stream, []):
+        if prev is None and after_seek and t > times[0] + _TIE_EPS:
+            return None
+        while prev is not None and len(outputs) < len(times) and times[len(outputs)] + _TIE_EPS < t:
+            if prev_out is None:
+                prev_out = _convert_av(prev, transform)
+            outputs.append(prev_out)
+        if len(outputs) == len(times):
+            return np.stack(outputs)
+        prev, prev_out = frame, None
+    if prev is None:
+        raise VideoError(path, "no decodable video frames", "no_frames")
+    while len(outputs) < len(times):  # the last frame shows until the end
+        if prev_out is None:
+            prev_out = _convert_av(prev, transform)
+        outputs.append(prev_out)
+    return np.stack(outputs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,6 +550,14 @@ def resize_crop_flip(
     if hflip:
         out = out[:, :, ::-1]
     return np.ascontiguousarray(out)
+
+
+def trim_to_stride(frames: np.ndarray, stride: int) -> np.ndarray:
+    """Crop type "none" before a tokenizer: centre-trim (T, H, W, 3) to sides that are multiples of `stride`."""
+    _, h, w, _ = frames.shape
+    h2, w2 = h - h % stride, w - w % stride
+    y, x = (h - h2) // 2, (w - w2) // 2
+    return frames[:, y:y + h2, x:x + w2]
 
 
 def _offset(length: int, size: int, crop_type: str) -> int:
@@ -528,6 +612,40 @@ def read_video(
     if decoder == "av":
         return _decode_av(path, fps, transform, max_frames)
     return _decode_decord(path, fps, transform, max_frames)
+
+
+def read_video_at(
+    path: str | Path,
+    times: np.ndarray,
+    shorter_side: int | None,
+    crop_size: int | None,
+    crop_type: CropType = "center",
+    hflip: bool = False,
+    decoder: DecoderName | None = None,
+) -> np.ndarray:
+    """The frames shown at `times` (K,) increasing seconds, transformed as read_video does: (K, C, C, 3) uint8.
+
+    For a clip of a video already read once (a token store's timestamps): the same timeline and
+    rule as read_video, so `read_video_at(p, ts[a:b], ...)` equals `read_video(p, ...)[0][a:b]`.
+    "av" seeks to the keyframe at or before times[0] and decodes only up to the frame shown at
+    times[-1]: bit-exact for streams whose GOPs are closed (x264's default; tests/test_online_frames.py).
+    "decord" fetches just those frames by index. No truncation or length checks (read_video made them).
+    """
+    path = Path(path)
+    times = np.asarray(times, dtype=np.float64)
+    if times.ndim != 1 or not len(times) or np.any(np.diff(times) < 0) or not np.all(np.isfinite(times)):
+        raise ValueError(f"{path}: times must be a non-empty increasing 1-D array of seconds, got {times!r}")
+    decoder = default_decoder(path) if decoder is None else decoder
+    if decoder not in ("av", "decord"):
+        raise ValueError(f"{path}: decoder must be 'av', 'decord' or None, got {decoder!r}")
+    transform = partial(
+        _checked_transform, path=path, shorter_side=shorter_side, crop_size=crop_size, crop_type=crop_type, hflip=hflip
+    )
+    if decoder == "av":
+        return _decode_av_at(path, times, transform)
+    _open(path).close()  # PyAV's clear errors first, as _decode_decord does
+    reader, order, frame_pts = _decord_index(path)
+    return _decord_pick(path, reader, order, frame_pts, times, transform)
 
 
 def _checked_transform(frames: np.ndarray, *, path: Path, **geometry) -> np.ndarray:
