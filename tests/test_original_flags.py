@@ -155,10 +155,11 @@ def test_label_smoothing_is_the_originals_smoothed_cross_entropy():
 
     loop = SimpleNamespace(dist=SimpleNamespace(device=torch.device("cpu")),
                            precision=SimpleNamespace(autocast=contextlib.nullcontext))
-    batch = {"codes": torch.zeros(6, 1, 1, 1, dtype=torch.long), "label": labels}
+    batch = {"codes": torch.zeros(6, 1, 1, 1, dtype=torch.long), "frame_valid": torch.ones(6, 1, dtype=torch.bool),
+             "label": labels}
     for s in (0.0, 0.1, 0.5):
         task = FinetuneTask(None, ClassifierInit(), None, seed=0, clip_counts=[], output="o", label_smoothing=s)
-        loss, _ = task.forward(lambda codes: logits, batch, loop)
+        loss, _ = task.forward(lambda codes, **kw: logits, batch, loop)
         assert float(loss) == pytest.approx(float(original(logits, labels, s)), rel=1e-6)
     with pytest.raises(TrainError, match=r"--label-smoothing must be in \[0, 1\)"):
         FinetuneTask(None, ClassifierInit(), None, seed=0, clip_counts=[], output="o", label_smoothing=1.0)

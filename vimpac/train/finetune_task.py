@@ -68,6 +68,7 @@ class FinetuneTask:
         self.best_dir = os.path.join(output, BEST)
         self.loaded_weights: dict[str, torch.Tensor] = {}
         self.train_set = None
+        self.pixels = False  # a pixel model (BEVT mode): set with the datasets
 
     # -- model and data
     def _datasets(self, clip_len: int, input_kind: str) -> None:
