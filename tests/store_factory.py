@@ -65,3 +65,36 @@ def make_prototype_store(path: str, *, num_videos: int, prototypes: int = 4, fra
                           timestamps=np.arange(frames, dtype=np.float64) / 2.0))
     w.finalize()
     return path
+
+
+def pixel_code(patches: np.ndarray, vocab_size: int) -> np.ndarray:
+    """A 'tokenizer' whose code is a known function of a patch's pixels: its mean red value, quantised.
+
+    patches (..., p, p, 3) uint8 -> codes (...) in [0, vocab_size)."""
+    return (patches[..., 0].astype(np.int64).mean(axis=(-2, -1)) * vocab_size // 256).astype(np.int64)
+
+
+def make_pixel_store(path: str, *, num_videos: int = 8, frames: tuple[int, int] = (4, 8), grid: int = 4,
+                     patch: int = 4, vocab_size: int = 16, seed: int = 0, num_classes: int = 2) -> str:
+    """A store with frames (extracted as with --keep-frames) whose codes are `pixel_code` of each patch:
+    random flat-coloured patches, a bright patch moving one column per frame."""
+    from video2token.store import frames_meta
+
+    rng = np.random.default_rng(seed)
+    side = grid * patch
+    meta = store_meta(vocab_size, side) | {"frames": frames_meta(side, "none")}
+    meta["tokenizer"]["downsample"] = patch
+    w = ShardWriter(path, meta, shard_id=0, num_shards=1)
+    for i in range(num_videos):
+        t = int(rng.integers(frames[0], frames[1] + 1))
+        colours = rng.integers(0, 256, size=(grid, grid, 3))
+        px = np.repeat(np.repeat(colours, patch, 0), patch, 1)[None].repeat(t, 0).astype(np.uint8)  # (T, S, S, 3)
+        for f in range(t):
+            col = f % grid
+            px[f, :patch, col * patch:(col + 1) * patch] = 250
+        cells = px.reshape(t, grid, patch, grid, patch, 3).transpose(0, 1, 3, 2, 4, 5)
+        codes = pixel_code(cells, vocab_size).astype(np.int16)  # (T, grid, grid)
+        w.add(VideoRecord(source_index=i, video_id=f"v{i:03d}.mp4", label=i % num_classes, codes=codes,
+                          timestamps=np.arange(t, dtype=np.float64) / 2.0, frames=px))
+    w.finalize()
+    return path

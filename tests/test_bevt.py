@@ -121,3 +121,31 @@ def test_joint_sampler_holds_the_image_ratio_over_an_epoch_and_resumes_exactly()
     first = [next(iter(s)) for s in two]
     imgs = [k for b in first for k in b if k[0] == IMAGE]
     assert len(imgs) == 4 and len({k[2] for k in imgs}) == 4  # ranks take different images
+
+
+def test_a_masked_patch_target_is_the_code_of_that_patch_at_that_frame(tmp_path):
+    """Codes are a known function of the pixels (store_factory.pixel_code): every masked position's target, as the
+    loader hands it to the model, is that function of the patch the model reads at that frame and place."""
+    import sys, os
+    sys.path.insert(0, os.path.dirname(__file__))
+    from store_factory import make_pixel_store, pixel_code
+
+    from video2token.store import TokenStore
+    from vimpac.data.pretrain_clips import ClipPairDataset, ClipSampling, PairCollate, PairOptions
+
+    store = TokenStore(make_pixel_store(str(tmp_path / "px"), num_videos=6, vocab_size=16))
+    for masking in ("block", "tube"):
+        ds = ClipPairDataset([store], ClipSampling(clip_len=3, mask_blocks=3, masking=masking), seed=1, pixels=True)
+        for options in (PairOptions(), PairOptions(fgbg_merge=1.0, bg_erase=0.5, reverse_negatives=True)):
+            batch = PairCollate(options, patch=4)([ds[(0, k)] for k in range(4)])
+            frames = batch["frames"].flatten(0, 1)  # (V*B, T, 16, 16, 3)
+            cells = frames.reshape(*frames.shape[:2], 4, 4, 4, 4, 3).permute(0, 1, 2, 4, 3, 5, 6).numpy()
+            expect = torch.from_numpy(pixel_code(cells, 16)).reshape(-1)  # (V*B*T*h*w,) in the model's token order
+            kept = batch["mask_target"] != -100
+            index, target = batch["mask_index"][kept], batch["mask_target"][kept]
+            assert len(target) > 0 and torch.equal(target, expect[index]), (masking, options)
+            # and the model cuts the same patches: patch (t, i, j) is frames[t, 4i:4i+4, 4j:4j+4]
+            emb = VimpacForPretraining(pixel_cfg()).backbone.embeddings
+            p = emb.patches(frames[:1])  # (1, T, 4, 4, 48)
+            ref = frames[0, 1, 4:8, 8:12].reshape(-1).float() * (2 / 255) - 1
+            torch.testing.assert_close(p[0, 1, 1, 2], ref)
