@@ -18,11 +18,11 @@ config.json are what fine-tuning loads), curves.png, mask_examples.png, summary.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
+from video2token.atomic import atomic_write_json
 from video2token.cli import HelpFormatter
 
 from vimpac.data import registry
@@ -169,8 +169,7 @@ def main(argv: list[str] | None = None, *, hooks: LoopHooks | None = None) -> in
               f"{summary['steps_this_run']} steps in {summary['seconds']} s = {summary['videos_per_s']} videos/s "
               f"({summary['precision']}), {summary['skipped_steps']} skipped; {train}; {valid}; "
               f"checkpoint {summary['checkpoint']}", flush=True)
-        with open(os.path.join(a.output, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
+        atomic_write_json(os.path.join(a.output, "summary.json"), summary)
     return 0
 
 

@@ -28,8 +28,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -39,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..atomic import follow_umask
+from ..atomic import atomic_path, atomic_write_text
 from ..checksum import sha256_file
 from ..devices import default_device
 from ..precision import Precision, resolve_precision
@@ -407,17 +405,11 @@ def _fetch(url: str, cache_dir: Path) -> Path:
         with requests.get(url, stream=True, timeout=60) as resp:
             resp.raise_for_status()
             total = int(resp.headers.get("content-length", 0)) or None
-            fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{name}.", suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=name) as bar:
+            with atomic_path(str(target)) as tmp:
+                with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=name) as bar:
                     for chunk in resp.iter_content(chunk_size=1 << 20):
                         f.write(chunk)
                         bar.update(len(chunk))
-                follow_umask(tmp)  # mkstemp makes 0600: a shared cache must stay readable to the group
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
     except requests.RequestException as e:
         raise TokenizerError(f"could not download {url}: {e}") from e
     print(f"downloaded {url} -> {target} ({target.stat().st_size / 1e6:.1f} MB)")
@@ -472,8 +464,9 @@ def convert(encoder: str | Path, out: str | Path, *, decoder: str | Path | None 
         cfg[section] = {k: int(getattr(module, k)) for k in names}
         cfg["source"][f"{section}_sha256"] = sha256_file(src)
         state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-        save_file(state, str(out / f"{section}.safetensors"))
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        with atomic_path(str(out / f"{section}.safetensors")) as tmp:
+            save_file(state, tmp)
+    atomic_write_text(str(out / "config.json"), json.dumps(cfg, indent=2) + "\n")
     print(f"converted {encoder}{' + ' + str(decoder) if decoder else ''} -> {out} "
           f"(config.json, {', '.join(s + '.safetensors' for s, *_ in parts)})")
     return out

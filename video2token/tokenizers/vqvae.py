@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from video2token.atomic import atomic_path, fsync_dir
+from video2token.atomic import atomic_path, atomic_write_text, fsync_dir
 from video2token.checksum import sha256_file
 from video2token.devices import default_device
 from video2token.precision import resolve_precision
@@ -48,12 +48,7 @@ def save_vqvae(model: VQVAE, out_dir: str) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(os.path.join(out_dir, WEIGHTS_FILE)) as tmp:
         save_file(state, tmp, metadata={"format": "pt", "model": "video2token.vqvae_model.VQVAE"})
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a tokenizer is meant to be shared
-    with atomic_path(os.path.join(out_dir, CONFIG_FILE)) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(model.config.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
+    atomic_write_text(os.path.join(out_dir, CONFIG_FILE), json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
     fsync_dir(out_dir)
 
 
