@@ -23,7 +23,7 @@ import sys
 
 import torch
 
-from video2token.precision import resolve_precision
+from video2token.precision import read_cpu_bf16, resolve_precision
 
 from video2token.cli import HelpFormatter
 
@@ -106,8 +106,8 @@ def check_vocab(a: argparse.Namespace, data: LabelledData) -> None:
                          f"flag or use stores of that tokenizer")
 
 
-def run(a: argparse.Namespace, hooks: LoopHooks | None) -> tuple[dict, bool]:
-    """Fine-tune (or only evaluate) -> (results, whether this process prints)."""
+def run(a: argparse.Namespace, hooks: LoopHooks | None, cpu_bf16: bool | None = None) -> tuple[dict, bool]:
+    """Fine-tune (or only evaluate) -> (results, whether this process prints); `cpu_bf16`: VIMPAC_CPU_BF16."""
     try:
         clip_counts = parse_clip_counts(a.last_test_clips)
     except ValueError as e:
@@ -120,7 +120,7 @@ def run(a: argparse.Namespace, hooks: LoopHooks | None) -> tuple[dict, bool]:
     settings = EvalSettings(batch_size=a.eval_batch_size, max_videos=a.eval_max_videos, progress=a.tqdm)
     if a.eval_only:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        precision = resolve_precision(a.precision, device)
+        precision = resolve_precision(a.precision, device, cpu_bf16=cpu_bf16)
         print(f"[finetune] {precision.describe()}", flush=True)
         return evaluate_finetuned(eval_path, data, settings, precision=precision.name, device=device, out=a.output,
                                   clip_len=a.clip_len, clip_counts=clip_counts), True
@@ -128,14 +128,17 @@ def run(a: argparse.Namespace, hooks: LoopHooks | None) -> tuple[dict, bool]:
                           last_dropout=a.last_dropout, linear_probe=a.linear_probe, from_scratch=a.from_scratch,
                           grad_checkpointing=a.grad_checkpointing, layers=a.layers, hid_dim=a.hid_dim)
     task = FinetuneTask(data, init, settings, seed=a.seed, clip_counts=clip_counts, output=a.output)
-    cfg = loop_config(a, epochs=a.epochs or data.default_epochs, default_batch=BATCH, default_bs_per_gpu=BS_PER_GPU)
+    cfg = loop_config(a, epochs=a.epochs or data.default_epochs, default_batch=BATCH, default_bs_per_gpu=BS_PER_GPU,
+                      cpu_bf16=cpu_bf16)
     loop = TrainLoop(cfg, task, hooks=hooks)
     return loop.fit(), loop.main
 
 
 def main(argv: list[str] | None = None, *, hooks: LoopHooks | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    result = run_guarded(lambda: run(a, hooks))
+    p = build_parser()
+    a = p.parse_args(argv)
+    cpu_bf16 = read_cpu_bf16(p, os.environ)
+    result = run_guarded(lambda: run(a, hooks, cpu_bf16))
     if result is None:
         return 2
     summary, prints = result

@@ -24,6 +24,7 @@ from typing import Any
 
 from video2token.atomic import atomic_write_json
 from video2token.cli import HelpFormatter
+from video2token.precision import read_cpu_bf16
 
 from vimpac.data import registry
 from vimpac.data.pretrain_clips import MASKINGS, ClipSampling
@@ -150,10 +151,12 @@ def build_task(a: argparse.Namespace) -> PretrainTask:
 
 
 def main(argv: list[str] | None = None, *, hooks: LoopHooks | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    p = build_parser()
+    a = p.parse_args(argv)
+    cpu_bf16 = read_cpu_bf16(p, os.environ)
 
     def run() -> tuple[dict[str, Any], bool]:
-        cfg = loop_config(a, epochs=a.epochs, default_batch=BATCH, default_bs_per_gpu=BS_PER_GPU)
+        cfg = loop_config(a, epochs=a.epochs, default_batch=BATCH, default_bs_per_gpu=BS_PER_GPU, cpu_bf16=cpu_bf16)
         loop = TrainLoop(cfg, build_task(a), hooks=hooks)
         return loop.fit(), loop.main
 

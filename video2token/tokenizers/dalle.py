@@ -240,9 +240,9 @@ class DalleTokenizer(Tokenizer):
     def __init__(self, encoder: nn.Module, *, decoder: nn.Module | None = None, path: str = "",
                  sha256: str = "", decoder_path: str | None = None, decoder_sha256: str | None = None,
                  device: str | torch.device = "cpu", precision: str = "auto", batch_size: int = 32,
-                 extra: dict[str, Any] | None = None):
+                 extra: dict[str, Any] | None = None, cpu_bf16: bool | None = None):
         self.device = torch.device(device)
-        self.policy: Precision = resolve_precision(precision, self.device)
+        self.policy: Precision = resolve_precision(precision, self.device, cpu_bf16=cpu_bf16)
         self.precision = self.policy.name  # "fp32" | "bf16" | "fp16", recorded by describe()
         self.encoder = encoder.eval().to(self.device)
         self.decoder = None if decoder is None else decoder.eval().to(self.device)
@@ -264,11 +264,12 @@ class DalleTokenizer(Tokenizer):
     @classmethod
     def load(cls, path: str, decoder_path: str | None = None, device: str | None = None, *,
              precision: str = "auto", batch_size: int = 32,
-             cache_dir: str | Path | None = None) -> "DalleTokenizer":
+             cache_dir: str | Path | None = None, cpu_bf16: bool | None = None) -> "DalleTokenizer":
         """Load from `path`: an `encoder.pkl` file, an http(s) URL of one (downloaded once to
         `cache_dir`, default ~/.cache/vimpac/dalle), a directory with `encoder.pkl`
         [+ `decoder.pkl`], or a directory made by `convert`. `device` None: video2token.devices.default_device()
-        (cuda:LOCAL_RANK under torchrun / srun); `precision` is a `--precision` value (auto, fp32, bf16, fp16)."""
+        (cuda:LOCAL_RANK under torchrun / srun); `precision` is a `--precision` value (auto, fp32, bf16, fp16),
+        `cpu_bf16` the user's VIMPAC_CPU_BF16 (video2token.precision)."""
         device = device or default_device()
         cache = Path(cache_dir).expanduser() if cache_dir is not None else CACHE_DIR.expanduser()
         enc_file = _fetch(path, cache) if _is_url(path) else Path(path).expanduser()
@@ -280,7 +281,7 @@ class DalleTokenizer(Tokenizer):
         if not enc_file.exists():
             raise TokenizerError(f"DALL-E encoder not found: {enc_file} (expected encoder.pkl, a "
                                  f"directory containing it, or a directory made by `convert`)")
-        common = dict(device=device, precision=precision, batch_size=batch_size)
+        common = dict(device=device, precision=precision, batch_size=batch_size, cpu_bf16=cpu_bf16)
         if enc_file.is_dir() and (enc_file / "config.json").is_file():
             return cls._load_converted(enc_file, dec_file, **common)
         if enc_file.is_dir():

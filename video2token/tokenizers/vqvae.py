@@ -105,8 +105,8 @@ class VQVAETokenizer(Tokenizer):
     name = "vqvae"
 
     def __init__(self, model: VQVAE, *, path: str, sha256: str, device: torch.device, precision: str = "auto",
-                 batch_size: int = 64):
-        self.policy = resolve_precision(precision, device)
+                 batch_size: int = 64, cpu_bf16: bool | None = None):
+        self.policy = resolve_precision(precision, device, cpu_bf16=cpu_bf16)
         self.model = model
         self.config = model.config
         self.vocab_size = model.config.vocab_size
@@ -119,13 +119,14 @@ class VQVAETokenizer(Tokenizer):
 
     @classmethod
     def load(cls, path: str, device: str | torch.device | None = None,
-             precision: str = "auto") -> "VQVAETokenizer":
+             precision: str = "auto", *, cpu_bf16: bool | None = None) -> "VQVAETokenizer":
         """Load `path/config.json` + `path/model.safetensors`. device None = video2token.devices.default_device();
-        `precision` is a `--precision` value (auto, fp32, bf16, fp16; see video2token.precision)."""
+        `precision` is a `--precision` value (auto, fp32, bf16, fp16) and `cpu_bf16` the user's VIMPAC_CPU_BF16
+        (see video2token.precision)."""
         path = os.path.abspath(os.fspath(path))
         dev = torch.device(device if device is not None else default_device())
         model, sha = load_model(path, dev)
-        return cls(model, path=path, sha256=sha, device=dev, precision=precision)
+        return cls(model, path=path, sha256=sha, device=dev, precision=precision, cpu_bf16=cpu_bf16)
 
     @property
     def has_decoder(self) -> bool:
