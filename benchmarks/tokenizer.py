@@ -142,7 +142,8 @@ def main() -> int:
     print(chosen.describe(), flush=True)
     if a.speed_only:
         return speed_only(a, chosen.name, cpu_bf16)
-    results: dict = {"machine": machine_line(cpu_bf16), "precision": chosen.describe(), "threads": torch.get_num_threads(),
+    results: dict = {"machine": machine_line(cpu_bf16), "precision": chosen.describe(),
+                     "threads": torch.get_num_threads(),
                      "load_avg_start": os.getloadavg()}
 
     demo = os.path.join(a.out, "demo")

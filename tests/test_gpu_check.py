@@ -59,7 +59,8 @@ GIT_ENV = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.inva
 
 
 def _git(cwd, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, check=True, capture_output=True, text=True).stdout.strip()
+    proc = subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, check=True, capture_output=True, text=True)
+    return proc.stdout.strip()
 
 
 def _report_git(tmp_path, monkeypatch, repo, **kwargs) -> dict:

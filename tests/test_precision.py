@@ -121,7 +121,8 @@ def test_override_refuses_other_values(capsys):
         policy.read_cpu_bf16(parser, {policy.CPU_BF16_ENV: "maybe"})
     assert e.value.code == 2
     assert "python -m tool: error: VIMPAC_CPU_BF16 must be 1 or 0 (or unset), got 'maybe'" in capsys.readouterr().err
-    assert policy.read_cpu_bf16(parser, {}) is None and policy.read_cpu_bf16(parser, {policy.CPU_BF16_ENV: "0"}) is False
+    assert policy.read_cpu_bf16(parser, {}) is None
+    assert policy.read_cpu_bf16(parser, {policy.CPU_BF16_ENV: "0"}) is False
 
 
 # the smallest argument list each entry point parses; a bad VIMPAC_CPU_BF16 must stop it right after parsing

@@ -370,7 +370,8 @@ def git_record(repo: str, commit: str | None) -> dict:
         elif dirty.stdout.strip():
             n, sha = len(dirty.stdout.splitlines()), head.stdout.strip()
             return {"commit": UNKNOWN_COMMIT, "head": sha, "modified_files": n,
-                    "note": f"{n} tracked files differ from HEAD {sha[:10]}; the working tree may differ from any commit"}
+                    "note": f"{n} tracked files differ from HEAD {sha[:10]}; the working tree may differ from "
+                            f"any commit"}
         else:
             return {"commit": head.stdout.strip(), "source": "git rev-parse HEAD, tracked files unchanged",
                     "modified_files": 0}

@@ -48,7 +48,8 @@ def save_vqvae(model: VQVAE, out_dir: str) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(os.path.join(out_dir, WEIGHTS_FILE)) as tmp:
         save_file(state, tmp, metadata={"format": "pt", "model": "video2token.vqvae_model.VQVAE"})
-    atomic_write_text(os.path.join(out_dir, CONFIG_FILE), json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(os.path.join(out_dir, CONFIG_FILE),
+                      json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
     fsync_dir(out_dir)
 
 
