@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from video2token.extract import ExtractConfig, run  # noqa: E402
+from video2token.precision import read_cpu_bf16  # noqa: E402
 from video2token.tokenizers import load_tokenizer  # noqa: E402
 from video2token.video import read_video  # noqa: E402
 from video2token.videowriter import write_video  # noqa: E402
@@ -74,15 +75,15 @@ def encoder_only(tok, frames: np.ndarray, batch: int, repeats: int = 1) -> float
     return n / (time.perf_counter() - t0)
 
 
-def bench_one(name, kind, tok_path, root, anno, size, fps, batch, workers, tmp) -> dict:
-    tok = load_tokenizer(kind, tok_path, batch_size=batch)
+def bench_one(name, kind, tok_path, root, anno, size, fps, batch, workers, tmp, cpu_bf16) -> dict:
+    tok = load_tokenizer(kind, tok_path, batch_size=batch, cpu_bf16=cpu_bf16)
     frames = np.concatenate([read_video(os.path.join(root, v), fps, size, size)[0] for v in
                              [ln.split()[0] for ln in open(anno)]])
     repeats = max(1, int(np.ceil(256 / len(frames)))) if "vqvae" in name else 1
     enc = encoder_only(tok, frames, batch, repeats)
     cfg = ExtractConfig(video_root=root, anno=(anno,), output=os.path.join(tmp, f"store_{name}"), fps=fps,
                         frame_shorter_side=size, crop_size=size, tokenizer=kind, tokenizer_path=tok_path,
-                        batch_size=batch, num_workers=workers, progress=False, overwrite=True)
+                        batch_size=batch, num_workers=workers, progress=False, overwrite=True, cpu_bf16=cpu_bf16)
     t0 = time.perf_counter()
     summary = run(cfg)
     wall = time.perf_counter() - t0
@@ -100,6 +101,7 @@ def main() -> None:
     p.add_argument("--skip-dalle", action="store_true")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
+    cpu_bf16 = read_cpu_bf16(p, os.environ)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "videos")
@@ -110,10 +112,10 @@ def main() -> None:
         vq = make_vqvae(os.path.join(tmp, "vqvae"))
         if not a.skip_dalle:
             rows.append(bench_one("dalle", "dalle", make_dalle(os.path.join(tmp, "encoder.pkl")), root, anno, 128,
-                                  a.fps, 16, a.workers, tmp))
+                                  a.fps, 16, a.workers, tmp, cpu_bf16))
         # the small tokenizer is fast enough that decoding dominates: sample more frames
-        rows.append(bench_one("vqvae", "vqvae", vq, root, anno, 64, a.fps * 4, 64, 2, tmp))
-        rows.append(bench_one("vqvae", "vqvae", vq, root, anno, 128, a.fps * 4, 64, 2, tmp))
+        rows.append(bench_one("vqvae", "vqvae", vq, root, anno, 64, a.fps * 4, 64, 2, tmp, cpu_bf16))
+        rows.append(bench_one("vqvae", "vqvae", vq, root, anno, 128, a.fps * 4, 64, 2, tmp, cpu_bf16))
     if a.json:
         print(json.dumps(rows))
         return

@@ -18,7 +18,8 @@ def cpu_model() -> str:
     return device_name(torch.device("cpu"))
 
 
-def machine_line() -> str:
-    native, why = cpu_native_bf16()
+def machine_line(cpu_bf16: bool | None = None) -> str:
+    """`cpu_bf16`: the user's VIMPAC_CPU_BF16, read by the benchmark's main (video2token.precision.read_cpu_bf16)."""
+    native, why = cpu_native_bf16(forced=cpu_bf16)
     return (f"{cpu_model()} ({device_name(torch.device('cpu'))}), {torch.get_num_threads()} threads, torch "
             f"{torch.__version__}, native bf16: {'yes' if native else 'no'} ({why})")

@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from video2token.precision import add_precision_flag, resolve_precision  # noqa: E402
+from video2token.precision import add_precision_flag, read_cpu_bf16, resolve_precision  # noqa: E402
 from benchmarks.machine import machine_line  # noqa: E402
 from video2token.tokenizers.vqvae import VQVAETokenizer, save_vqvae  # noqa: E402
 from video2token.video import read_video  # noqa: E402
@@ -103,13 +103,13 @@ def encode_speeds(tok_dir: str, precisions: list[str], seconds: float) -> dict:
             for prec in precisions for size in (64, 128)}
 
 
-def speed_only(a: argparse.Namespace, chosen: str) -> int:
+def speed_only(a: argparse.Namespace, chosen: str, cpu_bf16: bool | None) -> int:
     tok_dir = a.tokenizer
     if tok_dir is None:  # the trainer's default architecture (the benchmark trains vocab 512, stride 8)
         tok_dir = os.path.join(a.out, "random_vqvae")
         torch.manual_seed(0)
         save_vqvae(VQVAE(VQVAEConfig(vocab_size=512, downsample=8)).eval(), tok_dir)
-    results = {"machine": machine_line(), "threads": torch.get_num_threads(), "tokenizer": tok_dir,
+    results = {"machine": machine_line(cpu_bf16), "threads": torch.get_num_threads(), "tokenizer": tok_dir,
                "trained": a.tokenizer is not None, **encode_speeds(tok_dir, speed_precisions(chosen), a.encode_seconds)}
     with open(os.path.join(a.out, "speed.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -134,14 +134,16 @@ def main() -> int:
     p.add_argument("--encode-seconds", type=float, default=8.0, help="timed seconds per encode-speed cell")
     add_precision_flag(p)
     a = p.parse_args()
+    cpu_bf16 = read_cpu_bf16(p, os.environ)
     if a.threads:
         torch.set_num_threads(a.threads)
     os.makedirs(a.out, exist_ok=True)
-    chosen = resolve_precision(a.precision, "cpu")
+    chosen = resolve_precision(a.precision, "cpu", cpu_bf16=cpu_bf16)
     print(chosen.describe(), flush=True)
     if a.speed_only:
-        return speed_only(a, chosen.name)
-    results: dict = {"machine": machine_line(), "precision": chosen.describe(), "threads": torch.get_num_threads(),
+        return speed_only(a, chosen.name, cpu_bf16)
+    results: dict = {"machine": machine_line(cpu_bf16), "precision": chosen.describe(),
+                     "threads": torch.get_num_threads(),
                      "load_avg_start": os.getloadavg()}
 
     demo = os.path.join(a.out, "demo")

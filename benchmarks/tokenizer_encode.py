@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -33,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from video2token.precision import add_precision_flag, resolve_precision  # noqa: E402
+from video2token.precision import add_precision_flag, read_cpu_bf16, resolve_precision  # noqa: E402
 from benchmarks.machine import machine_line  # noqa: E402
 from video2token.tokenizers.dalle import DalleTokenizer  # noqa: E402
 
@@ -58,6 +59,7 @@ def main() -> None:
     add_precision_flag(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = parser.parse_args()
+    cpu_bf16 = read_cpu_bf16(parser, os.environ)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -65,8 +67,8 @@ def main() -> None:
     torch.manual_seed(0)
     encoder = Encoder().eval()  # n_hid=256, n_blk_per_group=2, vocab_size=8192
     ours32 = DalleTokenizer(encoder, device="cpu", precision="fp32")
-    policy = resolve_precision(args.precision, "cpu")
-    print(f"machine: {machine_line()}\n{policy.describe()}", file=sys.stderr, flush=True)
+    policy = resolve_precision(args.precision, "cpu", cpu_bf16=cpu_bf16)
+    print(f"machine: {machine_line(cpu_bf16)}\n{policy.describe()}", file=sys.stderr, flush=True)
 
     def package_fp32(x: torch.Tensor) -> torch.Tensor:
         return encoder(x.contiguous()).argmax(1)
@@ -105,7 +107,7 @@ def main() -> None:
                              "vs_package_fp32": fps / base,
                              "argmax_agreement": float((codes[name] == ref).float().mean())})
             print(f"batch {b} done", file=sys.stderr, flush=True)
-    facts = {"machine": machine_line(), "frame_size": args.frame_size, "threads": torch.get_num_threads(),
+    facts = {"machine": machine_line(cpu_bf16), "frame_size": args.frame_size, "threads": torch.get_num_threads(),
              "reps": args.reps, "reps_cut_by_budget": cut_short, "torch": torch.__version__,
              "wall_s": round(time.perf_counter() - started, 1), "precision": policy.describe()}
     if args.json:

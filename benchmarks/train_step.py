@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -52,7 +53,7 @@ from vimpac.data.masking import apply_mask, block_mask, expected_block_mask_rati
 from vimpac.data.pretrain_clips import MASK_PAD_TO  # noqa: E402
 from vimpac.model.masked import MaskedTargets  # noqa: E402
 from vimpac.model.transformer import VimpacForPretraining  # noqa: E402
-from video2token.precision import Precision, autocast, resolve_precision  # noqa: E402
+from video2token.precision import Precision, autocast, read_cpu_bf16, resolve_precision  # noqa: E402
 from benchmarks.machine import cpu_model  # noqa: E402
 
 SWEEP_LAYOUTS = ("T,H|W", "T,H,W", "THW")
@@ -403,10 +404,10 @@ def sweep(args: argparse.Namespace, device: torch.device) -> None:
 
 # ----------------------------------------------------------------------------- CLI
 
-def reference_precisions(device: torch.device) -> list[str]:
+def reference_precisions(device: torch.device, cpu_bf16: bool | None = None) -> list[str]:
     """The precisions the reference runs at: fp32 and what `auto` picks here, i.e. only native ones
     (bf16 on an AVX2-only CPU is emulated: a step would take minutes and say nothing)."""
-    auto = resolve_precision("auto", device).name
+    auto = resolve_precision("auto", device, cpu_bf16=cpu_bf16).name
     return ["fp32"] if auto == "fp32" else ["fp32", auto]
 
 
@@ -484,7 +485,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         print(json.dumps(worker(args, cfg, device)))
         return
-    prec = resolve_precision(args.precision, device)
+    cpu_bf16 = read_cpu_bf16(ap, os.environ)
+    prec = resolve_precision(args.precision, device, cpu_bf16=cpu_bf16)
     args.precision = prec.name
     if args.sweep:
         sweep(args, device)
@@ -492,7 +494,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from tqdm import tqdm
     ref_impl = "original" if args.original_repo else "naive"
-    native = reference_precisions(device)
+    native = reference_precisions(device, cpu_bf16)
     ref_precs = {"native": native, "same": [p for p in native if p == prec.name], "none": []}[args.reference]
     specs = [f"vimpac@{prec.name}"] + [f"{ref_impl}@{p}" for p in ref_precs]
     skipped = skipped_references(ref_impl, prec, args.reference)

@@ -284,13 +284,13 @@ def _main_args(root, anno, out, kind, tok, *extra):
 @pytest.mark.parametrize("kind", ["vqvae", "dalle"])
 def test_precision_flag_is_recorded_and_never_mixed(video_root, tiny_vqvae, tiny_dalle, tmp_path, capsys, kind):
     from video2token.extract import main
-    from video2token.precision import resolve_precision
+    from video2token.precision import cpu_bf16_override, resolve_precision
     from video2token.tokenizers import load_tokenizer
     from video2token.video import read_video
 
     tok_path = {"vqvae": tiny_vqvae, "dalle": tiny_dalle}[kind]
     anno = _list(tmp_path, ["good/v0.mp4 0", "good/v1.mp4 1"])
-    auto = resolve_precision("auto", "cpu")
+    auto = resolve_precision("auto", "cpu", cpu_bf16=cpu_bf16_override(os.environ))  # as main resolves it
     # no flag: auto, resolved for this CPU, printed once and recorded
     assert main(_main_args(video_root, anno, tmp_path / "auto", kind, tok_path, "--device", "cpu")) == 0
     assert capsys.readouterr().err.count(f"[extract] {kind} tokenizer: precision {auto.name} on cpu") == 1

@@ -41,7 +41,8 @@ def test_dry_run_records_a_failed_step_and_goes_on(tmp_path):
     empty.mkdir()
     proc = subprocess.run(["bash", "scripts/gpu_check.sh", str(out), "--cpu-dry-run", "--only", "cuda_tests",
                            "--work", str(work), "--wheels", str(empty)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=240, env=dict(os.environ, PYTHON=sys.executable))
+                          cwd=ROOT, capture_output=True, text=True, timeout=240,
+                          env=dict(os.environ, PYTHON=sys.executable, GPU_CHECK_COMMIT="0123ABCD"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     report = json.loads((out / "report.json").read_text())
     steps = report["steps"]
@@ -49,3 +50,70 @@ def test_dry_run_records_a_failed_step_and_goes_on(tmp_path):
     assert steps["env"]["status"] == "pass" and steps["env"]["torch"]
     assert steps["cuda_tests"]["status"] == "pass" and steps["cuda_tests"]["tests"] >= 1
     assert set(os.listdir(out)) == {"report.json", "report.md", "logs.tar.gz"}
+    assert report["git"] == {"commit": "0123abcd", "source": "--commit"}  # GPU_CHECK_COMMIT, read by the script
+    assert "git 0123abcd;" in (out / "report.md").read_text()
+
+
+GIT_ENV = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@example.invalid", GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")
+
+
+def _git(cwd, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, check=True, capture_output=True, text=True)
+    return proc.stdout.strip()
+
+
+def _report_git(tmp_path, monkeypatch, repo, **kwargs) -> dict:
+    """The "git" record a check started in `repo` writes (run.py measures the tree it lives in: REPO)."""
+    monkeypatch.setattr(run, "REPO", str(repo))
+    c = run.Check(run.DRY, str(tmp_path / "out"), str(tmp_path / "work"), str(tmp_path / "wheels"), sys.executable,
+                  60.0, **kwargs)
+    return c.report
+
+
+def _checkout(path):
+    path.mkdir()
+    _git(path, "init", "-q")
+    (path / "code.py").write_text("x = 1\n")
+    _git(path, "add", "code.py")
+    _git(path, "commit", "-qm", "first")
+    return _git(path, "rev-parse", "HEAD")
+
+
+def test_a_copy_without_git_refs_records_no_stale_commit(tmp_path, monkeypatch):
+    """The device machine's copy of the tree: inside another checkout git would name that one's HEAD; with an
+    empty .git, `git rev-parse HEAD` prints "HEAD". Neither is the commit measured."""
+    parent = tmp_path / "parent"
+    _checkout(parent)
+    inside = parent / "copy"  # untracked in the parent
+    inside.mkdir()
+    no_refs = tmp_path / "no_refs"
+    no_refs.mkdir()
+    _git(no_refs, "init", "-q")
+    for repo in (inside, no_refs):
+        report = _report_git(tmp_path, monkeypatch, repo)
+        assert report["git"]["commit"] == "unknown (pass --commit)", (repo, report["git"])
+        assert "the working tree may differ from any commit" in report["git"]["note"]
+        assert "git unknown (pass --commit): " in run.render_markdown(report)
+
+
+def test_git_commit_only_for_an_unchanged_checkout_and_commit_flag_wins(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    head = _checkout(repo)
+    (repo / "new_untracked.txt").write_text("not part of the measured code's identity")
+    git = _report_git(tmp_path, monkeypatch, repo)["git"]
+    assert git["commit"] == head and git["modified_files"] == 0
+    (repo / "code.py").write_text("x = 2\n")
+    git = _report_git(tmp_path, monkeypatch, repo)["git"]
+    assert git["commit"] == "unknown (pass --commit)" and git["head"] == head and git["modified_files"] == 1
+    assert f"1 tracked files differ from HEAD {head[:10]}" in git["note"]
+    assert _report_git(tmp_path, monkeypatch, repo, commit="feedbeef")["git"] == {"commit": "feedbeef",
+                                                                                 "source": "--commit"}
+
+
+def test_commit_flag_must_be_a_hash(tmp_path):
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh", str(tmp_path / "out"), "--commit", "HEAD~1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHON=sys.executable))
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    assert "argument --commit: expected a git commit hash (7 to 40 hex digits" in proc.stderr
+    assert "got 'HEAD~1'" in proc.stderr

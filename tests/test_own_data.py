@@ -3,14 +3,19 @@
 Only the flags a newcomer must give: no batch, tokenizer-kind or precision flags (the model is
 shrunk and the runs shortened so the test stays quick; those flags change no default that the
 path depends on). One truncated file among the videos given to predict.
+
+The same path, shrunk further, under umask 022 and 027: every file and folder a stage writes
+(stores, checkpoints, logs, PNGs, CSVs, the release) has the mode a plain open() / mkdir() gives.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,8 +23,9 @@ ENV = dict(os.environ, PYTHONPATH=str(REPO))
 TINY_MODEL = ["--layers", "1", "--hid-dim", "32", "--heads", "2", "--nce-proj-hid-dim", "32"]
 
 
-def _run(*args: str, ok: bool = True, cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+def _run(*args: str, ok: bool = True, cwd: Path, umask: int | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600,
+                          umask=-1 if umask is None else umask)
     if ok:
         assert proc.returncode == 0, f"{args[:2]} exited {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -90,3 +96,49 @@ def test_own_videos_to_predictions_with_default_flags(tmp_path):
     again = json.loads(r.stdout)
     assert again["failed"] == 0 and [Path(x["video"]).name for x in again["results"]] == [videos[1].name]
     assert again["results"][0]["top"][0]["label"] == classified[videos[1].name]["top"][0]["label"]
+
+
+def _tiny_run(out: Path, umask: int) -> list[Path]:
+    """The own-data path, shrunk, with every stage under `umask` -> every path written under `out`."""
+    out.mkdir()
+    os.chmod(out, 0o777 & ~umask)  # made by the test, under the test's own umask
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return _run(*args, cwd=out, umask=umask)
+
+    run("-m", "video2token.synthetic", "--out", "data", "--num-pool", "0", "--num-train", "4", "--num-val", "0",
+        "--size", "32", "--seconds", "1")
+    anno, labels = "data/motion_train_videos.txt", "data/labels_motion.txt"
+    run("-m", "video2token.train_tokenizer", "--video-root", "data", "--anno", anno, "--fps", "4", "--frame-size", "32",
+        "--vocab-size", "16", "--channels", "8", "--max-channels", "8", "--code-dim", "8", "--num-res-blocks", "1",
+        "--steps", "2", "--batch-size", "2", "--output", "tok", "--no-progress")
+    run("-m", "video2token.extract", "--video-root", "data", "--anno", anno, "--label-names", labels, "--fps", "4",
+        "--frame-shorter-side", "32", "--crop-size", "32", "--tokenizer-path", "tok", "--output", "tokens",
+        "--num-workers", "0", "--no-progress")
+    data = ["--train-tokens", "tokens", "--valid-tokens", "tokens", "--clip-len", "2", "--epochs", "1",
+            "--num-workers", "0", "--no-tqdm"]
+    run("-m", "vimpac.pretrain", *data, "--output", "pre", *TINY_MODEL)
+    run("-m", "vimpac.finetune", "--load", "pre/last", *data, "--output", "ft")
+    run("-m", "vimpac.export", "--checkpoint", "ft", "--output", "release", "--with-tokenizer")
+    run("-m", "video2token.visualize", "tokens", "videos/train/train_000000.mp4", "--out", "pictures/grid.png",
+        "--max-frames", "2", "--device", "cpu")
+    return sorted(p for p in out.rglob("*") if not p.is_symlink())
+
+
+def test_every_file_written_follows_the_umask(tmp_path):
+    """Both umasks' runs at once (each stage is mostly one core: imports, tiny models)."""
+    umasks = (0o022, 0o027)
+    with ThreadPoolExecutor(len(umasks)) as pool:
+        runs = dict(zip(umasks, pool.map(lambda m: _tiny_run(tmp_path / f"umask{m:03o}", m), umasks)))
+    for umask, written in runs.items():
+        out = tmp_path / f"umask{umask:03o}"
+        names = {p.relative_to(out).as_posix() for p in written}
+        for expected in ("tok/last/optimizer.safetensors", "tokens/meta.json", "pre/last/model.safetensors",
+                         "pre/metrics.jsonl", "pre/curves.png", "ft/results.json", "ft/predictions.csv",
+                         "release/model.safetensors", "release/tokenizer/model.safetensors", "pictures/grid.png"):
+            assert expected in names, f"{expected} was not written; the walk would miss it"
+        assert any(n.startswith("pre/tensorboard/events.") for n in names)
+        wrong = [f"{p.relative_to(out)}: {stat.S_IMODE(p.stat().st_mode):04o}" for p in written
+                 if stat.S_IMODE(p.stat().st_mode) != (0o777 if p.is_dir() else 0o666) & ~umask]
+        assert not wrong, (f"{len(wrong)} of {len(written)} paths do not have the mode umask {umask:04o} gives "
+                           f"(files {0o666 & ~umask:04o}, folders {0o777 & ~umask:04o}):\n" + "\n".join(wrong))

@@ -2,10 +2,16 @@
 
 CPUs are faked by monkeypatching what torch reports (`cpu_capabilities`), GPUs by monkeypatching
 torch.cuda's capability query, so every branch runs on any machine (AMX, AVX2-only, capped, no GPU).
+VIMPAC_CPU_BF16 is read by the entry points only and passed down as `cpu_bf16`.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,8 +27,6 @@ AVX512_BF16_ONLY = {"cpu_name": "AMD EPYC 9004", "avx2": True, "avx512_f": True,
 
 @pytest.fixture
 def fake_cpu(monkeypatch):
-    monkeypatch.delenv(policy.CPU_BF16_ENV, raising=False)  # a user's override would hide the faked CPU
-
     def use(caps: dict) -> None:
         monkeypatch.setattr(policy, "cpu_capabilities", lambda: dict(caps))
     return use
@@ -80,10 +84,9 @@ def test_uncapped_amx_with_isa_report_is_native(fake_cpu):
 @pytest.mark.parametrize("value, caps, name", [("0", AMX_XEON, "fp32"), ("no", AMX_XEON, "fp32"),
                                                ("1", AVX2_EPYC, "bf16"), ("true", AVX2_EPYC, "bf16"),
                                                ("", AMX_XEON, "bf16"), ("auto", AVX2_EPYC, "fp32")])
-def test_env_override_forces_either_answer(fake_cpu, monkeypatch, value, caps, name):
+def test_override_forces_either_answer(fake_cpu, value, caps, name):
     fake_cpu(caps)
-    monkeypatch.setenv(policy.CPU_BF16_ENV, value)
-    p = resolve_precision("auto", "cpu")
+    p = resolve_precision("auto", "cpu", cpu_bf16=policy.cpu_bf16_override({policy.CPU_BF16_ENV: value}))
     assert p.name == name
     if value in ("", "auto"):
         assert "forced" not in p.reason
@@ -91,21 +94,73 @@ def test_env_override_forces_either_answer(fake_cpu, monkeypatch, value, caps, n
         assert f"forced by VIMPAC_CPU_BF16={int(name == 'bf16')}" in p.reason
 
 
-def test_env_override_does_not_touch_explicit_values_or_given_caps(fake_cpu, monkeypatch):
+@pytest.mark.parametrize("value, caps, name", [("1", AVX2_EPYC, "fp32"), ("0", AMX_XEON, "bf16"),
+                                               ("maybe", AMX_XEON, "bf16")])
+def test_the_policy_never_reads_the_environment(fake_cpu, monkeypatch, value, caps, name):
+    """Only an entry point reads VIMPAC_CPU_BF16 (and passes it as cpu_bf16): below it the variable changes nothing."""
+    fake_cpu(caps)
+    monkeypatch.setenv(policy.CPU_BF16_ENV, value)
+    p = resolve_precision("auto", "cpu")
+    assert p.name == name and "forced" not in p.reason
+    assert policy.cpu_native_bf16()[0] is (name == "bf16")
+
+
+def test_override_does_not_touch_explicit_values_or_given_caps(fake_cpu):
     fake_cpu(AVX2_EPYC)
-    monkeypatch.setenv(policy.CPU_BF16_ENV, "1")
-    assert resolve_precision("fp32", "cpu").name == "fp32"
-    assert policy.cpu_native_bf16(AVX2_EPYC) == (False, "no AMX-BF16 / AVX512-BF16")  # explicit caps win
+    p = resolve_precision("fp32", "cpu", cpu_bf16=True)
+    assert p.name == "fp32" and p.reason == "as requested (auto would pick bf16)"
+    assert policy.cpu_native_bf16(AVX2_EPYC) == (False, "no AMX-BF16 / AVX512-BF16")
+    assert policy.cpu_native_bf16(AVX2_EPYC, forced=True) == (True, "forced by VIMPAC_CPU_BF16=1")
 
 
-def test_env_override_refuses_other_values(monkeypatch):
-    monkeypatch.setenv(policy.CPU_BF16_ENV, "maybe")
+def test_override_refuses_other_values(capsys):
     with pytest.raises(ValueError, match=r"VIMPAC_CPU_BF16 must be 1 or 0 \(or unset\), got 'maybe'"):
-        resolve_precision("auto", "cpu")
+        policy.cpu_bf16_override({policy.CPU_BF16_ENV: "maybe"})
+    parser = argparse.ArgumentParser(prog="python -m tool")
+    with pytest.raises(SystemExit) as e:
+        policy.read_cpu_bf16(parser, {policy.CPU_BF16_ENV: "maybe"})
+    assert e.value.code == 2
+    assert "python -m tool: error: VIMPAC_CPU_BF16 must be 1 or 0 (or unset), got 'maybe'" in capsys.readouterr().err
+    assert policy.read_cpu_bf16(parser, {}) is None
+    assert policy.read_cpu_bf16(parser, {policy.CPU_BF16_ENV: "0"}) is False
 
 
-def test_real_cpu_report_has_the_isa_level(monkeypatch):
-    monkeypatch.delenv(policy.CPU_BF16_ENV, raising=False)
+# the smallest argument list each entry point parses; a bad VIMPAC_CPU_BF16 must stop it right after parsing
+ENTRY_POINTS = {
+    "video2token.extract": ["--video-root", "v", "--anno", "a.txt", "--output", "o", "--fps", "2",
+                            "--frame-shorter-side", "32", "--crop-size", "32", "--tokenizer-path", "t"],
+    "video2token.train_tokenizer": ["--video-root", "v", "--anno", "a.txt", "--fps", "2", "--frame-size", "32",
+                                    "--vocab-size", "16", "--output", "o"],
+    "video2token.visualize": ["store", "video.mp4", "--out", "x.png"],
+    "vimpac.pretrain": ["--output", "o"],
+    "vimpac.finetune": ["--output", "o"],
+    "vimpac.predict": ["--checkpoint", "c", "video.mp4"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
+def test_every_entry_point_reads_the_override_at_its_boundary(module, monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)  # nothing may be written, but if it were, not into the checkout
+    monkeypatch.setenv(policy.CPU_BF16_ENV, "maybe")
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(module).main(ENTRY_POINTS[module])
+    assert e.value.code == 2 and "VIMPAC_CPU_BF16 must be 1 or 0 (or unset), got 'maybe'" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("value, name", [("0", "fp32"), ("1", "bf16")])
+def test_a_cli_run_logs_the_forced_precision(tmp_path, value, name):
+    """The variable reaches the policy through the entry point: predict logs its precision before loading anything."""
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), **{policy.CPU_BF16_ENV: value})
+    r = subprocess.run([sys.executable, "-m", "vimpac.predict", "--checkpoint", str(tmp_path / "none"), "v.mp4"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "does not exist" in r.stderr, r.stderr
+    assert f"[predict] precision {name} on cpu" in r.stderr, r.stderr
+    assert f"forced by VIMPAC_CPU_BF16={value}" in r.stderr
+
+
+def test_real_cpu_report_has_the_isa_level():
     caps = policy.cpu_capabilities()
     assert caps["isa"] == torch.backends.cpu.get_cpu_capability() and isinstance(caps["onednn_bf16"], bool)
     native, why = policy.cpu_native_bf16()

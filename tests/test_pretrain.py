@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from store_factory import make_prototype_store, make_store  # noqa: E402
 
 import vimpac.pretrain as pretrain  # noqa: E402
-from video2token.precision import resolve_precision  # noqa: E402
+from video2token.precision import cpu_bf16_override, resolve_precision  # noqa: E402
 from vimpac.model.checkpoint import load_checkpoint, load_pretrained  # noqa: E402
 from vimpac.train.optim import LRSchedule  # noqa: E402
 from vimpac.train.pretrain_task import PretrainTask  # noqa: E402
@@ -226,7 +226,7 @@ def test_two_cpu_ranks_script_zero2_bf16(stores, tmp_path):
                                           *TINY, "--frame-size", "32", "--batch-size", "8", "--bs-per-gpu", "2",
                                           "--epochs", "1", "--zero-stage", "2", "--eval-max-batches", "1",
                                           "--debug"], snap, {"MASTER_PORT": port}))
-    auto = resolve_precision("auto", "cpu").name  # the scripts leave precision to the hardware policy
+    auto = resolve_precision("auto", "cpu", cpu_bf16=cpu_bf16_override(os.environ)).name  # left to the policy
     assert "rank 0/2" in log and f"precision {auto} on cpu" in log and "ZeRO-2" in log
     assert f"computes in torch.{'bfloat16' if auto == 'bf16' else 'float32'}" in log
     assert "(2 x 2 accumulation x 2 ranks)" in log

@@ -555,8 +555,15 @@ def test_files_and_folders_follow_the_umask(tmp_path, umask, file_mode, dir_mode
     code = (f"import os, sys\nos.umask({umask})\nsys.path.insert(0, {os.path.join(REPO, 'tests')!r})\n"
             "from store_factory import make_store\nfrom video2token.atomic import atomic_dir\n"
             f"make_store({str(out)!r}, num_videos=2)\n"
+            f"outside = {str(tmp_path / 'outside.txt')!r}\n"
+            "os.close(os.open(outside, os.O_CREAT | os.O_WRONLY, 0o600))\n"
             f"with atomic_dir({str(tmp_path / 'release')!r}) as d:\n"
-            "    open(os.path.join(d, 'weights.bin'), 'wb').close()\n")
+            "    open(os.path.join(d, 'weights.bin'), 'wb').close()\n"
+            # writers that ignore the umask inside the folder (safetensors' save_file makes 0600 files)
+            "    os.close(os.open(os.path.join(d, 'private.bin'), os.O_CREAT | os.O_WRONLY, 0o600))\n"
+            "    os.mkdir(os.path.join(d, 'sub'), 0o700)\n"
+            "    os.close(os.open(os.path.join(d, 'sub', 'x.bin'), os.O_CREAT | os.O_WRONLY, 0o600))\n"
+            "    os.symlink(outside, os.path.join(d, 'link'))\n")
     r = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
@@ -564,7 +571,11 @@ def test_files_and_folders_follow_the_umask(tmp_path, umask, file_mode, dir_mode
                  ".shard-00000-of-00001.lock"):
         assert mode(out / name) == file_mode, (name, oct(mode(out / name)))
     assert mode(out) == dir_mode
-    assert mode(tmp_path / "release") == dir_mode and mode(tmp_path / "release" / "weights.bin") == file_mode
+    release = tmp_path / "release"
+    assert mode(release) == dir_mode and mode(release / "sub") == dir_mode
+    for name in ("weights.bin", "private.bin", "sub/x.bin"):
+        assert mode(release / name) == file_mode, (name, oct(mode(release / name)))
+    assert mode(tmp_path / "outside.txt") == 0o600  # a link inside is not followed
 
 
 # ----------------------------------------------------------------------------- frame cap

@@ -3,8 +3,10 @@
 A reader therefore sees either the previous complete file or the new complete file, never
 a half-written one, whatever moment a process is killed (kill -9 included). Temporary
 names are `.<final name>.<8 random chars>.tmp` (and `<final dir>.old.tmp` during a directory
-swap), so cleanup code recognises its own leftovers and nothing else. Files and folders get
-the permissions the user's umask gives (mkstemp / mkdtemp alone would make them 0600 / 0700).
+swap), so cleanup code recognises its own leftovers and nothing else. Every file and folder
+these helpers put in place gets the mode a plain open() / mkdir() gives under the user's umask
+(0o666 / 0o777 & ~umask), whatever wrote it: mkstemp / mkdtemp alone make 0600 / 0700, and some
+writers (safetensors' save_file) make 0600 files too.
 """
 from __future__ import annotations
 
@@ -38,6 +40,18 @@ def current_umask() -> int:
 def follow_umask(path: str, *, directory: bool = False) -> None:
     """Give `path` the mode a plain open() / mkdir() would have (mkstemp and mkdtemp ignore the umask)."""
     os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def follow_umask_tree(top: str) -> None:
+    """follow_umask for `top` and every folder and file under it (symbolic links are left alone:
+    chmod would change their targets)."""
+    umask = current_umask()
+    os.chmod(top, 0o777 & ~umask)
+    for root, dirs, files in os.walk(top):
+        for names, mode in ((dirs, 0o777 & ~umask), (files, 0o666 & ~umask)):
+            for p in (os.path.join(root, n) for n in names):
+                if not os.path.islink(p):
+                    os.chmod(p, mode)
 
 
 def fsync_dir(path: str) -> None:
@@ -91,13 +105,14 @@ def atomic_dir(final_dir: str) -> Iterator[str]:
     An existing `final_dir` is replaced: it is first renamed to `<final>.old.tmp`, the new
     one renamed into place, then the old one deleted, so a kill at any moment leaves either
     the old or the new directory under the final name (plus `.tmp` leftovers to clean).
+    Everything inside gets the umask's modes (follow_umask_tree) before the swap.
     """
     parent = os.path.dirname(os.path.abspath(final_dir)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(final_dir) + ".", suffix=TMP_SUFFIX, dir=parent)
     try:
         yield tmp
-        follow_umask(tmp, directory=True)
+        follow_umask_tree(tmp)
         for root, _, files in os.walk(tmp):
             for name in files:
                 fsync_file(os.path.join(root, name))

@@ -27,7 +27,7 @@ from .annotations import AnnotationError, read_annotations
 from .batcher import FrameBatcher
 from .cli import HelpFormatter
 from .decode_pool import DEFAULT_READER, DecodePool, read_inline
-from .precision import add_precision_flag
+from .precision import add_precision_flag, read_cpu_bf16
 from .store import (DEFAULT_FRAMES_COMPRESSION, FRAME_COMPRESSIONS, MAX_VOCAB, ShardWriter, StoreError, VideoRecord,
                     frames_meta)
 from .tokenizers import KINDS, TokenizerError, load_tokenizer
@@ -61,6 +61,8 @@ class ExtractConfig:
     device: str | None = None
     #: a --precision value (video2token.precision); the one it resolves to is in the store's metadata
     precision: str = "auto"
+    #: the user's VIMPAC_CPU_BF16 (read once by `main`): forces the CPU's native-bf16 answer when not None
+    cpu_bf16: bool | None = None
     progress: bool = True
     #: "module:function" with read_video's signature, run in the decode workers
     reader: str = DEFAULT_READER
@@ -143,7 +145,7 @@ def run(cfg: ExtractConfig) -> dict:
     ann = read_annotations(list(cfg.anno), cfg.video_root, fmt=cfg.anno_format,
                            label_names=read_label_names(cfg.label_names) if cfg.label_names else None)
     tok = load_tokenizer(cfg.tokenizer, cfg.tokenizer_path, device=cfg.device, batch_size=cfg.batch_size,
-                         precision=cfg.precision)
+                         precision=cfg.precision, cpu_bf16=cfg.cpu_bf16)
     print(f"[extract] {tok.name} tokenizer: {tok.policy.describe()}", file=sys.stderr, flush=True)
     if tok.vocab_size > MAX_VOCAB:
         raise StoreError(f"tokenizer vocabulary {tok.vocab_size} does not fit the stored dtype int16 (max {MAX_VOCAB})")
@@ -318,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    p = build_parser()
+    a = p.parse_args(argv)
+    cpu_bf16 = read_cpu_bf16(p, os.environ)
     if (a.shard_id is None) != (a.num_shards is None):
         print("error: give both --shard-id and --num-shards, or neither", file=sys.stderr)
         return 2
@@ -330,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         label_names=a.label_names,
         decoder=a.decoder, batch_size=a.batch_size, num_workers=a.num_workers, timeout=a.timeout,
         shard_id=shard_id, num_shards=num_shards, overwrite=a.overwrite, commit_every=a.commit_every,
-        device=a.device, precision=a.precision, progress=not a.no_progress, max_frames=a.max_frames,
+        device=a.device, precision=a.precision, cpu_bf16=cpu_bf16, progress=not a.no_progress, max_frames=a.max_frames,
         keep_frames=a.keep_frames, frames_compression=a.frames_compression)
     try:
         summary = run(cfg)

@@ -10,7 +10,9 @@ fine-tuning, prediction, benchmarks).
 
 Capping the instruction set (`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`) makes an AMX
 machine answer like an AVX2-only one. `VIMPAC_CPU_BF16=1` / `=0` overrides the CPU's answer
-outright (e.g. to run the fp32 branch on an AMX machine); the run's log line says so.
+outright (e.g. to run the fp32 branch on an AMX machine); the run's log line says so. Every entry
+point reads it once (`read_cpu_bf16`, in its main) and passes it down as `cpu_bf16`: nothing
+below a command line reads the environment.
 
 Explicit `fp32`, `bf16` and `fp16` are honoured as asked (a caller may still refuse a combination
 it cannot run, e.g. fp16 training on CPU). `describe()` gives the one log line every run prints.
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -52,9 +53,9 @@ def cpu_capabilities() -> dict:
     return caps
 
 
-def cpu_bf16_override(environ: Mapping[str, str] | None = None) -> bool | None:
-    """The user's override of the native-bf16 check: VIMPAC_CPU_BF16=1 (native) / 0 (not), else None."""
-    value = (os.environ if environ is None else environ).get(CPU_BF16_ENV, "").strip().lower()
+def cpu_bf16_override(environ: Mapping[str, str]) -> bool | None:
+    """The user's override of the native-bf16 check in `environ`: VIMPAC_CPU_BF16=1 (native) / 0 (not), else None."""
+    value = environ.get(CPU_BF16_ENV, "").strip().lower()
     if value in ("", "auto"):
         return None
     if value in ("1", "yes", "true"):
@@ -64,18 +65,26 @@ def cpu_bf16_override(environ: Mapping[str, str] | None = None) -> bool | None:
     raise ValueError(f"{CPU_BF16_ENV} must be 1 or 0 (or unset), got {value!r}")
 
 
-def cpu_native_bf16(caps: dict | None = None) -> tuple[bool, str]:
+def read_cpu_bf16(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> bool | None:
+    """VIMPAC_CPU_BF16 for an entry point's main to pass down as `cpu_bf16` (call it once, with os.environ);
+    a bad value is a usage error of `parser` (exit 2), like a bad flag."""
+    try:
+        return cpu_bf16_override(environ)
+    except ValueError as e:
+        parser.error(str(e))
+
+
+def cpu_native_bf16(caps: dict | None = None, *, forced: bool | None = None) -> tuple[bool, str]:
     """(native, why) for bf16 on this CPU, from what torch and oneDNN report, never from CPU names.
 
     Native needs bf16 units (cpuinfo's amx_bf16 or avx512_bf16) that torch actually uses: an AVX512
     ATen dispatch level and oneDNN's bf16 support (ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA can cap
-    either, which is how an AMX machine emulates an AVX2-only one). VIMPAC_CPU_BF16=1 / 0 overrides
-    the answer when `caps` is not given.
+    either, which is how an AMX machine emulates an AVX2-only one). `caps` None: this CPU's
+    (`cpu_capabilities`). `forced`: the user's VIMPAC_CPU_BF16 (`read_cpu_bf16`), the answer when not None.
     """
+    if forced is not None:
+        return forced, f"forced by {CPU_BF16_ENV}={int(forced)}"
     if caps is None:
-        forced = cpu_bf16_override()
-        if forced is not None:
-            return forced, f"forced by {CPU_BF16_ENV}={int(forced)}"
         caps = cpu_capabilities()
     isa = caps.get("isa")
     flags = [k for k in ("amx_bf16", "avx512_bf16") if caps.get(k)]
@@ -155,8 +164,12 @@ class Precision:
                 f"({self.device_name}); native bf16: {'yes' if self.native_bf16 else 'no'}; {self.reason}")
 
 
-def resolve_precision(requested: str, device: torch.device | str = "cpu") -> Precision:
-    """Turn a `--precision` value into a concrete precision for `device`."""
+def resolve_precision(requested: str, device: torch.device | str = "cpu", *, cpu_bf16: bool | None = None) -> Precision:
+    """Turn a `--precision` value into a concrete precision for `device`.
+
+    cpu_bf16: the user's VIMPAC_CPU_BF16 (`read_cpu_bf16`), which replaces the CPU's own native-bf16
+    answer when not None; the reason then says so. The environment itself is never read here.
+    """
     if requested not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     device = torch.device(device)
@@ -166,7 +179,7 @@ def resolve_precision(requested: str, device: torch.device | str = "cpu") -> Pre
         auto = ("bf16", f"auto: the GPU computes bf16 natively ({why_native})") if native else \
             ("fp16", f"auto: no native bf16 on this GPU ({why_native}), fp16 with loss scaling")
     else:
-        native, why_native = cpu_native_bf16()
+        native, why_native = cpu_native_bf16(forced=cpu_bf16)
         auto = ("bf16", f"auto: the CPU computes bf16 natively ({why_native})") if native else \
             ("fp32", f"auto: bf16 would be emulated on this CPU ({why_native}), fp32 is faster")
     if requested == "auto":
@@ -182,7 +195,8 @@ def add_precision_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     """`--precision {auto,fp32,bf16,fp16}` plus the aliases `--bf16`, `--fp16`, `--fp32` (the last one given wins)."""
     parser.add_argument("--precision", choices=PRECISIONS, default=default,
                         help="compute precision; auto: bf16 where the hardware computes it natively (GPUs since "
-                             "Ampere, CPUs with AMX or AVX512-BF16), fp16 on older GPUs, else fp32")
+                             "Ampere, CPUs with AMX or AVX512-BF16), fp16 on older GPUs, else fp32; "
+                             f"{CPU_BF16_ENV}=1 / 0 in the environment overrides the CPU's answer")
     if aliases:
         for name in ("bf16", "fp16", "fp32"):
             parser.add_argument(f"--{name}", dest="precision", action="store_const", const=name,

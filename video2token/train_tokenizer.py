@@ -43,7 +43,7 @@ from tqdm import tqdm
 from video2token.atomic import atomic_dir, recover_dir, remove_tmp_leftovers
 from video2token.cli import HelpFormatter
 from video2token.devices import default_device
-from video2token.precision import Precision, add_precision_flag, resolve_precision
+from video2token.precision import Precision, add_precision_flag, read_cpu_bf16, resolve_precision
 from video2token.runlog import MetricsLogger, plot_curves
 from video2token.tokenizers.vqvae import save_vqvae
 from video2token.vqvae_model import (DOWNSAMPLES, VQVAE, VQVAEConfig, codebook_stats, frames_to_tensor, psnr,
@@ -102,10 +102,11 @@ class DataConfig:
     val_fraction: float = 0.1
 
 
-def training_precision(requested: str, device: torch.device) -> Precision:
-    """`--precision` -> the precision training runs in; fp16 is refused on CPU (no fp16 training there)."""
+def training_precision(requested: str, device: torch.device, *, cpu_bf16: bool | None = None) -> Precision:
+    """`--precision` (and VIMPAC_CPU_BF16, `cpu_bf16`) -> the precision training runs in; fp16 is refused on CPU
+    (no fp16 training there)."""
     try:
-        precision = resolve_precision(requested, device)
+        precision = resolve_precision(requested, device, cpu_bf16=cpu_bf16)
     except ValueError as e:
         raise TokenizerTrainError(str(e)) from e
     if precision.name == "fp16" and device.type != "cuda":
@@ -585,11 +586,12 @@ def configs_from_args(args: argparse.Namespace) -> tuple[VQVAEConfig, TrainConfi
     return model_cfg, train_cfg, data_cfg
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, *, cpu_bf16: bool | None = None) -> dict:
+    """Train as the flags say; `cpu_bf16`: the user's VIMPAC_CPU_BF16 (video2token.precision)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or default_device())
-    precision = training_precision(args.precision, device)
+    precision = training_precision(args.precision, device, cpu_bf16=cpu_bf16)
     print(precision.describe(), flush=True)
     args = argparse.Namespace(**{**vars(args), "precision": precision.name})
     model_cfg, train_cfg, data_cfg = configs_from_args(args)
@@ -600,9 +602,11 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
+    cpu_bf16 = read_cpu_bf16(p, os.environ)
     try:
-        run(args)
+        run(args, cpu_bf16=cpu_bf16)
     except TokenizerTrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

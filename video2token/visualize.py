@@ -105,7 +105,7 @@ def pick_frames(num_frames: int, max_frames: int) -> np.ndarray:
 
 
 def _load_store_tokenizer(meta: dict, *, tokenizer_path: str | None, decoder_path: str | None, device: str | None,
-                          precision: str = "auto"):
+                          precision: str = "auto", cpu_bf16: bool | None = None):
     from video2token.tokenizers import TokenizerError, load_tokenizer
 
     info = meta.get("tokenizer") or {}
@@ -117,7 +117,7 @@ def _load_store_tokenizer(meta: dict, *, tokenizer_path: str | None, decoder_pat
         guess = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "decoder.pkl")
         if os.path.isfile(guess):
             decoder_path = guess
-    tok = load_tokenizer(kind, path, decoder_path=decoder_path, device=device, precision=precision)
+    tok = load_tokenizer(kind, path, decoder_path=decoder_path, device=device, precision=precision, cpu_bf16=cpu_bf16)
     print(f"[visualize] {kind} decoder: {tok.policy.describe()}", file=sys.stderr, flush=True)
     want, got = info.get("sha256"), tok.describe().get("sha256")
     if want and got and want != got:
@@ -171,9 +171,10 @@ def unknown_id_message(video_id: str, ids: Sequence[str], store_path: str) -> st
 
 def visualize_video(store_path: str, video_id: str, out_png: str, *, max_frames: int = 8,
                     tokenizer_path: str | None = None, decoder_path: str | None = None,
-                    device: str | None = None, precision: str = "auto") -> dict:
+                    device: str | None = None, precision: str = "auto", cpu_bf16: bool | None = None) -> dict:
     """Draw originals (when reachable) / reconstructions / code maps of one stored video; returns facts
-    about the picture (frames drawn, mean PSNR when originals were found)."""
+    about the picture (frames drawn, mean PSNR when originals were found). `precision` / `cpu_bf16`:
+    the --precision flag and VIMPAC_CPU_BF16 (video2token.precision)."""
     from video2token.store import TokenStore
 
     with TokenStore(store_path) as store:
@@ -187,7 +188,7 @@ def visualize_video(store_path: str, video_id: str, out_png: str, *, max_frames:
         codes = codes[idx].astype(np.int64)
         times = store.timestamps(video_id)[idx]
         tok = _load_store_tokenizer(store.meta, tokenizer_path=tokenizer_path, decoder_path=decoder_path, device=device,
-                                    precision=precision)
+                                    precision=precision, cpu_bf16=cpu_bf16)
         recon = tok.decode(codes)  # (t, H, W, 3)
         originals = _read_originals(store, video_id, idx)
         label_names = store.label_names
@@ -209,7 +210,7 @@ def visualize_video(store_path: str, video_id: str, out_png: str, *, max_frames:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from video2token.precision import add_precision_flag  # torch stays out of draw_grid's imports
+    from video2token.precision import add_precision_flag, read_cpu_bf16  # torch stays out of draw_grid's imports
 
     from video2token.cli import HelpFormatter
 
@@ -225,13 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.max_frames < 1:
         p.error("--max-frames must be >= 1")
+    cpu_bf16 = read_cpu_bf16(p, os.environ)
     from video2token.store import StoreError
     from video2token.tokenizers import TokenizerError
 
     try:
         info = visualize_video(args.store, args.video_id, args.out, max_frames=args.max_frames,
                                tokenizer_path=args.tokenizer_path, decoder_path=args.decoder_path, device=args.device,
-                               precision=args.precision)
+                               precision=args.precision, cpu_bf16=cpu_bf16)
     except (StoreError, TokenizerError, KeyError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2

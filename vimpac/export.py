@@ -9,6 +9,11 @@ RELEASE` and `vimpac.serve.classifier.load_classifier` read it as they read a fi
 with; the weights themselves are not copied), `README.md` (a short model card with the evaluation
 numbers of results.json) and `SHA256SUMS`. With --tokenizer-path the tokenizer is loaded and
 checked against the one the fine-tuning stores were made with.
+
+The folder is written beside --output and renamed into place whole (`video2token.atomic.atomic_dir`):
+a kill leaves the previous release or the new one, never a mix. Its files and folders get the
+modes a plain `open()` / `mkdir()` gives under your umask (0644 / 0755 under umask 022, 0640 /
+0750 under 027), so a group can read a release it is meant to share.
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from video2token.precision import resolve_precision
+from video2token.precision import read_cpu_bf16, resolve_precision
 
 from video2token.cli import HelpFormatter
 
@@ -137,8 +137,9 @@ def check_vocab(a: argparse.Namespace, data: LabelledData) -> None:
                          f"flag or use stores of that tokenizer")
 
 
-def run(a: argparse.Namespace, hooks: LoopHooks | None, launch: Launch) -> tuple[dict, bool]:
-    """Fine-tune (or only evaluate) -> (results, whether this process prints)."""
+def run(a: argparse.Namespace, hooks: LoopHooks | None, launch: Launch, cpu_bf16: bool | None = None
+        ) -> tuple[dict, bool]:
+    """Fine-tune (or only evaluate) -> (results, whether this process prints); `cpu_bf16`: VIMPAC_CPU_BF16."""
     try:
         clip_counts = parse_clip_counts(a.last_test_clips)
     except ValueError as e:
@@ -151,7 +152,7 @@ def run(a: argparse.Namespace, hooks: LoopHooks | None, launch: Launch) -> tuple
     settings = EvalSettings(batch_size=a.eval_batch_size, max_videos=a.eval_max_videos, progress=a.tqdm is not False)
     if a.eval_only:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        precision = resolve_precision(a.precision, device)
+        precision = resolve_precision(a.precision, device, cpu_bf16=cpu_bf16)
         print(f"[finetune] {precision.describe()}", flush=True)
         return evaluate_finetuned(eval_path, data, settings, precision=precision.name, device=device, out=a.output,
                                   clip_len=a.clip_len, clip_counts=clip_counts), True
@@ -161,7 +162,8 @@ def run(a: argparse.Namespace, hooks: LoopHooks | None, launch: Launch) -> tuple
                           architecture=ArchitectureFlags.from_flags(a, contrastive_head=False), input=a.input)
     task = FinetuneTask(data, init, settings, seed=a.seed, clip_counts=clip_counts, output=a.output,
                         label_smoothing=a.label_smoothing or 0.0)
-    cfg = loop_config(a, epochs=a.epochs or data.default_epochs, default_batch=BATCH, default_bs_per_gpu=BS_PER_GPU)
+    cfg = loop_config(a, epochs=a.epochs or data.default_epochs, default_batch=BATCH, default_bs_per_gpu=BS_PER_GPU,
+                      cpu_bf16=cpu_bf16)
     loop = TrainLoop(cfg, task, hooks=hooks, launch=launch)
     return loop.fit(), loop.main
 
@@ -169,13 +171,15 @@ def run(a: argparse.Namespace, hooks: LoopHooks | None, launch: Launch) -> tuple
 def main(argv: list[str] | None = None, *, hooks: LoopHooks | None = None, environ: Mapping[str, str] | None = None,
          hostnames: Callable[[str], Sequence[str]] | None = None) -> int:
     """environ (default os.environ) and hostnames (default `scontrol show hostnames`): the launch's sources."""
-    a = build_parser().parse_args(argv)
-    launch = launch_for(slurm=a.slurm_multinode_dist, environ=os.environ if environ is None else environ,
-                        hostnames=hostnames)
+    p = build_parser()
+    a = p.parse_args(argv)
+    env = os.environ if environ is None else environ
+    cpu_bf16 = read_cpu_bf16(p, env)
+    launch = launch_for(slurm=a.slurm_multinode_dist, environ=env, hostnames=hostnames)
     if launch is None:
         return 2
     say(launch, [f"[finetune] {note}" for note in no_effect_notes(a, NO_EFFECT)])
-    result = run_guarded(lambda: run(a, hooks, launch), launch)
+    result = run_guarded(lambda: run(a, hooks, launch, cpu_bf16), launch)
     if result is None:
         return 2
     summary, prints = result

@@ -23,7 +23,7 @@ import os
 import sys
 
 from video2token.cli import HelpFormatter
-from video2token.precision import add_precision_flag, resolve_precision
+from video2token.precision import add_precision_flag, read_cpu_bf16, resolve_precision
 
 from vimpac.model.config import INPUT_KINDS
 from vimpac.serve.classifier import (PredictError, check_input, classify_codes, classify_frames, decode_views,
@@ -51,9 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit 0: every video classified; 1: some videos failed (reported with the others); 2: nothing could run."""
-    a = build_parser().parse_args(argv)
+    p = build_parser()
+    a = p.parse_args(argv)
+    cpu_bf16 = read_cpu_bf16(p, os.environ)
     try:
-        precision = resolve_precision(a.precision, a.device)
+        precision = resolve_precision(a.precision, a.device, cpu_bf16=cpu_bf16)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

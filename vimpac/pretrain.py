@@ -20,12 +20,13 @@ config.json are what fine-tuning loads), curves.png, mask_examples.png, summary.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
+from video2token.atomic import atomic_write_json
 from video2token.cli import HelpFormatter
+from video2token.precision import read_cpu_bf16
 
 from vimpac.data import registry
 from vimpac.data.image_stream import STREAMS
@@ -229,15 +230,17 @@ def build_task(a: argparse.Namespace) -> PretrainTask:
 def main(argv: list[str] | None = None, *, hooks: LoopHooks | None = None, environ: Mapping[str, str] | None = None,
          hostnames: Callable[[str], Sequence[str]] | None = None) -> int:
     """environ (default os.environ) and hostnames (default `scontrol show hostnames`): the launch's sources."""
-    a = build_parser().parse_args(argv)
-    launch = launch_for(slurm=a.slurm_multinode_dist, environ=os.environ if environ is None else environ,
-                        hostnames=hostnames)
+    p = build_parser()
+    a = p.parse_args(argv)
+    env = os.environ if environ is None else environ
+    cpu_bf16 = read_cpu_bf16(p, env)
+    launch = launch_for(slurm=a.slurm_multinode_dist, environ=env, hostnames=hostnames)
     if launch is None:
         return 2
     say(launch, [f"[pretrain] {note}" for note in no_effect_notes(a, NO_EFFECT)])
 
     def run() -> tuple[dict[str, Any], bool]:
-        cfg = loop_config(a, epochs=a.epochs, default_batch=BATCH, default_bs_per_gpu=BS_PER_GPU)
+        cfg = loop_config(a, epochs=a.epochs, default_batch=BATCH, default_bs_per_gpu=BS_PER_GPU, cpu_bf16=cpu_bf16)
         loop = TrainLoop(cfg, build_task(a), hooks=hooks, launch=launch)
         return loop.fit(), loop.main
 
@@ -256,8 +259,7 @@ def main(argv: list[str] | None = None, *, hooks: LoopHooks | None = None, envir
               f"{summary['steps_this_run']} steps in {summary['seconds']} s = {summary['videos_per_s']} videos/s "
               f"({summary['precision']}), {summary['skipped_steps']} skipped; {train}; {valid}; "
               f"checkpoint {summary['checkpoint']}", flush=True)
-        with open(os.path.join(a.output, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
+        atomic_write_json(os.path.join(a.output, "summary.json"), summary)
     return 0
 
 

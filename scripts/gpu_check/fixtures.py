@@ -79,11 +79,12 @@ def make_dalle(out: str, *, tiny: bool) -> dict:
     return {"path": out, "vocab_size": enc.vocab_size, "n_hid": enc.n_hid, "params": params}
 
 
-def tokenizer_meta(path: str, out: str, *, device: str) -> dict:
-    """out: what extraction stores as meta["tokenizer"] for the DALL-E at `path` on `device` (predict checks it)."""
+def tokenizer_meta(path: str, out: str, *, device: str, cpu_bf16: bool | None = None) -> dict:
+    """out: what extraction stores as meta["tokenizer"] for the DALL-E at `path` on `device` (predict checks it);
+    cpu_bf16: VIMPAC_CPU_BF16 as extraction reads it."""
     from video2token.tokenizers import load_tokenizer
 
-    meta = load_tokenizer("dalle", path, device=device).describe()
+    meta = load_tokenizer("dalle", path, device=device, cpu_bf16=cpu_bf16).describe()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
         json.dump(meta, f)
@@ -172,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     elif a.cmd == "dalle":
         made = make_dalle(a.out, tiny=a.tiny)
     elif a.cmd == "tokmeta":
-        made = tokenizer_meta(a.tokenizer_path, a.out, device=a.device)
+        from video2token.precision import read_cpu_bf16
+
+        made = tokenizer_meta(a.tokenizer_path, a.out, device=a.device, cpu_bf16=read_cpu_bf16(p, os.environ))
     elif a.cmd == "store":
         tok = None
         if a.tokenizer_meta:

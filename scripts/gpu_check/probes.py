@@ -69,8 +69,9 @@ def env() -> dict:
 
 
 def encode_speed(tokenizer_path: str, video: str, *, size: int, fps: float, batch_size: int, device: str,
-                 frames: int, min_seconds: float) -> dict:
-    """Frames/s of the tokenizer's encode alone (uint8 frames in host memory -> codes), after a warm-up."""
+                 frames: int, min_seconds: float, cpu_bf16: bool | None = None) -> dict:
+    """Frames/s of the tokenizer's encode alone (uint8 frames in host memory -> codes), after a warm-up;
+    cpu_bf16: VIMPAC_CPU_BF16, read by main."""
     import numpy as np
     import torch
 
@@ -79,7 +80,7 @@ def encode_speed(tokenizer_path: str, video: str, *, size: int, fps: float, batc
 
     decoded, _ = read_video(video, fps=fps, shorter_side=size, crop_size=size, crop_type="center")
     batch = np.concatenate([decoded] * (frames // len(decoded) + 1))[:frames]  # (frames, size, size, 3) uint8
-    tok = load_tokenizer("dalle", tokenizer_path, device=device, batch_size=batch_size)
+    tok = load_tokenizer("dalle", tokenizer_path, device=device, batch_size=batch_size, cpu_bf16=cpu_bf16)
 
     def sync() -> None:
         if device.startswith("cuda"):
@@ -174,8 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "env":
         result = env()
     elif a.cmd == "encode":
+        from video2token.precision import read_cpu_bf16  # torch: only the commands that need it import it
+
         result = encode_speed(a.tokenizer_path, a.video, size=a.size, fps=a.fps, batch_size=a.batch_size,
-                              device=a.device, frames=a.frames, min_seconds=a.min_seconds)
+                              device=a.device, frames=a.frames, min_seconds=a.min_seconds,
+                              cpu_bf16=read_cpu_bf16(p, os.environ))
     else:
         result = train_flops(a.layouts, vocab=a.vocab, clip_len=a.clip_len, grid=a.grid, videos=a.videos,
                              device=a.device, tiny=a.tiny, mask_blocks=a.mask_blocks)

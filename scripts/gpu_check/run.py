@@ -16,7 +16,8 @@ next step runs:
                `python -m vimpac.predict` on a video file
   6. resume    kill -9 of a pre-training run after a mid-epoch checkpoint, then --resume
 
-OUTDIR receives report.json (rewritten after every step, so a timeout still leaves results),
+OUTDIR receives report.json (rewritten after every step, so a timeout still leaves results; its "git"
+records the commit measured: --commit, else `git_record`'s careful guess),
 report.md (the same as tables) and logs.tar.gz (per-step logs, trainer summaries and metrics):
 the device tool returns at most 8 files. Scratch files go under --work.
 
@@ -168,7 +169,8 @@ class StepTimeout(RuntimeError):
 class Check:
     """The report, the work directory and the time limits; runs child processes for the steps."""
 
-    def __init__(self, profile: Profile, out: str, work: str, wheels: str, python: str, budget_s: float) -> None:
+    def __init__(self, profile: Profile, out: str, work: str, wheels: str, python: str, budget_s: float,
+                 commit: str | None = None) -> None:
         self.p = profile
         self.out = os.path.abspath(out)
         self.work = os.path.abspath(work)
@@ -183,21 +185,12 @@ class Check:
         self.env_info: dict[str, Any] = {}
         self.report: dict[str, Any] = {
             "check": "vimpac GPU check (issue 16)", "mode": profile.mode, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "budget_s": budget_s, "profile": asdict(profile), "git": self._git(), "steps": {}}
+            "budget_s": budget_s, "profile": asdict(profile), "git": git_record(REPO, commit), "steps": {}}
         shutil.rmtree(self.work, ignore_errors=True)
         os.makedirs(os.path.join(self.work, "logs"))
         os.makedirs(self.out, exist_ok=True)
 
     # -- report
-    def _git(self) -> dict:
-        try:
-            head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                                   capture_output=True, text=True, timeout=20)
-            return {"commit": head.stdout.strip() or None, "modified_files": len(dirty.stdout.splitlines())}
-        except (OSError, subprocess.TimeoutExpired):
-            return {"commit": None}
-
     def save(self) -> None:
         """report.json, report.md and logs.tar.gz in OUTDIR, each replaced atomically."""
         self.report["elapsed_s"] = round(time.monotonic() - self.t0, 1)
@@ -333,6 +326,61 @@ def kill_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         pass
+
+
+UNKNOWN_COMMIT = "unknown (pass --commit)"
+COMMIT_RE = re.compile(r"[0-9a-f]{7,40}")
+
+
+def commit_arg(text: str) -> str:
+    """--commit: a commit hash (7 to 40 hex digits, as `git rev-parse HEAD` prints it)."""
+    if not COMMIT_RE.fullmatch(text.strip().lower()):
+        raise argparse.ArgumentTypeError(f"expected a git commit hash (7 to 40 hex digits, e.g. from "
+                                         f"`git rev-parse HEAD`), got {text!r}")
+    return text.strip().lower()
+
+
+def git_record(repo: str, commit: str | None) -> dict:
+    """The report's "git": the commit measured, never a stale one.
+
+    `commit` (--commit / GPU_CHECK_COMMIT) is recorded as given. Without it, `git rev-parse HEAD` is
+    trusted only when `repo` is itself the top of a git checkout whose tracked files are unchanged; a
+    device machine gets a copy of the working tree without usable git refs (or inside another
+    repository), so anything else records UNKNOWN_COMMIT and why.
+    """
+    if commit:
+        return {"commit": commit, "source": "--commit"}
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=20)
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        head = git("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        why = f"git did not run ({e})"
+    else:
+        if top.returncode or os.path.realpath(top.stdout.strip()) != os.path.realpath(repo):
+            why = "this tree is not a git checkout of its own (a copy without .git?)"
+        elif head.returncode or not head.stdout.strip():
+            why = "git has no commit for HEAD here (a copy without refs?)"
+        elif dirty.returncode:
+            why = f"git status failed: {dirty.stderr.strip()[:200]}"
+        elif dirty.stdout.strip():
+            n, sha = len(dirty.stdout.splitlines()), head.stdout.strip()
+            return {"commit": UNKNOWN_COMMIT, "head": sha, "modified_files": n,
+                    "note": f"{n} tracked files differ from HEAD {sha[:10]}; the working tree may differ from "
+                            f"any commit"}
+        else:
+            return {"commit": head.stdout.strip(), "source": "git rev-parse HEAD, tracked files unchanged",
+                    "modified_files": 0}
+    return {"commit": UNKNOWN_COMMIT, "note": f"{why}; the working tree may differ from any commit"}
+
+
+def _commit_text(git: dict) -> str:
+    commit = str(git.get("commit"))
+    return commit[:10] if COMMIT_RE.fullmatch(commit) else f"{commit}: {git.get('note', '')}"
 
 
 def _tail(text: str, n: int) -> str:
@@ -844,7 +892,7 @@ def render_markdown(r: dict) -> str:
     lines = [f"# GPU check ({r['mode']}), {r['started']}", "",
              f"{env.get('gpu', 'no GPU')}, driver {(env.get('nvidia_smi', {}).get('gpus') or [{}])[0].get('driver')}, "
              f"torch {env.get('torch')} (CUDA {env.get('torch_cuda')}), {env.get('cpu_count')} CPUs; "
-             f"git {str(r.get('git', {}).get('commit'))[:10]}; {r.get('elapsed_s')} s of {r['budget_s']:.0f} s", "",
+             f"git {_commit_text(r.get('git', {}))}; {r.get('elapsed_s')} s of {r['budget_s']:.0f} s", "",
              "| step | status | seconds | limit | note |", "|---|---|---|---|---|"]
     for name, s in r["steps"].items():
         lines.append(f"| {name} | {s.get('status')} | {s.get('seconds', '')} | {s.get('limit_s', '')} | "
@@ -891,9 +939,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wheels", default=os.path.join(REPO, "gpu_wheels"))
     ap.add_argument("--budget-s", type=float, default=None, help="whole check (default: 470 on GPU, 600 dry)")
     ap.add_argument("--only", nargs="+", default=None, help="run only these steps (install and env always run)")
+    ap.add_argument("--commit", type=commit_arg, default=None,
+                    help="the commit the working tree is (gpu_check.sh also takes GPU_CHECK_COMMIT); default: "
+                         "`git rev-parse HEAD` when this is a git checkout with unchanged tracked files, else "
+                         f"{UNKNOWN_COMMIT!r}")
     a = ap.parse_args(argv)
     profile = DRY if a.cpu_dry_run else GPU
-    c = Check(profile, a.out, a.work, a.wheels, sys.executable, a.budget_s or profile.budget_s)
+    c = Check(profile, a.out, a.work, a.wheels, sys.executable, a.budget_s or profile.budget_s, commit=a.commit)
     steps = [("install", step_install, ()), ("env", step_env, ()), ("cuda_tests", step_cuda_tests, ("env",)),
              ("extract", step_extract, ("env",)), ("pretrain", step_pretrain, ("env",)),
              ("finetune", step_finetune, ("extract",)), ("resume", step_resume, ("env",))]

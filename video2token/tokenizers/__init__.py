@@ -74,19 +74,21 @@ def resolve_kind(kind: str, path: str) -> str:
 
 
 def load_tokenizer(kind: str, path: str, *, decoder_path: str | None = None, device: str | None = None,
-                   batch_size: int | None = None, precision: str = "auto") -> Tokenizer:
+                   batch_size: int | None = None, precision: str = "auto", cpu_bf16: bool | None = None) -> Tokenizer:
     """Load a tokenizer of `kind` (one of KINDS, or "auto": see `detect_kind`) from `path`
     (a file, directory or URL, depending on kind).
 
-    `precision` is a `--precision` value (video2token.precision): auto, fp32, bf16 or fp16;
-    the tokenizer's `policy.describe()` says what it resolved to and why."""
+    `precision` is a `--precision` value (video2token.precision): auto, fp32, bf16 or fp16, and
+    `cpu_bf16` the user's VIMPAC_CPU_BF16 (read by the entry point); the tokenizer's
+    `policy.describe()` says what it resolved to and why."""
     kind = resolve_kind(kind, path)
     if kind == "dalle":
         from .dalle import DalleTokenizer
-        tok = DalleTokenizer.load(path, decoder_path=decoder_path, device=device, precision=precision)
+        tok = DalleTokenizer.load(path, decoder_path=decoder_path, device=device, precision=precision,
+                                   cpu_bf16=cpu_bf16)
     elif kind == "vqvae":
         from .vqvae import VQVAETokenizer
-        tok = VQVAETokenizer.load(path, device=device, precision=precision)
+        tok = VQVAETokenizer.load(path, device=device, precision=precision, cpu_bf16=cpu_bf16)
     if batch_size is not None:
         tok.batch_size = int(batch_size)
     return tok

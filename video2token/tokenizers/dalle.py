@@ -28,8 +28,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -39,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..atomic import follow_umask
+from ..atomic import atomic_path, atomic_write_text
 from ..checksum import sha256_file
 from ..devices import default_device
 from ..precision import Precision, resolve_precision
@@ -242,9 +240,9 @@ class DalleTokenizer(Tokenizer):
     def __init__(self, encoder: nn.Module, *, decoder: nn.Module | None = None, path: str = "",
                  sha256: str = "", decoder_path: str | None = None, decoder_sha256: str | None = None,
                  device: str | torch.device = "cpu", precision: str = "auto", batch_size: int = 32,
-                 extra: dict[str, Any] | None = None):
+                 extra: dict[str, Any] | None = None, cpu_bf16: bool | None = None):
         self.device = torch.device(device)
-        self.policy: Precision = resolve_precision(precision, self.device)
+        self.policy: Precision = resolve_precision(precision, self.device, cpu_bf16=cpu_bf16)
         self.precision = self.policy.name  # "fp32" | "bf16" | "fp16", recorded by describe()
         self.encoder = encoder.eval().to(self.device)
         self.decoder = None if decoder is None else decoder.eval().to(self.device)
@@ -266,11 +264,12 @@ class DalleTokenizer(Tokenizer):
     @classmethod
     def load(cls, path: str, decoder_path: str | None = None, device: str | None = None, *,
              precision: str = "auto", batch_size: int = 32,
-             cache_dir: str | Path | None = None) -> "DalleTokenizer":
+             cache_dir: str | Path | None = None, cpu_bf16: bool | None = None) -> "DalleTokenizer":
         """Load from `path`: an `encoder.pkl` file, an http(s) URL of one (downloaded once to
         `cache_dir`, default ~/.cache/vimpac/dalle), a directory with `encoder.pkl`
         [+ `decoder.pkl`], or a directory made by `convert`. `device` None: video2token.devices.default_device()
-        (cuda:LOCAL_RANK under torchrun / srun); `precision` is a `--precision` value (auto, fp32, bf16, fp16)."""
+        (cuda:LOCAL_RANK under torchrun / srun); `precision` is a `--precision` value (auto, fp32, bf16, fp16),
+        `cpu_bf16` the user's VIMPAC_CPU_BF16 (video2token.precision)."""
         device = device or default_device()
         cache = Path(cache_dir).expanduser() if cache_dir is not None else CACHE_DIR.expanduser()
         enc_file = _fetch(path, cache) if _is_url(path) else Path(path).expanduser()
@@ -282,7 +281,7 @@ class DalleTokenizer(Tokenizer):
         if not enc_file.exists():
             raise TokenizerError(f"DALL-E encoder not found: {enc_file} (expected encoder.pkl, a "
                                  f"directory containing it, or a directory made by `convert`)")
-        common = dict(device=device, precision=precision, batch_size=batch_size)
+        common = dict(device=device, precision=precision, batch_size=batch_size, cpu_bf16=cpu_bf16)
         if enc_file.is_dir() and (enc_file / "config.json").is_file():
             return cls._load_converted(enc_file, dec_file, **common)
         if enc_file.is_dir():
@@ -407,17 +406,11 @@ def _fetch(url: str, cache_dir: Path) -> Path:
         with requests.get(url, stream=True, timeout=60) as resp:
             resp.raise_for_status()
             total = int(resp.headers.get("content-length", 0)) or None
-            fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{name}.", suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=name) as bar:
+            with atomic_path(str(target)) as tmp:
+                with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=name) as bar:
                     for chunk in resp.iter_content(chunk_size=1 << 20):
                         f.write(chunk)
                         bar.update(len(chunk))
-                follow_umask(tmp)  # mkstemp makes 0600: a shared cache must stay readable to the group
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
     except requests.RequestException as e:
         raise TokenizerError(f"could not download {url}: {e}") from e
     print(f"downloaded {url} -> {target} ({target.stat().st_size / 1e6:.1f} MB)")
@@ -472,8 +465,9 @@ def convert(encoder: str | Path, out: str | Path, *, decoder: str | Path | None 
         cfg[section] = {k: int(getattr(module, k)) for k in names}
         cfg["source"][f"{section}_sha256"] = sha256_file(src)
         state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-        save_file(state, str(out / f"{section}.safetensors"))
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        with atomic_path(str(out / f"{section}.safetensors")) as tmp:
+            save_file(state, tmp)
+    atomic_write_text(str(out / "config.json"), json.dumps(cfg, indent=2) + "\n")
     print(f"converted {encoder}{' + ' + str(decoder) if decoder else ''} -> {out} "
           f"(config.json, {', '.join(s + '.safetensors' for s, *_ in parts)})")
     return out

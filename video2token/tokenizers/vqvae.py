@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from video2token.atomic import atomic_path, fsync_dir
+from video2token.atomic import atomic_path, atomic_write_text, fsync_dir
 from video2token.checksum import sha256_file
 from video2token.devices import default_device
 from video2token.precision import resolve_precision
@@ -48,12 +48,8 @@ def save_vqvae(model: VQVAE, out_dir: str) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(os.path.join(out_dir, WEIGHTS_FILE)) as tmp:
         save_file(state, tmp, metadata={"format": "pt", "model": "video2token.vqvae_model.VQVAE"})
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a tokenizer is meant to be shared
-    with atomic_path(os.path.join(out_dir, CONFIG_FILE)) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(model.config.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
+    atomic_write_text(os.path.join(out_dir, CONFIG_FILE),
+                      json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
     fsync_dir(out_dir)
 
 
@@ -110,8 +106,8 @@ class VQVAETokenizer(Tokenizer):
     name = "vqvae"
 
     def __init__(self, model: VQVAE, *, path: str, sha256: str, device: torch.device, precision: str = "auto",
-                 batch_size: int = 64):
-        self.policy = resolve_precision(precision, device)
+                 batch_size: int = 64, cpu_bf16: bool | None = None):
+        self.policy = resolve_precision(precision, device, cpu_bf16=cpu_bf16)
         self.model = model
         self.config = model.config
         self.vocab_size = model.config.vocab_size
@@ -124,13 +120,14 @@ class VQVAETokenizer(Tokenizer):
 
     @classmethod
     def load(cls, path: str, device: str | torch.device | None = None,
-             precision: str = "auto") -> "VQVAETokenizer":
+             precision: str = "auto", *, cpu_bf16: bool | None = None) -> "VQVAETokenizer":
         """Load `path/config.json` + `path/model.safetensors`. device None = video2token.devices.default_device();
-        `precision` is a `--precision` value (auto, fp32, bf16, fp16; see video2token.precision)."""
+        `precision` is a `--precision` value (auto, fp32, bf16, fp16) and `cpu_bf16` the user's VIMPAC_CPU_BF16
+        (see video2token.precision)."""
         path = os.path.abspath(os.fspath(path))
         dev = torch.device(device if device is not None else default_device())
         model, sha = load_model(path, dev)
-        return cls(model, path=path, sha256=sha, device=dev, precision=precision)
+        return cls(model, path=path, sha256=sha, device=dev, precision=precision, cpu_bf16=cpu_bf16)
 
     @property
     def has_decoder(self) -> bool:

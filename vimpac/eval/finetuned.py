@@ -6,13 +6,14 @@ confusion PNG) come from `vimpac.eval.reports`.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+
+from video2token.atomic import atomic_write_json
 
 from vimpac.data.labelled import LabelledData
 from vimpac.data.stores import DataError
@@ -62,8 +63,7 @@ def write_results(out_dir: str, final: EvalResult, *, label_names: Sequence[str]
     if main:
         files = write_reports(final, out_dir, label_names)
         results["files"] = {k: os.path.basename(v) for k, v in files.items()}
-        with open(os.path.join(out_dir, RESULTS), "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+        atomic_write_json(os.path.join(out_dir, RESULTS), results)  # export reads it: never half written
     return results
 
 

@@ -74,29 +74,42 @@ def save_checkpoint(ckpt_dir: str, *, model_state: Mapping[str, torch.Tensor], m
     before_swap(temp_dir): called once every file is written, before the directory replaces the old
     one (tests use it to kill the process at that moment).
     """
+    with atomic_dir(ckpt_dir) as tmp:
+        write_checkpoint_files(tmp, model_state=model_state, model_config=model_config, train_config=train_config,
+                               step=step, epoch=epoch, optimizer_state=optimizer_state, trainer_state=trainer_state,
+                               name=ckpt_dir)
+        if before_swap is not None:
+            before_swap(tmp)
+    return ckpt_dir
+
+
+def write_checkpoint_files(directory: str, *, model_state: Mapping[str, torch.Tensor], model_config: ModelConfig,
+                           train_config: dict[str, Any], step: int, epoch: int,
+                           optimizer_state: Mapping[str, torch.Tensor] | None = None,
+                           trainer_state: dict[str, Any] | None = None, name: str | None = None) -> None:
+    """A checkpoint's files, written into the existing `directory` as they are, not atomically: save_checkpoint
+    wraps this in `atomic_dir`, a release (`vimpac.serve.release`) adds its own files inside the same swap.
+    Refuses NaN/Inf weights or moments; errors name `name` (default: `directory`)."""
+    name = directory if name is None else name
     model_state = _plain(model_state)
     bad = nonfinite_tensors(model_state)
     if bad:
-        raise CheckpointError(f"refusing to save {ckpt_dir}: non-finite values in {len(bad)} weight tensor(s), "
+        raise CheckpointError(f"refusing to save {name}: non-finite values in {len(bad)} weight tensor(s), "
                               f"e.g. {bad[:3]}; the previous checkpoint is kept")
     optim = _plain(optimizer_state or {})
     bad = nonfinite_tensors(optim)
     if bad:
-        raise CheckpointError(f"refusing to save {ckpt_dir}: non-finite optimizer moments, e.g. {bad[:3]}")
+        raise CheckpointError(f"refusing to save {name}: non-finite optimizer moments, e.g. {bad[:3]}")
     config = {"format": FORMAT, "version": VERSION, "model_config": model_config.to_dict(), "step": int(step),
               "epoch": int(epoch), "train": train_config}
-    with atomic_dir(ckpt_dir) as tmp:
-        save_file(model_state, os.path.join(tmp, MODEL_FILE), metadata={"format": FORMAT})
-        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-        if optimizer_state is not None:
-            save_file(optim, os.path.join(tmp, OPTIM_FILE), metadata={"format": FORMAT})
-        if trainer_state is not None:
-            with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
-                json.dump(trainer_state, f)
-        if before_swap is not None:
-            before_swap(tmp)
-    return ckpt_dir
+    save_file(model_state, os.path.join(directory, MODEL_FILE), metadata={"format": FORMAT})
+    with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+    if optimizer_state is not None:
+        save_file(optim, os.path.join(directory, OPTIM_FILE), metadata={"format": FORMAT})
+    if trainer_state is not None:
+        with open(os.path.join(directory, STATE_FILE), "w", encoding="utf-8") as f:
+            json.dump(trainer_state, f)
 
 
 def _read_json(path: str) -> dict:

@@ -7,10 +7,11 @@ import os
 import shutil
 from typing import Any
 
+from video2token.atomic import atomic_dir
 from video2token.checksum import sha256_file
 
 from vimpac.eval.finetuned import RESULTS
-from vimpac.model.checkpoint import CheckpointError, save_checkpoint
+from vimpac.model.checkpoint import CheckpointError, write_checkpoint_files
 from vimpac.serve.classifier import (Classifier, PredictError, check_input, load_classifier, load_task_tokenizer,
                                      recorded_tokenizer_path)
 
@@ -96,32 +97,38 @@ def export_release(checkpoint: str, output: str, *, tokenizer_kind: str | None =
         tokenizer["path"] = inside
         task = {**clf.task, "tokenizer": {**described, "path": inside}}
     results = find_results(clf.path)
-    if os.path.exists(output):
-        shutil.rmtree(output)
     try:
-        save_checkpoint(output, model_state=clf.model.state_dict(), model_config=clf.model.cfg,
-                        train_config={"task": task, "results": results, "source": os.path.abspath(clf.path)},
-                        step=0, epoch=0)
+        with atomic_dir(output) as tmp:  # a kill leaves the previous release or this one; modes follow the umask
+            write_checkpoint_files(tmp, model_state=clf.model.state_dict(), model_config=clf.model.cfg,
+                                   train_config={"task": task, "results": results,
+                                                 "source": os.path.abspath(clf.path)},
+                                   step=0, epoch=0, name=output)
+            _write_release_files(tmp, clf, results, tokenizer, source=source if with_tokenizer else None)
     except CheckpointError as e:
         raise PredictError(str(e)) from None
-    with open(os.path.join(output, "labels.json"), "w", encoding="utf-8") as f:
+    return output
+
+
+def _write_release_files(out: str, clf: Classifier, results: dict[str, Any] | None, tokenizer: dict[str, Any], *,
+                         source: str | None) -> None:
+    """labels.json, tokenizer.json, README.md, the tokenizer's files (`source`, when given) and SHA256SUMS."""
+    with open(os.path.join(out, "labels.json"), "w", encoding="utf-8") as f:
         json.dump({str(i): n for i, n in enumerate(clf.label_names)}, f, indent=2)
-    with open(os.path.join(output, "tokenizer.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out, "tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(tokenizer, f, indent=2)
-    with open(os.path.join(output, "README.md"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out, "README.md"), "w", encoding="utf-8") as f:
         f.write(model_card(clf, results, tokenizer))
     files = list(FILES)
-    if with_tokenizer:
-        target = os.path.join(output, TOKENIZER_DIR)
+    if source is not None:
+        target = os.path.join(out, TOKENIZER_DIR)
         if os.path.isdir(source):
             shutil.copytree(source, target)
         else:
             os.makedirs(target)
             shutil.copy2(source, target)
-        files += sorted(os.path.relpath(os.path.join(d, n), output) for d, _, names in os.walk(target) for n in names)
-    with open(os.path.join(output, "SHA256SUMS"), "w", encoding="utf-8") as f:
-        f.writelines(f"{sha256_file(os.path.join(output, n))}  {n}\n" for n in files)
-    return output
+        files += sorted(os.path.relpath(os.path.join(d, n), out) for d, _, names in os.walk(target) for n in names)
+    with open(os.path.join(out, "SHA256SUMS"), "w", encoding="utf-8") as f:
+        f.writelines(f"{sha256_file(os.path.join(out, n))}  {n}\n" for n in files)
 
 
 def verify_release(path: str) -> None:

@@ -111,14 +111,17 @@ def add_run_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     return r
 
 
-def loop_config(a: argparse.Namespace, *, epochs: int, default_batch: int, default_bs_per_gpu: int) -> LoopConfig:
-    """The loop's config from parsed flags (`epochs` resolved by the caller: fine-tuning has dataset defaults)."""
+def loop_config(a: argparse.Namespace, *, epochs: int, default_batch: int, default_bs_per_gpu: int,
+                cpu_bf16: bool | None = None) -> LoopConfig:
+    """The loop's config from parsed flags (`epochs` resolved by the caller: fine-tuning has dataset defaults)
+    and the user's VIMPAC_CPU_BF16 (`cpu_bf16`, read by the entry point's main)."""
     return LoopConfig(
         output=a.output, epochs=epochs, batch_size=a.batch_size, bs_per_gpu=a.bs_per_gpu, lr=a.lr,
         betas=(a.beta1, a.beta2), weight_decay=a.weight_decay, optim=a.optim, eps=a.epsilon,
         accumulation=a.gradient_accumulation, clip_grad_norm=a.clip_grad_norm,
         lr_scheduler=a.lr_scheduler, warm_up=a.warm_up, interval=a.interval, resume=a.resume,
-        precision=a.precision, zero_stage=a.zero_stage, deepspeed_config=a.deepspeed_config, compile=a.compile,
+        precision=a.precision, cpu_bf16=cpu_bf16, zero_stage=a.zero_stage, deepspeed_config=a.deepspeed_config,
+        compile=a.compile,
         max_nonfinite=a.max_nonfinite, save_steps=a.save_steps, save_per_epochs=a.save_per_epochs,
         log_steps=a.log_steps, eval_per_epochs=a.eval_per_epochs, seed=a.seed, num_workers=a.num_workers,
         progress=a.tqdm is not False, debug=a.debug, flags=flag_record(a), default_batch=default_batch,

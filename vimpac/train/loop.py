@@ -61,6 +61,7 @@ class LoopConfig:
     interval: int | None = None       # stop this run after N epochs of the schedule
     resume: bool = False
     precision: str = "auto"           # the flag; resolved for the device by the loop
+    cpu_bf16: bool | None = None      # the user's VIMPAC_CPU_BF16, read by the entry point (video2token.precision)
     zero_stage: int | None = None     # None: 0, or 1 under fp16
     deepspeed_config: str | None = None
     compile: bool = False             # torch.compile each transformer layer (--compile)
@@ -118,7 +119,7 @@ class TrainLoop:
         # second, before DeepSpeed and the process group start.
         self.state = LoopState()
         ckpt = self._read_checkpoint()
-        self.precision: Precision = resolve_precision(cfg.precision, self.launch.device_type)
+        self.precision: Precision = resolve_precision(cfg.precision, self.launch.device_type, cpu_bf16=cfg.cpu_bf16)
         self.precision.configure_backends()
         try:
             self.zero_stage = choose_zero_stage(self.precision.name, cfg.zero_stage, cpu=self.launch.cpu)
