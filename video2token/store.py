@@ -22,7 +22,13 @@ Each shard file holds, for its N videos (sorted by their position in the source 
     labels        int32  (N,)              class index, -1 when unlabeled
     video_ids     str    (N,)              relpath under the video root (unique)
     source_index  int64  (N,)              position in the annotation list
+    source_paths  str    (N,)              the file read, links resolved ("" when not known)
+    fingerprints  str    (N,)              "BYTES:SHA256" of that file's bytes ("" when not known)
     attrs: format, version, shard_id, num_shards, meta (JSON), failures (JSON list)
+
+Shards written before source_paths / fingerprints existed lack both datasets; readers then
+report None for them (`TokenStore.sources()`), which `inspect --against` says it falls back
+from. Neither is loaded when a store is opened: only `sources()` reads them.
 
 Readers (`TokenStore`) open HDF5 files lazily, per process, so DataLoader workers never
 share a handle. Writers (`ShardWriter`) commit work in small part files (temp + fsync +
@@ -69,6 +75,7 @@ _SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.h5$")
 _RECORD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.integrity\.json$")
 _ERRORS_RE = re.compile(r"^errors(-\d{5}-of-\d{5})?\.jsonl$")
 _PART_RE = re.compile(r"^part-(\d{8})\.h5$")
+_SOURCE_DATASETS = ("source_paths", "fingerprints")
 _CHUNK = 1 << 16
 META = "meta.json"
 PARTS = ".parts"
@@ -227,6 +234,8 @@ class VideoRecord:
     label: int
     codes: np.ndarray        # (T, h, w) int16
     timestamps: np.ndarray   # (T,) float64
+    source_path: str = ""    # the file read, links resolved ("" unknown)
+    fingerprint: str = ""    # checksum.file_fingerprint of that file ("" unknown)
 
 
 @dataclass
@@ -264,8 +273,11 @@ def _write_shard_file(path: str, records: list[VideoRecord], failures: list[dict
         f.create_dataset("labels", data=np.array([r.label for r in records], dtype=np.int32), track_times=False)
         f.create_dataset("source_index", data=np.array([r.source_index for r in records], dtype=np.int64),
                          track_times=False)
-        f.create_dataset("video_ids", data=np.array([r.video_id for r in records], dtype=object),
-                         dtype=h5py.string_dtype("utf-8"), track_times=False)
+        for name, values in (("video_ids", [r.video_id for r in records]),
+                             ("source_paths", [r.source_path for r in records]),
+                             ("fingerprints", [r.fingerprint for r in records])):
+            f.create_dataset(name, data=np.array(values, dtype=object), dtype=h5py.string_dtype("utf-8"),
+                             track_times=False)
         for k, v in attrs.items():
             f.attrs[k] = v
         f.attrs["failures"] = json.dumps(failures, sort_keys=True)
@@ -280,14 +292,21 @@ def _read_shard_records(path: str) -> tuple[list[VideoRecord], list[dict]]:
         foffs = f["frame_offsets"][()]
         labels = f["labels"][()]
         srcs = f["source_index"][()]
-        ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in f["video_ids"][()]]
+        ids = _strings(f["video_ids"])
+        paths = _strings(f["source_paths"]) if "source_paths" in f else [""] * len(ids)
+        prints = _strings(f["fingerprints"]) if "fingerprints" in f else [""] * len(ids)
         failures = json.loads(f.attrs.get("failures", "[]"))
     records = []
     for i in range(len(ids)):
         t, h, w = (int(x) for x in shapes[i])
         c = codes[offs[i]:offs[i] + t * h * w].reshape(t, h, w)
-        records.append(VideoRecord(int(srcs[i]), ids[i], int(labels[i]), c, ts[foffs[i]:foffs[i] + t]))
+        records.append(VideoRecord(int(srcs[i]), ids[i], int(labels[i]), c, ts[foffs[i]:foffs[i] + t],
+                                   source_path=paths[i], fingerprint=prints[i]))
     return records, failures
+
+
+def _strings(dataset) -> list[str]:
+    return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in dataset[()]]
 
 
 def _meta_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -446,9 +465,13 @@ class ShardWriter:
         self._buffer.records.append(record)
 
     def add_failure(self, source_index: int, video_id: str | None, path: str | None, stage: str,
-                    reason: str) -> None:
-        self._buffer.failures.append({"source_index": int(source_index), "video_id": video_id,
-                                      "path": path, "stage": stage, "reason": reason})
+                    reason: str, *, same_as: str | None = None) -> None:
+        """A listed video that is not stored; `same_as`: the id its file is stored under (stage "same_file")."""
+        failure = {"source_index": int(source_index), "video_id": video_id, "path": path, "stage": stage,
+                   "reason": reason}
+        if same_as is not None:
+            failure["same_as"] = same_as
+        self._buffer.failures.append(failure)
 
     @property
     def pending(self) -> int:
@@ -552,7 +575,7 @@ class ShardWriter:
 
 
 def _public_failure(x: dict) -> dict:
-    return {k: x[k] for k in ("path", "stage", "reason", "video_id")}
+    return {k: x[k] for k in ("path", "stage", "reason", "video_id", "same_as") if k in x}
 
 
 def merge_error_logs(store_dir: str) -> None:
@@ -630,9 +653,10 @@ class _Shard:
                 self.shapes = f["shapes"][()]
                 self.labels = f["labels"][()]
                 self.source_index = f["source_index"][()]
-                self.video_ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in f["video_ids"][()]]
+                self.video_ids = _strings(f["video_ids"])
                 self.failures = json.loads(f.attrs.get("failures", "[]"))
                 num_codes, num_ts = int(f["codes"].shape[0]), int(f["timestamps"].shape[0])
+                source_counts = {k: int(f[k].shape[0]) for k in _SOURCE_DATASETS if k in f}
         except StoreError:
             raise
         except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as e:
@@ -643,6 +667,12 @@ class _Shard:
                             frame_offsets=self.frame_offsets, labels=self.labels, source_index=self.source_index,
                             num_ids=len(self.video_ids), num_codes=num_codes, num_timestamps=num_ts,
                             num_classes=len(names) if isinstance(names, list) else None)
+        for name, count in source_counts.items():
+            if count != len(self.video_ids):
+                raise StoreError(f"shard {path} has an inconsistent index: {name} has {count} entries for "
+                                 f"{len(self.video_ids)} videos; re-extract it (rerun with --overwrite)")
+        #: whether the shard records each video's file (older shards do not)
+        self.has_sources = len(source_counts) == len(_SOURCE_DATASETS)
         if record is not None:
             wrong = {k: (record.get(k), v) for k, v in facts.items() if k in record and record[k] != v}
             if wrong:
@@ -665,6 +695,13 @@ class _Shard:
             flat = self._h5()["codes"][start + f0 * h * w:start + f1 * h * w]
             return flat.reshape(max(f1 - f0, 0), h, w)
         return self._h5()["codes"][start:start + t * h * w].reshape(t, h, w)
+
+    def sources(self) -> list[tuple[str | None, str | None]]:
+        """(resolved path, fingerprint) of each video's file, None where not recorded (read on demand)."""
+        if not self.has_sources:
+            return [(None, None)] * len(self.video_ids)
+        f = self._h5()
+        return [(p or None, fp or None) for p, fp in zip(_strings(f["source_paths"]), _strings(f["fingerprints"]))]
 
     def timestamps(self, i: int) -> np.ndarray:
         t = int(self.shapes[i][0])
@@ -757,6 +794,14 @@ class TokenStore:
 
     def source_path(self, video_id: str) -> str:
         return os.path.join(self.meta["video_root"], video_id)
+
+    def sources(self) -> list[tuple[str, str | None, str | None]]:
+        """(video id, resolved path, fingerprint "BYTES:SHA256") of every video, in store order; path and
+        fingerprint are None where the shard does not record them (made before they were)."""
+        out = []
+        for s in self._shards:
+            out += [(vid, path, fp) for vid, (path, fp) in zip(s.video_ids, s.sources())]
+        return out
 
     @property
     def vocab_size(self) -> int:
