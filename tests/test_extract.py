@@ -326,8 +326,6 @@ def _inspect(*args) -> subprocess.CompletedProcess:
 
 
 def test_one_file_under_two_names_is_stored_once_whatever_the_shard(video_root, tiny_vqvae, tmp_path, capsys):
-    from video2token.checksum import file_fingerprint
-
     root = tmp_path / "root"
     shutil.copytree(video_root / "good", root / "good")
     os.symlink(root / "good", root / "linked_dir")                 # a directory symlink
@@ -348,6 +346,8 @@ def test_one_file_under_two_names_is_stored_once_whatever_the_shard(video_root, 
             assert f"{dup} = {first}" in stdout
     s = TokenStore(str(out))
     assert s.video_ids == kept
+    from video2token.checksum import file_fingerprint
+
     assert {vid: (path, fp) for vid, path, fp in s.sources()} == {
         vid: (os.path.realpath(root / vid), file_fingerprint(root / vid)) for vid in kept}
     rc, _, _ = _main(capsys, _cli_args(root, anno, tmp_path / "whole", tiny_vqvae, "--num-workers", "0"))
