@@ -41,7 +41,8 @@ checks size and SHA-256 before the HDF5 library sees a byte of the shard (corrup
 make HDF5 spin forever), then checks the index arrays: offsets and shapes tile the code and
 timestamp arrays exactly, ids and source positions are in order, labels are in range. Part
 files carry a SHA-256 too; a damaged part is discarded and its videos are redone.
-`verify=False` skips the SHA-256 only (trusted storage).
+`verify=False` skips the SHA-256 only (trusted storage, or a check that comes later, as the
+trainers' split over their ranks: `vimpac.train.shard_check`).
 
 Finalize order (a kill or a full disk at any step leaves the old state or one the rerun
 completes): parts committed -> shard's errors file -> shard temp + its integrity record ->
@@ -140,9 +141,7 @@ def _read_record(path: str, what: str) -> dict:
     return rec
 
 
-def verify_file(path: str, what: str = "shard") -> dict:
-    """Check size and SHA-256 of a shard (or part) against its integrity record; return the record."""
-    rec = _read_record(path, what)
+def _check_size(path: str, rec: dict, what: str) -> None:
     try:
         size = os.path.getsize(path)
     except OSError as e:
@@ -150,6 +149,12 @@ def verify_file(path: str, what: str = "shard") -> dict:
     if size != rec.get("bytes"):
         raise StoreError(f"{what} {path} is corrupt: {size} bytes, its integrity record says {rec.get('bytes')} "
                          f"(truncated or appended to); re-extract it (rerun with --overwrite)")
+
+
+def verify_file(path: str, what: str = "shard") -> dict:
+    """Check size and SHA-256 of a shard (or part) against its integrity record; return the record."""
+    rec = _read_record(path, what)
+    _check_size(path, rec, what)
     digest = sha256_file(path)
     if digest != rec["sha256"]:
         raise StoreError(f"{what} {path} is corrupt: SHA-256 {digest[:16]}... differs from its integrity record "
@@ -630,13 +635,17 @@ def list_shards(store_dir: str) -> list[tuple[int, int]]:
 class _Shard:
     """Index arrays of one shard in memory; the code array read lazily, one handle per process.
 
-    verify: size and SHA-256 against the integrity record before HDF5 opens the file. The
-    index arrays are checked either way, and against the record's facts when there is one.
+    verify: size and SHA-256 against the integrity record before HDF5 opens the file. Without,
+    a record's size is still checked first (a stat: truncated and appended files never reach
+    HDF5), and the index arrays are checked either way, against the record's facts when there
+    is one.
     """
 
     def __init__(self, path: str, verify: bool = True):
         self.path = path
         record = verify_file(path) if verify else _record_if_any(path)  # its index facts are compared below
+        if record is not None and not verify:
+            _check_size(path, record, "shard")
         try:
             with h5py.File(path, "r") as f:
                 if f.attrs.get("format") != FORMAT:
