@@ -19,7 +19,7 @@ from torch import nn
 from vimpac.data.clips import ClipSpec
 from vimpac.data.pretrain_clips import ClipPairDataset, ClipSampling, collate_pairs
 from vimpac.data.sampler import EpochBatchSampler
-from vimpac.data.stores import DataError, check_compatible_stores, check_frame_size, open_stores
+from vimpac.data.stores import DataError, check_compatible_stores, check_frame_size, open_stores, shard_files
 from vimpac.eval.copy_baseline import copy_baseline_accuracy, copy_baseline_predictions
 from vimpac.eval.knn import DEFAULT_K, DEFAULT_TEMPERATURE, centre_clips, extract_cls_features, knn_accuracy
 from vimpac.model.checkpoint import Checkpoint, CheckpointError
@@ -47,7 +47,7 @@ class PretrainData:
     frame_size: int | None = None
     vocab_size: int | None = None   # expected vocabulary (--vocab-size), checked against the stores
     seed: int = 9595
-    verify_stores: bool = True      # SHA-256 of every shard when opened (--no-verify-stores: False)
+    verify_stores: bool = True      # SHA-256 of every shard, checked by the loop over the ranks (--no-verify-stores: False)
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,9 @@ class PretrainTask:
         self.data, self.objective, self.load, self.knn = data, objective, load, knn
         self.loaded_weights: dict[str, torch.Tensor] = {}
         try:
-            self.train_stores = open_stores(data.train, "--train-tokens", verify=data.verify_stores)
-            self.valid_stores = (open_stores(data.valid, "--valid-tokens", verify=data.verify_stores)
-                                 if data.valid else [])
+            # index checks only here: the loop checks the SHA-256s once the ranks can share the work
+            self.train_stores = open_stores(data.train, "--train-tokens", verify=False)
+            self.valid_stores = open_stores(data.valid, "--valid-tokens", verify=False) if data.valid else []
             vocab, grid = check_compatible_stores(self.train_stores, "--train-tokens")
             if self.valid_stores:
                 v_vocab, v_grid = check_compatible_stores(self.valid_stores, "--valid-tokens")
@@ -177,6 +177,9 @@ class PretrainTask:
 
     def adapt_moments(self, moments: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
         return resample_moments(moments, model)
+
+    def shards_to_verify(self) -> list[str]:
+        return shard_files(self.train_stores + self.valid_stores) if self.data.verify_stores else []
 
     def stage_facts(self) -> dict[str, Any]:
         return {"grid": [self.cfg.grid_h, self.cfg.grid_w], "clip_len": self.cfg.clip_len}
