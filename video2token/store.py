@@ -944,8 +944,8 @@ class _Shard:
         """(resolved path, fingerprint) of each video's file, None where not recorded (read on demand)."""
         if not self.has_sources:
             return [(None, None)] * len(self.video_ids)
-        f = self._h5()
-        return [(p or None, fp or None) for p, fp in zip(_strings(f["source_paths"]), _strings(f["fingerprints"]))]
+        paths, prints = (self._dataset(name) for name in ("source_paths", "fingerprints"))
+        return [(p or None, fp or None) for p, fp in zip(_strings(paths), _strings(prints))]
 
     def timestamps(self, i: int) -> np.ndarray:
         t = int(self.shapes[i][0])
