@@ -2,11 +2,13 @@
 from the environment).
 
     python tests/hooked_run.py pretrain [--step-sleep S] [--nan-steps 2,4] [--sleep-before-swap S]
-        [--inf-activation-steps 2] [--inf-grad-steps 2] [--hostnames h1,h2] -- TRAINER FLAGS
+        [--inf-activation-steps 2] [--inf-grad-steps 2] [--hostnames h1,h2] [--log-shard-checks FILE] -- TRAINER FLAGS
 
 --inf-activation-steps: the input of the model's first BatchNorm is +Inf in those steps' forwards (the loss
 follows); --inf-grad-steps: the loss stays finite but its gradient is Inf. --hostnames: what
-`scontrol show hostnames` would answer for any node list (--slurm-multinode-dist without SLURM).
+`scontrol show hostnames` would answer for any node list (--slurm-multinode-dist without SLURM);
+--log-shard-checks: each shard whose SHA-256 this process checks at start-up is appended to FILE (one path per
+line), then checked as usual.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from video2token.store import verify_file  # noqa: E402
 from vimpac.train.hooks import LoopHooks  # noqa: E402
 
 
@@ -73,7 +76,13 @@ def hooks_from(a: argparse.Namespace) -> LoopHooks:
         print(f"[test hook] sleeping {a.sleep_before_swap}s before swapping in {tmp}", flush=True)
         time.sleep(a.sleep_before_swap)
 
+    def check_shard(path: str) -> None:
+        with open(a.log_shard_checks, "a", encoding="utf-8") as f:
+            f.write(path + "\n")
+        verify_file(path)
+
     return LoopHooks(
+        check_shard=check_shard if a.log_shard_checks else None,
         after_step=(lambda step: time.sleep(a.step_sleep)) if a.step_sleep else None,
         loss_at_boundary=loss_at_boundary if nan_steps or inf_grad else None,
         before_checkpoint_swap=before_swap if a.sleep_before_swap else None,
@@ -91,6 +100,7 @@ def main() -> int:
     ap.add_argument("--inf-activation-steps", default="")
     ap.add_argument("--inf-grad-steps", default="")
     ap.add_argument("--hostnames", default="")
+    ap.add_argument("--log-shard-checks", default="")
     a = ap.parse_args(argv[:cut])
     entry = importlib.import_module(f"vimpac.{a.entry}")
     hostnames = (lambda nodelist: a.hostnames.split(",")) if a.hostnames else None

@@ -32,11 +32,14 @@ def structured_codes(rng: np.random.Generator, num_frames: int, grid: int, vocab
 
 def make_store(path: str, *, num_videos: int = 16, frames: tuple[int, int] = (6, 12), grid: int = 4,
                vocab_size: int = 32, seed: int = 0, kind: str = "structured", name: str = "synthetic",
-               hflip: bool = False) -> str:
-    """Write a one-shard token store of `num_videos` videos with frame counts in [frames[0], frames[1]]."""
+               hflip: bool = False, shards: int = 1) -> str:
+    """Write a token store of `num_videos` videos with frame counts in [frames[0], frames[1]], in `shards`
+    shards (contiguous blocks of the videos, as extraction makes them)."""
     rng = np.random.default_rng(seed)
-    w = ShardWriter(path, store_meta(vocab_size, grid * 8, name=name, hflip=hflip), shard_id=0, num_shards=1)
+    meta = store_meta(vocab_size, grid * 8, name=name, hflip=hflip)
+    writers = [ShardWriter(path, meta, shard_id=k, num_shards=shards) for k in range(shards)]
     for i in range(num_videos):
+        w = writers[i * shards // num_videos]
         t = int(rng.integers(frames[0], frames[1] + 1))
         if kind == "structured":
             codes = structured_codes(rng, t, grid, vocab_size)
@@ -46,7 +49,8 @@ def make_store(path: str, *, num_videos: int = 16, frames: tuple[int, int] = (6,
             raise ValueError(f"unknown kind {kind!r}")
         w.add(VideoRecord(source_index=i, video_id=f"vid_{i:04d}.mp4", label=i % 3, codes=codes,
                           timestamps=np.arange(t, dtype=np.float64) / 2.0))
-    w.finalize()
+    for w in writers:
+        w.finalize()
     return path
 
 

@@ -100,6 +100,25 @@ def test_escaping_paths_are_skipped(tmp_path, root):
     assert [s.source for s in ann.skipped] == [f"{f}:{i}" for i in range(1, 6)]
 
 
+def test_one_file_under_two_names_is_one_item_the_first_listed(tmp_path, root):
+    for name in ("a.mp4", "b.mp4"):
+        write(root / "real" / name, name)
+    os.symlink(root / "real", root / "dirlink")
+    os.symlink(root / "real" / "a.mp4", root / "filelink.mp4")
+    os.link(root / "real" / "b.mp4", root / "hard.mp4")
+    lines = ["filelink.mp4 0", "real/a.mp4 0", "dirlink/a.mp4 0", "hard.mp4 1", "dirlink/b.mp4 1", "real/b.mp4 1",
+             "missing.mp4 0", "dirlink/missing.mp4 0"]
+    f = write(tmp_path / "l.txt", "".join(f"{p}\n" for p in lines))
+    ann = read_annotations([f], str(root))
+    # missing files have no identity: never taken for each other (extraction reports them)
+    assert [it.video_id for it in ann.items] == ["filelink.mp4", "hard.mp4", "missing.mp4", "dirlink/missing.mp4"]
+    assert ann.items[0].path == str((root / "real" / "a.mp4").resolve())
+    assert [(s.video_id, s.kind, s.same_as) for s in ann.skipped] == [
+        ("real/a.mp4", "same_file", "filelink.mp4"), ("dirlink/a.mp4", "same_file", "filelink.mp4"),
+        ("dirlink/b.mp4", "same_file", "hard.mp4"), ("real/b.mp4", "same_file", "hard.mp4")]
+    assert f"the same file as 'filelink.mp4' (first at {f}:1)" in ann.skipped[0].reason
+
+
 def test_bad_files_raise_naming_file_and_line(tmp_path, root):
     missing = str(tmp_path / "nope.txt")
     with pytest.raises(AnnotationError, match="nope.txt: annotation file not found"):

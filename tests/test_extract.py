@@ -10,11 +10,12 @@ import sys
 import time
 
 import av
+import h5py
 import numpy as np
 import pytest
 
 from video2token.extract import ExtractConfig, run, shard_range
-from video2token.store import StoreError, TokenStore, check_codes_fit
+from video2token.store import StoreError, TokenStore, check_codes_fit, record_path
 from video2token.videowriter import write_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -308,3 +309,96 @@ def test_precision_flag_is_recorded_and_never_mixed(video_root, tiny_vqvae, tiny
     capsys.readouterr()
     assert main(_main_args(video_root, anno, tmp_path / "fp32", kind, tok_path, "--device", "cpu", "--bf16")) == 2
     assert "tokenizer.precision: 'fp32' (existing) vs 'bf16' (requested)" in capsys.readouterr().err
+
+
+def _main(capsys, args) -> tuple[int, str, str]:
+    from video2token.extract import main
+
+    capsys.readouterr()
+    rc = main(args)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _inspect(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "video2token.inspect", *map(str, args)], env=ENV,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_one_file_under_two_names_is_stored_once_whatever_the_shard(video_root, tiny_vqvae, tmp_path, capsys):
+    root = tmp_path / "root"
+    shutil.copytree(video_root / "good", root / "good")
+    os.symlink(root / "good", root / "linked_dir")                 # a directory symlink
+    os.symlink(root / "good" / "v1.mp4", root / "file_link.mp4")   # a file symlink
+    os.link(root / "good" / "v2.mp4", root / "hard.mp4")           # a hard link, listed before its other name
+    anno = _list(tmp_path, ["good/v0.mp4 0", "linked_dir/v0.mp4 0", "good/v1.mp4 1", "hard.mp4 2", "file_link.mp4 1",
+                            "good/v2.mp4 2", "good/v3.mp4 0"])
+    kept = ["good/v0.mp4", "good/v1.mp4", "hard.mp4", "good/v3.mp4"]
+    pairs = {"linked_dir/v0.mp4": "good/v0.mp4", "file_link.mp4": "good/v1.mp4", "good/v2.mp4": "hard.mp4"}
+    # two shards, the second first (through the decode pool), then the first: the same names are kept
+    out = tmp_path / "sharded"
+    for shard, workers in (("1", "1"), ("0", "0")):
+        rc, stdout, err = _main(capsys, [*_cli_args(root, anno, out, tiny_vqvae, "--shard-id", shard, "--num-shards",
+                                                    "2"), "--num-workers", workers])
+        assert rc == 0, err
+        assert "3 listed name(s) are the same file as an earlier name" in stdout  # every shard's summary says it
+        for dup, first in pairs.items():
+            assert f"{dup} = {first}" in stdout
+    s = TokenStore(str(out))
+    assert s.video_ids == kept
+    from video2token.checksum import file_fingerprint
+
+    assert {vid: (path, fp) for vid, path, fp in s.sources()} == {
+        vid: (os.path.realpath(root / vid), file_fingerprint(root / vid)) for vid in kept}
+    rc, _, _ = _main(capsys, _cli_args(root, anno, tmp_path / "whole", tiny_vqvae, "--num-workers", "0"))
+    assert rc == 0 and _content(str(tmp_path / "whole")) == _content(str(out))
+    rc, stdout, _ = _main(capsys, _cli_args(root, anno, out, tiny_vqvae, "--shard-id", "0", "--num-shards", "2"))
+    assert rc == 0 and "already complete" in stdout and "file_link.mp4 = good/v1.mp4" in stdout  # a rerun agrees
+    with open(out / "errors.jsonl") as f:
+        logged = [json.loads(line) for line in f]
+    assert {e["video_id"]: e["same_as"] for e in logged if e["stage"] == "same_file"} == pairs
+    r = _inspect(out, "--json")
+    report = json.loads(r.stdout)
+    assert r.returncode == 0 and report["problems"] == [], r.stdout  # stored once: no problem
+    assert report["summary"]["same_file"] == pairs and report["summary"]["not_stored"] == "none"
+    r = _inspect(out)
+    assert "3 listed name(s) are the same file" in r.stdout and "good/v2.mp4 = hard.mp4" in r.stdout
+
+
+def test_inspect_against_names_the_videos_two_stores_share(video_root, tiny_vqvae, tmp_path, capsys):
+    root = tmp_path / "root"
+    shutil.copytree(video_root / "good", root / "good")
+    os.makedirs(root / "copy")
+    shutil.copy(root / "good" / "v1.mp4", root / "copy" / "renamed.mp4")  # the same video under another path
+    stores = {}
+    for name, lines in (("train", ["good/v0.mp4 0", "good/v1.mp4 1", "good/v2.mp4 2"]),
+                        ("test", ["copy/renamed.mp4 1", "good/v2.mp4 2", "good/v3.mp4 0"]),
+                        ("other", ["good/v4.mp4 1"])):
+        stores[name] = tmp_path / name
+        rc, _, err = _main(capsys, _cli_args(root, _list(tmp_path, lines, f"{name}.txt"), stores[name], tiny_vqvae,
+                                             "--num-workers", "0"))
+        assert rc == 0, err
+    r = _inspect(stores["train"], "--against", stores["test"])
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "2 video(s) of" in r.stdout and "(same content: 2, same path: 0)" in r.stdout
+    assert "good/v1.mp4 = copy/renamed.mp4 (same content)" in r.stdout
+    assert "good/v2.mp4 = good/v2.mp4 (same content)" in r.stdout and "note:" not in r.stdout
+    r = _inspect(stores["train"], "--against", stores["other"], "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["shared"] == [], r.stdout
+    r = _inspect(stores["train"], "--against", tmp_path / "missing")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    # a store made before fingerprints were recorded: still opens; --against falls back to paths and says so
+    old = tmp_path / "old"
+    shutil.copytree(stores["train"], old)
+    shard = old / "shard-00000-of-00001.h5"
+    with h5py.File(shard, "r+") as f:
+        del f["source_paths"], f["fingerprints"]
+    os.remove(record_path(str(shard)))
+    assert _inspect(old, "--seal").returncode == 0
+    assert TokenStore(str(old)).sources()[0] == ("good/v0.mp4", None, None)
+    r = _inspect(old, "--against", stores["test"], "--json")
+    report = json.loads(r.stdout)
+    assert r.returncode == 1 and report["shared"] == [
+        {"video_id": "good/v2.mp4", "other_video_id": "good/v2.mp4", "by": "path"}], r.stdout  # the copy is missed
+    (note,) = report["notes"]
+    assert f"{old}: 3 of 3 videos have no content fingerprint" in note and "compared by resolved path" in note

@@ -121,6 +121,27 @@ def test_eval_only_reproduces_best_checkpoint_numbers(finetuned, data, tmp_path)
     assert json.load(open(os.path.join(again, "results.json")))["final"]["top1"] == pytest.approx(best["top1"])
 
 
+def test_eval_only_checks_stores_when_opened_training_leaves_it_to_the_loop(data, tmp_path, capsys):
+    import h5py
+
+    import vimpac.finetune as finetune
+
+    bad = tmp_path / "valid"
+    shutil.copytree(data["valid"][0], bad)
+    shard = bad / "shard-00000-of-00001.h5"
+    with h5py.File(shard, "r+") as f:  # bit rot inside the vocabulary: only the SHA-256 notices
+        f["codes"][:20] = (f["codes"][:20] + 1) % 32
+    args = ["--load", data["pre"], "--train-tokens", *data["train"], "--valid-tokens", str(bad), "--output",
+            str(tmp_path / "out"), *FAST]
+    assert finetune.main([*args, "--eval-only"]) == 2  # one process: checked before HDF5 reads a byte
+    assert f"error: --valid-tokens: shard {shard} is corrupt: SHA-256" in capsys.readouterr().err
+    training = finetune.labelled_data(finetune.build_parser().parse_args(args))  # index checks only
+    assert training.shards_to_verify() == [os.path.join(p, "shard-00000-of-00001.h5") for p in
+                                           [*data["train"], str(bad)]]
+    trusted = finetune.labelled_data(finetune.build_parser().parse_args([*args, "--no-verify-stores"]))
+    assert trusted.shards_to_verify() == []
+
+
 def test_different_shape_resamples_and_its_absence_is_a_clear_error(data, tmp_path):
     args = ["--load", data["pre"], "--train-tokens", *data["train8"], "--valid-tokens", *data["valid8"],
             "--clip-len", "6", "--epochs", "1", "--num-test-clips", "1", *FAST]

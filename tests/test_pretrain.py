@@ -273,6 +273,45 @@ def test_two_slurm_ranks_with_the_knn_monitor_adam_and_gradient_accumulation(sto
     assert load_checkpoint(os.path.join(out, "last")).trainer_state["optimizer"] == "adam"
 
 
+def _free_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def test_two_ranks_hash_each_shard_once_and_a_corrupt_one_stops_both(tmp_path):
+    """Two gloo ranks (one process each, as a launcher starts them): the shards' SHA-256 check is split between
+    them, each shard hashed exactly once in all; a corrupt shard stops both ranks with the error naming it."""
+    import h5py
+
+    train = make_store(str(tmp_path / "train"), num_videos=24, grid=4, vocab_size=32, seed=0, shards=3)
+    valid = make_store(str(tmp_path / "valid"), num_videos=8, grid=4, vocab_size=32, seed=1)
+    shards = sorted(os.path.join(train, f"shard-0000{k}-of-00003.h5") for k in range(3))
+    shards.append(os.path.join(valid, "shard-00000-of-00001.h5"))
+    bad = shards[1]
+    with h5py.File(bad, "r+") as f:  # bit rot inside the vocabulary: only the SHA-256 notices
+        f["codes"][:50] = (f["codes"][:50] + 1) % 32
+    port = _free_port()
+    args = ["--train-tokens", train, "--valid-tokens", valid, "--output", str(tmp_path / "out"), *TINY,
+            "--batch-size", "4", "--bs-per-gpu", "2", "--epochs", "1"]
+    procs = []
+    for rank in range(2):
+        env = _env({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+        procs.append(subprocess.Popen(_cmd(args, ["--log-shard-checks", str(tmp_path / f"rank{rank}.txt")]), cwd=ROOT,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 2 and "Traceback" not in err, out[-2000:] + err[-3000:]  # a run error, no crash
+    assert f"error: token store check: shard {bad} is corrupt: SHA-256" in outs[0][1], outs[0][1][-3000:]
+    assert not os.path.exists(os.path.join(tmp_path, "out", "metrics.jsonl"))  # no step was taken
+    checked = [open(tmp_path / f"rank{rank}.txt").read().split() for rank in range(2)]
+    assert all(checked) and sorted(checked[0] + checked[1]) == shards  # split, and each shard hashed once
+    # the stores were opened with the index checks only; --no-verify-stores leaves nothing to hash
+    assert sorted(pretrain.build_task(pretrain.build_parser().parse_args(args)).shards_to_verify()) == shards
+    assert pretrain.build_task(pretrain.build_parser().parse_args([*args, "--no-verify-stores"])).shards_to_verify() == []
+
+
 def test_nonfinite_steps_are_skipped_then_stop(stores, tmp_path):
     out = str(tmp_path / "out")
     proc = run(["--train-tokens", stores["train"], "--output", out, *TINY, "--batch-size", "8", "--bs-per-gpu", "4",

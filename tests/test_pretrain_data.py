@@ -20,10 +20,12 @@ from vimpac.model.config import ModelConfig  # noqa: E402
 from vimpac.eval.copy_baseline import copy_baseline_accuracy, copy_baseline_predictions  # noqa: E402
 from vimpac.data.pretrain_clips import ClipPairDataset, ClipSampling, collate_pairs, sample_starts  # noqa: E402
 from vimpac.data.sampler import EpochBatchSampler  # noqa: E402
-from vimpac.data.stores import DataError, check_compatible_stores  # noqa: E402
+from vimpac.data.stores import DataError, check_compatible_stores, shard_files, split_shards  # noqa: E402
 from vimpac.train.deepspeed_setup import build_ds_config, load_overrides  # noqa: E402
 from vimpac.train.optim import LRSchedule, ScheduleError, param_groups  # noqa: E402
-from vimpac.train.runtime import EngineError, plan_batches  # noqa: E402
+from vimpac.train.runtime import DistInfo, EngineError, plan_batches  # noqa: E402
+from vimpac.train.errors import TrainError  # noqa: E402
+from vimpac.train.shard_check import check_shards  # noqa: E402
 from video2token.runlog import MetricsLogger, plot_curves, read_metrics  # noqa: E402
 
 
@@ -328,3 +330,34 @@ def test_batch_plan_follows_the_flags_given_and_fits_a_small_set():
     # both given and disagreeing: the error names both flags
     with pytest.raises(EngineError, match="--batch-size 100 is not divisible by --bs-per-gpu 32"):
         plan_for_data(batch_size=100, bs_per_gpu=32, world_size=1, num_videos=5000, **kw)
+
+
+def test_shards_are_split_over_the_ranks_by_size_each_once(tmp_path):
+    sizes = {"a": 700, "b": 100, "c": 400, "d": 300, "e": 300, "f": 0}
+    for name, n in sizes.items():
+        (tmp_path / name).write_bytes(b"x" * n)
+    paths = [str(tmp_path / n) for n in sizes] + [str(tmp_path / "gone")]  # unreadable: 0 bytes, still checked
+    shares = split_shards(paths, 2)
+    assert sorted(p for share in shares for p in share) == sorted(paths)
+    assert [[os.path.basename(p) for p in share] for share in shares] == [["a", "e"], ["c", "d", "b", "f", "gone"]]  # 1000 / 800 bytes
+    assert split_shards(paths, 1) == [sorted(paths, key=lambda p: (-sizes.get(os.path.basename(p), 0), p))]
+    assert split_shards(paths[:1], 3) == [paths[:1], [], []]  # more ranks than shards: some check nothing
+    store = make_store(str(tmp_path / "store"), num_videos=4, shards=2)
+    opened = TokenStore(store, verify=False)
+    assert shard_files([opened, opened]) == opened.shard_paths and len(opened.shard_paths) == 2
+
+
+def test_one_process_checks_every_shard_and_names_the_corrupt_ones(tmp_path):
+    store = make_store(str(tmp_path / "store"), num_videos=6, shards=3)
+    paths = TokenStore(store, verify=False).shard_paths
+    seen, logs = [], []
+    one = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    check_shards(paths, one, check=lambda p: seen.append(p), log=logs.append)
+    assert sorted(seen) == sorted(paths) and "SHA-256 of 3 shard(s)" in logs[0]
+    assert check_shards([], one, check=seen.append) == 0.0 and len(seen) == 3
+    for p in paths[1:]:
+        with open(p, "ab") as f:
+            f.write(b"\0")
+    with pytest.raises(TrainError, match=r"token store check: shard .*shard-0000[12]-of-00003.h5 is corrupt: .* "
+                                         r"\(and 1 more shard\(s\): shard .*is corrupt"):
+        check_shards(paths, one, log=logs.append)

@@ -339,6 +339,10 @@ def test_index_checks_run_without_the_sha256(clean_store, tmp_path):
     _flip_codes(str(out / SHARD))
     assert _open_in_subprocess(out, verify=False).returncode == 0
     assert _open_in_subprocess(out, verify=True).returncode == 3
+    # the record's size is still checked without the SHA-256: a truncated copy never reaches HDF5
+    os.truncate(out / SHARD, os.path.getsize(out / SHARD) - 100)
+    r = _open_in_subprocess(out, verify=False)
+    assert r.returncode == 3 and "(truncated or appended to)" in r.stdout, r.stdout + r.stderr
     # a record whose facts were edited (its SHA-256 still matches the shard): refused with or without verify
     shutil.rmtree(out)
     shutil.copytree(clean_store, out)

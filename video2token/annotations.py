@@ -13,11 +13,16 @@ Contract
   the stores' int32 is skipped with a reason.
 - A line/record that cannot be interpreted, an unknown label, an escaping path or a duplicate
   id is *skipped* and recorded in `Annotations.skipped` with its "file:line" and a reason.
+- One file under two names (a symlinked directory or file, a hard link: the same st_dev and
+  st_ino once links are followed) is one video: the first name in list order is kept, every
+  later one is skipped with kind "same_file" and `same_as` naming the kept id, so a list can
+  neither store a video twice nor leak it between splits through a second name.
 - An unreadable or invalid file (missing, not UTF-8, bad JSON, bad CSV header, bad class
   index) raises `AnnotationError` naming the file (and line when known): the whole list is
   untrustworthy then.
 - Video files are not checked for existence (extraction reports those per video), except in
-  "folder" mode, which lists what exists.
+  "folder" mode, which lists what exists; a file that cannot be stat'ed has no identity and is
+  never taken for another.
 
 Format names and options (pass options as keyword arguments, or inside the format string:
 `"hmdb51:subset=train,split=1"`, which is how command-line tools forward them):
@@ -79,6 +84,7 @@ import json
 import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -109,6 +115,7 @@ LABEL_MAX = 2 ** 31 - 1  # labels are stored as int32
 _HMDB_RE = re.compile(r"(?P<cls>.+)_test_split(?P<k>[0-9]+)\.txt")
 _UCF_RE = re.compile(r"(classind|trainlist[0-9]+|testlist[0-9]+)\.txt", re.IGNORECASE)
 _WS_RE = re.compile(r"[ \t\n\r]*")
+SAME_FILE = "same_file"  # Skipped.kind of a later name of a listed file
 
 
 class AnnotationError(ValueError):
@@ -128,6 +135,8 @@ class Skipped:
     source: str          # "file:line"
     video_id: str | None
     reason: str
+    kind: str = "annotation"     # or SAME_FILE: another listed name of a file already listed
+    same_as: str | None = None   # kind "same_file": the id the file is kept under
 
 
 @dataclass
@@ -213,6 +222,18 @@ def read_annotations(files: list[str], video_root: str, fmt: str = "auto",
     return Annotations(items=col.items, skipped=col.skipped, label_names=names, format=name)
 
 
+def same_file_lines(same_file: dict[str, str], limit: int = 10) -> list[str]:
+    """What a summary says about names of one file: {later name: kept id} -> lines (the first `limit` pairs)."""
+    if not same_file:
+        return []
+    lines = [f"{len(same_file)} listed name(s) are the same file as an earlier name (symlink or hard link), "
+             f"stored once under the earlier one:"]
+    lines += [f"  {dup} = {kept}" for dup, kept in list(same_file.items())[:limit]]
+    if len(same_file) > limit:
+        lines.append(f"  ... and {len(same_file) - limit} more (stage same_file in the store's errors.jsonl)")
+    return lines
+
+
 # ----------------------------------------------------------------------------- collection
 
 class _Collector:
@@ -225,6 +246,7 @@ class _Collector:
         self.items: list[VideoItem] = []
         self.skipped: list[Skipped] = []
         self._first_source: dict[str, str] = {}
+        self._first_file: dict[tuple[int, int], VideoItem] = {}  # (st_dev, st_ino) -> the item kept for it
         # resolved parent directories: millions of videos share few directories
         self._dirs: dict[str, tuple[str | None, bool]] = {}
 
@@ -232,7 +254,7 @@ class _Collector:
         self.skipped.append(Skipped(source=source, video_id=video_id, reason=reason))
 
     def add(self, relpath: str, label: int, source: str) -> None:
-        rel, path_or_reason = self._resolve(relpath)
+        rel, path_or_reason, file_id = self._resolve(relpath)
         if rel is None:
             self.skip(source, relpath, path_or_reason)
             return
@@ -247,16 +269,28 @@ class _Collector:
         if first is not None:
             self.skip(source, rel, f"duplicate id (first at {first})")
             return
+        kept = self._first_file.get(file_id) if file_id is not None else None
+        if kept is not None:
+            self.skipped.append(Skipped(
+                source=source, video_id=rel, kind=SAME_FILE, same_as=kept.video_id,
+                reason=f"the same file as {kept.video_id!r} (first at {kept.source}) through a symlink or hard "
+                       f"link: stored once, under that id"))
+            return
+        item = VideoItem(video_id=rel, path=path_or_reason, label=label, source=source)
         self._first_source[rel] = source
-        self.items.append(VideoItem(video_id=rel, path=path_or_reason, label=label, source=source))
+        if file_id is not None:
+            self._first_file[file_id] = item
+        self.items.append(item)
 
     def _inside(self, path: str) -> bool:
         return self.root == "/" or path.startswith(self.root + "/")
 
-    def _resolve(self, raw: str) -> tuple[str | None, str]:
-        """relpath as written -> (normalized relpath, resolved absolute path) or (None, reason)."""
+    def _resolve(self, raw: str) -> tuple[str | None, str, tuple[int, int] | None]:
+        """relpath as written -> (normalized relpath, resolved absolute path, file identity) or (None, reason, None).
+
+        The identity is (st_dev, st_ino) after following links, None when the file cannot be stat'ed."""
         if not raw or "\x00" in raw:
-            return None, "malformed path (empty or NUL byte)"
+            return None, "malformed path (empty or NUL byte)", None
         if raw[0] == "/":
             norm = posixpath.normpath(raw)
             for base in (self.root_given, self.root):
@@ -265,27 +299,34 @@ class _Collector:
                     rel = norm[len(prefix):]
                     break
             else:
-                return None, "path escapes the video root (absolute path outside it)"
+                return None, "path escapes the video root (absolute path outside it)", None
         elif raw[0] == "." or raw[-1] == "/" or "//" in raw or "/." in raw:
             rel = posixpath.normpath(raw)
         else:
             rel = raw  # already normal: the common case, kept cheap for million-line lists
         if rel in (".", "..") or rel.startswith("../") or rel.startswith("/"):
-            return None, "path escapes the video root"
+            return None, "path escapes the video root", None
         parent, _, name = rel.rpartition("/")
         entry = self._dirs.get(parent)
         if entry is None:
             entry = self._dirs[parent] = self._parent_entry(parent)
         prefix, exists = entry
         if prefix is None:
-            return None, "path escapes the video root (through a symlinked directory)"
+            return None, "path escapes the video root (through a symlinked directory)", None
         full = prefix + name
-        # a file can only be a symlink if its directory exists; skip the lstat otherwise
-        if exists and os.path.islink(full):
-            full = os.path.realpath(full)
-            if not self._inside(full):
-                return None, "path escapes the video root (symlink)"
-        return rel, full
+        if not exists:  # a file can only exist (or be a symlink) if its directory does: skip the stat
+            return rel, full, None
+        try:
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                full = os.path.realpath(full)
+                if not self._inside(full):
+                    return None, "path escapes the video root (symlink)", None
+                st = os.stat(full)
+        except OSError:  # missing (extraction reports it) or unreadable: no identity
+            return rel, full, None
+        # st_ino 0: a file system without stable inode numbers, where identity cannot be told
+        return rel, full, (st.st_dev, st.st_ino) if st.st_ino else None
 
     def _parent_entry(self, parent: str) -> tuple[str | None, bool]:
         """(resolved directory + "/", exists), or (None, False) when it resolves outside the root."""

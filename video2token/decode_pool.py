@@ -4,6 +4,8 @@ Decoders hang or crash on some broken files (decord is known to), so each worker
 decodes one video at a time; a worker that misses its deadline is killed, one that dies is
 noticed through its sentinel, and in both cases the video is reported as failed and a
 fresh worker takes its place. Decoding thereby overlaps encoding in the parent process.
+Each decoded file's fingerprint (size + SHA-256 of its bytes, `checksum.file_fingerprint`) is
+taken in the worker too, right after decoding, while the file is in the page cache.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .checksum import file_fingerprint
+
 
 @dataclass
 class DecodeResult:
@@ -25,6 +29,7 @@ class DecodeResult:
     timestamps: np.ndarray | None  # (T,) float64 on success
     stage: str = "ok"              # ok | decode | timeout | crash
     reason: str = ""
+    fingerprint: str = ""          # "BYTES:SHA256" of the file on success
 
 
 DEFAULT_READER = "video2token.video:read_video"
@@ -49,20 +54,20 @@ def _worker_main(conn, read_kwargs: dict, reader: str) -> None:
         if task is None:
             return
         key, path = task
-        try:
-            frames, ts = read_video(path, **read_kwargs)
-            conn.send((key, frames, ts, "ok", ""))
-        except Exception as e:  # reported per video; the job goes on
-            conn.send((key, None, None, "decode", f"{type(e).__name__}: {e}"))
+        r = _decode(read_video, path, read_kwargs, key)
+        conn.send((key, r.frames, r.timestamps, r.stage, r.reason, r.fingerprint))
+
+
+def _decode(read_video, path: str, read_kwargs: dict, key: Any) -> DecodeResult:
+    try:
+        frames, ts = read_video(path, **read_kwargs)
+        return DecodeResult(key, frames, ts, fingerprint=file_fingerprint(path))
+    except Exception as e:  # reported per video; the job goes on
+        return DecodeResult(key, None, None, "decode", f"{type(e).__name__}: {e}")
 
 
 def read_inline(path: str, read_kwargs: dict, key: Any = None, reader: str = DEFAULT_READER) -> DecodeResult:
-    read_video = _import_reader(reader)
-    try:
-        frames, ts = read_video(path, **read_kwargs)
-        return DecodeResult(key, frames, ts)
-    except Exception as e:
-        return DecodeResult(key, None, None, "decode", f"{type(e).__name__}: {e}")
+    return _decode(_import_reader(reader), path, read_kwargs, key)
 
 
 class DecodePool:
@@ -139,14 +144,14 @@ class DecodePool:
                 key, path = w["task"]
                 if h is w["conn"] or w["conn"].poll():
                     try:
-                        k, frames, ts, stage, reason = w["conn"].recv()
+                        k, frames, ts, stage, reason, fingerprint = w["conn"].recv()
                     except (EOFError, OSError):
                         done.add(i)
                         yield self._crashed(i, key)
                         continue
                     w["task"] = None
                     done.add(i)
-                    yield DecodeResult(k, frames, ts, stage, reason)
+                    yield DecodeResult(k, frames, ts, stage, reason, fingerprint)
                 else:  # sentinel fired without a message: the worker died mid-video
                     done.add(i)
                     yield self._crashed(i, key)

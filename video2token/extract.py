@@ -13,6 +13,13 @@ with a store bit-identical to an uninterrupted run. Many machines split one job 
 --shard-id/--num-shards, or RANK/WORLD_SIZE (torchrun, DeepSpeed) or SLURM_PROCID/SLURM_NTASKS.
 --keep-frames also stores the frames the tokenizer encoded (uint8) beside the codes, for
 training that reads pixels (BEVT).
+
+A file listed under two names (a symlinked directory or file, a hard link) is stored once,
+under its first name in list order; the later names are logged (stage "same_file", naming the
+kept id) and listed in the summary. Every shard reads the whole list, so all shards and reruns
+agree on the name kept. Each stored video records its file's resolved path and fingerprint
+(size + SHA-256 of its bytes), which `python -m video2token.inspect STORE --against OTHER`
+compares across stores.
 """
 from __future__ import annotations
 
@@ -23,7 +30,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .annotations import AnnotationError, read_annotations
+import numpy as np
+
+from .annotations import SAME_FILE, AnnotationError, read_annotations, same_file_lines
 from .batcher import FrameBatcher
 from .cli import HelpFormatter
 from .decode_pool import DEFAULT_READER, DecodePool, read_inline
@@ -158,7 +167,9 @@ def run(cfg: ExtractConfig) -> dict:
     shard_items = [(k, ann.items[k]) for k in shard_range(len(ann.items), cfg.shard_id, cfg.num_shards)]
     summary = {"store": os.path.abspath(cfg.output), "shard": f"{cfg.shard_id}/{cfg.num_shards}",
                "listed": len(shard_items), "stored": 0, "skipped": collections.Counter(), "frames": 0,
-               "resumed_from": len(writer.done), "already_complete": writer.complete, "list_empty": not ann.items}
+               "resumed_from": len(writer.done), "already_complete": writer.complete, "list_empty": not ann.items,
+               # the whole list's, the same on every shard: {later name: the id its file is stored under}
+               "same_file": {sk.video_id: sk.same_as for sk in ann.skipped if sk.kind == SAME_FILE}}
     if writer.complete:
         path, failures, summary["videos_in_shard"] = writer.finalize()
         summary["skipped"].update(f["stage"] for f in failures)
@@ -168,7 +179,7 @@ def run(cfg: ExtractConfig) -> dict:
         for j, sk in enumerate(ann.skipped):
             idx = -1 - j
             if idx not in writer.done:
-                writer.add_failure(idx, sk.video_id, sk.source, "annotation", sk.reason)
+                writer.add_failure(idx, sk.video_id, sk.source, sk.kind, sk.reason, same_as=sk.same_as)
     todo = []
     for k, it in shard_items:
         if k in writer.done:
@@ -189,9 +200,10 @@ def run(cfg: ExtractConfig) -> dict:
 
     def store_ready(results) -> None:
         nonlocal last_commit
-        for k, (it, timestamps, frames), codes in results:
+        for k, (it, timestamps, fingerprint, frames), codes in results:
             # refuses codes that do not fit, and frames that are not the codes' (T, h*stride, w*stride, 3)
-            writer.add(VideoRecord(k, it.video_id, it.label, codes, timestamps, frames=frames))
+            writer.add(VideoRecord(k, it.video_id, it.label, codes, timestamps, frames=frames, source_path=it.path,
+                                   fingerprint=fingerprint))
             summary["stored"] += 1
             summary["frames"] += codes.shape[0]
             bar.update(1)
@@ -210,7 +222,7 @@ def run(cfg: ExtractConfig) -> dict:
             bar.update(1)
             return
         frames = res.frames if cfg.crop_type != "none" else trim_to_stride(res.frames, tok.downsample)
-        batcher.add(k, frames, (it, res.timestamps, frames if cfg.keep_frames else None))
+        batcher.add(k, frames, (it, res.timestamps, res.fingerprint, frames if cfg.keep_frames else None))
         t0 = time.monotonic()
         store_ready(batcher.ready())
         encode_time += time.monotonic() - t0
@@ -358,11 +370,13 @@ def main(argv: list[str] | None = None) -> int:
 def _format_summary(s: dict) -> str:
     skipped = ", ".join(f"{k}: {v}" for k, v in sorted(s["skipped"].items())) or "none"
     if s.get("already_complete"):
-        return (f"shard {s['shard']} of {s['store']} is already complete ({s['videos_in_shard']} videos stored, "
+        text = (f"shard {s['shard']} of {s['store']} is already complete ({s['videos_in_shard']} videos stored, "
                 f"skipped: {skipped}); nothing to do (use --overwrite to redo it)")
-    return (f"done: {s['stored']} videos stored this run ({s['resumed_from']} already done before), "
-            f"{s['frames']} frames in {s['seconds']} s = {s['frames_per_s']} frames/s; skipped: {skipped}; "
-            f"store: {s['store']} (shard {s['shard']}); errors: see errors*.jsonl there")
+    else:
+        text = (f"done: {s['stored']} videos stored this run ({s['resumed_from']} already done before), "
+                f"{s['frames']} frames in {s['seconds']} s = {s['frames_per_s']} frames/s; skipped: {skipped}; "
+                f"store: {s['store']} (shard {s['shard']}); errors: see errors*.jsonl there")
+    return text + "".join(f"\n{line}" for line in same_file_lines(s["same_file"]))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ Each shard file holds, for its N videos (sorted by their position in the source 
     labels        int32  (N,)              class index, -1 when unlabeled
     video_ids     str    (N,)              relpath under the video root (unique)
     source_index  int64  (N,)              position in the annotation list
+    source_paths  str    (N,)              the file read, links resolved ("" when not known)
+    fingerprints  str    (N,)              "BYTES:SHA256" of that file's bytes ("" when not known)
     attrs: format, version, shard_id, num_shards, meta (JSON), failures (JSON list)
 
 and, in a store extracted with --keep-frames (meta.json's `frames` says so), the frames the
@@ -37,6 +39,10 @@ The integrity record then holds `pixels` (their count) too and the index checks 
 like the codes. A store without frames has neither dataset nor meta key (older readers read
 a store with frames as a codes store: the format version is unchanged).
 
+Shards written before source_paths / fingerprints existed lack both datasets; readers then
+report None for them (`TokenStore.sources()`), which `inspect --against` says it falls back
+from. Neither is loaded when a store is opened: only `sources()` reads them.
+
 Readers (`TokenStore`) open HDF5 files lazily, per process, so DataLoader workers never
 share a handle. Writers (`ShardWriter`) commit work in small part files (temp + fsync +
 rename) and merge them at the end, so a kill at any moment loses at most the uncommitted
@@ -48,7 +54,8 @@ checks size and SHA-256 before the HDF5 library sees a byte of the shard (corrup
 make HDF5 spin forever), then checks the index arrays: offsets and shapes tile the code and
 timestamp (and pixel) arrays exactly, ids and source positions are in order, labels are in range. Part
 files carry a SHA-256 too; a damaged part is discarded and its videos are redone.
-`verify=False` skips the SHA-256 only (trusted storage).
+`verify=False` skips the SHA-256 only (trusted storage, or a check that comes later, as the
+trainers' split over their ranks: `vimpac.train.shard_check`).
 
 Finalize order (a kill or a full disk at any step leaves the old state or one the rerun
 completes): parts committed -> shard's errors file -> shard temp + its integrity record ->
@@ -82,6 +89,7 @@ _SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.h5$")
 _RECORD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.integrity\.json$")
 _ERRORS_RE = re.compile(r"^errors(-\d{5}-of-\d{5})?\.jsonl$")
 _PART_RE = re.compile(r"^part-(\d{8})\.h5$")
+_SOURCE_DATASETS = ("source_paths", "fingerprints")
 _CHUNK = 1 << 16
 META = "meta.json"
 #: --frames-compression values; none is fastest to read (benchmarks/README.md, "Frames for training")
@@ -150,9 +158,7 @@ def _read_record(path: str, what: str) -> dict:
     return rec
 
 
-def verify_file(path: str, what: str = "shard") -> dict:
-    """Check size and SHA-256 of a shard (or part) against its integrity record; return the record."""
-    rec = _read_record(path, what)
+def _check_size(path: str, rec: dict, what: str) -> None:
     try:
         size = os.path.getsize(path)
     except OSError as e:
@@ -160,6 +166,12 @@ def verify_file(path: str, what: str = "shard") -> dict:
     if size != rec.get("bytes"):
         raise StoreError(f"{what} {path} is corrupt: {size} bytes, its integrity record says {rec.get('bytes')} "
                          f"(truncated or appended to); re-extract it (rerun with --overwrite)")
+
+
+def verify_file(path: str, what: str = "shard") -> dict:
+    """Check size and SHA-256 of a shard (or part) against its integrity record; return the record."""
+    rec = _read_record(path, what)
+    _check_size(path, rec, what)
     digest = sha256_file(path)
     if digest != rec["sha256"]:
         raise StoreError(f"{what} {path} is corrupt: SHA-256 {digest[:16]}... differs from its integrity record "
@@ -365,6 +377,8 @@ class VideoRecord:
     timestamps: np.ndarray   # (T,) float64
     #: (T, h*stride, w*stride, 3) uint8, the frames the codes encode (stores with frames only)
     frames: np.ndarray | _PartFrames | None = None
+    source_path: str = ""    # the file read, links resolved ("" unknown)
+    fingerprint: str = ""    # checksum.file_fingerprint of that file ("" unknown)
 
 
 @dataclass
@@ -404,8 +418,11 @@ def _write_shard_file(path: str, records: list[VideoRecord], failures: list[dict
         f.create_dataset("labels", data=np.array([r.label for r in records], dtype=np.int32), track_times=False)
         f.create_dataset("source_index", data=np.array([r.source_index for r in records], dtype=np.int64),
                          track_times=False)
-        f.create_dataset("video_ids", data=np.array([r.video_id for r in records], dtype=object),
-                         dtype=h5py.string_dtype("utf-8"), track_times=False)
+        for name, values in (("video_ids", [r.video_id for r in records]),
+                             ("source_paths", [r.source_path for r in records]),
+                             ("fingerprints", [r.fingerprint for r in records])):
+            f.create_dataset(name, data=np.array(values, dtype=object), dtype=h5py.string_dtype("utf-8"),
+                             track_times=False)
         if frames_compression is not None:
             _write_pixels(f, records, frames_compression)
         for k, v in attrs.items():
@@ -423,7 +440,9 @@ def _read_shard_records(path: str, stride: int | None = None) -> tuple[list[Vide
         foffs = f["frame_offsets"][()]
         labels = f["labels"][()]
         srcs = f["source_index"][()]
-        ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in f["video_ids"][()]]
+        ids = _strings(f["video_ids"])
+        paths = _strings(f["source_paths"]) if "source_paths" in f else [""] * len(ids)
+        prints = _strings(f["fingerprints"]) if "fingerprints" in f else [""] * len(ids)
         failures = json.loads(f.attrs.get("failures", "[]"))
         poffs = f["pixel_offsets"][()] if stride is not None else None
     records = []
@@ -432,8 +451,12 @@ def _read_shard_records(path: str, stride: int | None = None) -> tuple[list[Vide
         c = codes[offs[i]:offs[i] + t * h * w].reshape(t, h, w)
         px = _PartFrames(path, int(poffs[i]), (t, h * stride, w * stride, 3)) if poffs is not None else None
         records.append(VideoRecord(int(srcs[i]), ids[i], int(labels[i]), c, ts[foffs[i]:foffs[i] + t],
-                                   frames=px))
+                                   frames=px, source_path=paths[i], fingerprint=prints[i]))
     return records, failures
+
+
+def _strings(dataset) -> list[str]:
+    return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in dataset[()]]
 
 
 def _meta_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -615,9 +638,13 @@ class ShardWriter:
         self._buffer.records.append(record)
 
     def add_failure(self, source_index: int, video_id: str | None, path: str | None, stage: str,
-                    reason: str) -> None:
-        self._buffer.failures.append({"source_index": int(source_index), "video_id": video_id,
-                                      "path": path, "stage": stage, "reason": reason})
+                    reason: str, *, same_as: str | None = None) -> None:
+        """A listed video that is not stored; `same_as`: the id its file is stored under (stage "same_file")."""
+        failure = {"source_index": int(source_index), "video_id": video_id, "path": path, "stage": stage,
+                   "reason": reason}
+        if same_as is not None:
+            failure["same_as"] = same_as
+        self._buffer.failures.append(failure)
 
     @property
     def _compression(self) -> str | None:
@@ -732,7 +759,7 @@ class ShardWriter:
 
 
 def _public_failure(x: dict) -> dict:
-    return {k: x[k] for k in ("path", "stage", "reason", "video_id")}
+    return {k: x[k] for k in ("path", "stage", "reason", "video_id", "same_as") if k in x}
 
 
 def merge_error_logs(store_dir: str) -> None:
@@ -795,13 +822,17 @@ def frame_range(frames: slice | None, t: int) -> tuple[int, int]:
 class _Shard:
     """Index arrays of one shard in memory; the code (and frame) arrays read lazily, one handle per process.
 
-    verify: size and SHA-256 against the integrity record before HDF5 opens the file. The
-    index arrays are checked either way, and against the record's facts when there is one.
+    verify: size and SHA-256 against the integrity record before HDF5 opens the file. Without,
+    a record's size is still checked first (a stat: truncated and appended files never reach
+    HDF5), and the index arrays are checked either way, against the record's facts when there
+    is one.
     """
 
     def __init__(self, path: str, verify: bool = True):
         self.path = path
         record = verify_file(path) if verify else _record_if_any(path)  # its index facts are compared below
+        if record is not None and not verify:
+            _check_size(path, record, "shard")
         try:
             with h5py.File(path, "r") as f:
                 if f.attrs.get("format") != FORMAT:
@@ -818,11 +849,12 @@ class _Shard:
                 self.shapes = f["shapes"][()]
                 self.labels = f["labels"][()]
                 self.source_index = f["source_index"][()]
-                self.video_ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in f["video_ids"][()]]
+                self.video_ids = _strings(f["video_ids"])
                 self.failures = json.loads(f.attrs.get("failures", "[]"))
                 num_codes, num_ts = int(f["codes"].shape[0]), int(f["timestamps"].shape[0])
                 self.frames_spec = _frames_spec(self.meta, path)
                 self.pixel_offsets, num_pixels = self._pixel_index(f)
+                source_counts = {k: int(f[k].shape[0]) for k in _SOURCE_DATASETS if k in f}
         except StoreError:
             raise
         except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as e:
@@ -840,6 +872,12 @@ class _Shard:
             if record is not None and "pixels" not in record:
                 raise StoreError(f"shard {path} holds frames but its integrity record has no 'pixels' count; "
                                  f"re-extract it (rerun with --overwrite)")
+        for name, count in source_counts.items():
+            if count != len(self.video_ids):
+                raise StoreError(f"shard {path} has an inconsistent index: {name} has {count} entries for "
+                                 f"{len(self.video_ids)} videos; re-extract it (rerun with --overwrite)")
+        #: whether the shard records each video's file (older shards do not)
+        self.has_sources = len(source_counts) == len(_SOURCE_DATASETS)
         if record is not None:
             wrong = {k: (record.get(k), v) for k, v in facts.items() if k in record and record[k] != v}
             if wrong:
@@ -901,6 +939,13 @@ class _Shard:
         """(bytes of frames on disk, bytes uncompressed) in this shard."""
         d = self._dataset("pixels")
         return int(d.id.get_storage_size()), int(d.shape[0])
+
+    def sources(self) -> list[tuple[str | None, str | None]]:
+        """(resolved path, fingerprint) of each video's file, None where not recorded (read on demand)."""
+        if not self.has_sources:
+            return [(None, None)] * len(self.video_ids)
+        paths, prints = (self._dataset(name) for name in ("source_paths", "fingerprints"))
+        return [(p or None, fp or None) for p, fp in zip(_strings(paths), _strings(prints))]
 
     def timestamps(self, i: int) -> np.ndarray:
         t = int(self.shapes[i][0])
@@ -1018,6 +1063,14 @@ class TokenStore:
 
     def source_path(self, video_id: str) -> str:
         return os.path.join(self.meta["video_root"], video_id)
+
+    def sources(self) -> list[tuple[str, str | None, str | None]]:
+        """(video id, resolved path, fingerprint "BYTES:SHA256") of every video, in store order; path and
+        fingerprint are None where the shard does not record them (made before they were)."""
+        out = []
+        for s in self._shards:
+            out += [(vid, path, fp) for vid, (path, fp) in zip(s.video_ids, s.sources())]
+        return out
 
     @property
     def vocab_size(self) -> int:

@@ -109,7 +109,7 @@ def labelled_data(a: argparse.Namespace) -> LabelledData:
         dataset_name=a.dataset_name, split_id=a.split_id, train_tokens=tuple(a.train_tokens or ()),
         valid_tokens=tuple(a.valid_tokens or ()), data_root=a.data_root, tokenizer=a.tokenizer, fps=a.fps,
         frame_size=a.frame_size, frame_rate=a.frame_rate, num_test_clips=a.num_test_clips,
-        need_train=not a.eval_only, verify=not a.no_verify_stores))
+        need_train=not a.eval_only, verify=not a.no_verify_stores, verify_later=not a.eval_only))
 
 
 #: data flags `--eval-only` takes from the evaluated run when the command line gives no test stores

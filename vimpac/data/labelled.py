@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from vimpac.data import registry
 from vimpac.data.clips import ClipSpec
 from vimpac.data.finetune_clips import EvalClips, TrainClips, check_labels
-from vimpac.data.stores import DataError, check_compatible_stores, check_frame_size, open_stores
+from vimpac.data.stores import DataError, check_compatible_stores, check_frame_size, open_stores, shard_files
 from vimpac.model.loading import TASK_KIND
 
 DEFAULT_EPOCHS = 50
@@ -36,7 +36,10 @@ class LabelledSource:
     frame_rate: int = 1
     num_test_clips: int = 10
     need_train: bool = True   # False: evaluation only
-    verify: bool = True       # SHA-256 of every shard when opened (--no-verify-stores: False)
+    verify: bool = True       # SHA-256 of every shard (--no-verify-stores: False)
+    #: True: open with the index checks only; the training loop checks the SHA-256s split over its ranks
+    #: (`shards_to_verify`). False: each shard is checked here, before HDF5 reads it (one process: --eval-only)
+    verify_later: bool = False
 
 
 class LabelledData:
@@ -45,8 +48,9 @@ class LabelledData:
     def __init__(self, src: LabelledSource) -> None:
         self.src = src
         train_paths, valid_paths = self._locate()
-        self.train_stores = open_stores(train_paths, "--train-tokens", verify=src.verify) if train_paths else []
-        self.valid_stores = open_stores(valid_paths, "--valid-tokens", verify=src.verify)
+        now = src.verify and not src.verify_later
+        self.train_stores = open_stores(train_paths, "--train-tokens", verify=now) if train_paths else []
+        self.valid_stores = open_stores(valid_paths, "--valid-tokens", verify=now)
         check_frame_size(self.train_stores + self.valid_stores, src.frame_size, "stores")
         vocab, grid = check_compatible_stores(self.valid_stores, "--valid-tokens")
         if self.train_stores:
@@ -73,6 +77,10 @@ class LabelledData:
             if stores:
                 check_labels(stores, self.num_classes, what)
         self.first_store = first
+
+    def shards_to_verify(self) -> list[str]:
+        """The shards opened without their SHA-256 check that must pass it before training reads them."""
+        return shard_files(self.train_stores + self.valid_stores) if self.src.verify and self.src.verify_later else []
 
     def _locate(self) -> tuple[list[str], list[str]]:
         src = self.src

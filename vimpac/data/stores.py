@@ -1,6 +1,8 @@
-"""Token stores as training data: open them with clear errors, check that views of a split agree."""
+"""Token stores as training data: open them with clear errors, check that views of a split agree, and plan
+the SHA-256 check of their shards over the ranks of a run (`vimpac.train.shard_check` runs it)."""
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 from video2token.store import StoreError, TokenStore
@@ -35,8 +37,9 @@ def check_compatible_stores(stores: Sequence[TokenStore], what: str) -> tuple[in
 def open_stores(paths: Sequence[str], what: str, *, verify: bool = True) -> list[TokenStore]:
     """Open every store, an unreadable one named with the flag it came from.
 
-    verify: each shard's SHA-256 against its integrity record (False: trusted storage; the
-    index arrays are checked either way)."""
+    verify: each shard's SHA-256 against its integrity record (False: trusted storage, or the
+    check comes later: `shard_files` + `vimpac.train.shard_check`; the index arrays are checked
+    either way)."""
     stores = []
     for path in paths:
         try:
@@ -54,3 +57,27 @@ def check_frame_size(stores: Sequence[TokenStore], frame_size: int | None, what:
         crop = s.meta.get("crop_size")
         if crop is not None and int(crop) != frame_size:
             raise DataError(f"{what}: --frame-size {frame_size} but {s.path} was extracted at crop size {crop}")
+
+
+def shard_files(stores: Sequence[TokenStore]) -> list[str]:
+    """Every shard file of `stores`, each once, in order (a store given twice is checked once)."""
+    return list(dict.fromkeys(p for s in stores for p in s.shard_paths))
+
+
+def split_shards(paths: Sequence[str], world_size: int) -> list[list[str]]:
+    """The shards each rank checks: largest first, each to the rank with the fewest bytes so far (ties: the
+    lower rank), so every shard is checked exactly once and the slowest rank reads about 1/world_size of the
+    bytes. A shard that cannot be stat'ed counts 0 bytes (its check says why)."""
+    def size(p: str) -> int:
+        try:
+            return os.path.getsize(p)
+        except OSError:
+            return 0
+
+    shares: list[list[str]] = [[] for _ in range(world_size)]
+    load = [0] * world_size
+    for nbytes, p in sorted(((size(p), p) for p in paths), key=lambda x: (-x[0], x[1])):
+        rank = min(range(world_size), key=lambda r: (load[r], r))
+        shares[rank].append(p)
+        load[rank] += nbytes
+    return shares

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -17,10 +17,13 @@ class LoopHooks:
         (e.g. NaN, to exercise the non-finite guard);
     before_checkpoint_swap(temp_dir): once a checkpoint's files are written, before its directory swap;
     before_forward(step, model): before each micro-batch's forward of optimizer step `step` (e.g. make an
-        activation Inf through a forward hook, to check what a skipped step restores).
+        activation Inf through a forward hook, to check what a skipped step restores);
+    check_shard(path): replaces `video2token.store.verify_file` in the start-up check of the stores' shards
+        (e.g. count which rank hashes which shard); raises StoreError for a corrupt one.
     """
 
     after_step: Callable[[int], None] | None = None
     loss_at_boundary: Callable[[int, torch.Tensor], torch.Tensor] | None = None
     before_checkpoint_swap: Callable[[str], None] | None = None
     before_forward: Callable[[int, nn.Module], None] | None = None
+    check_shard: Callable[[str], Any] | None = None

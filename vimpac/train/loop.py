@@ -11,6 +11,11 @@ optimizer moments, RNG per rank, data position; refused when non-finite), metric
 A task (`pretrain_task.PretrainTask`, `finetune_task.FinetuneTask`) supplies the data, the
 model, the loss of a micro-batch with its metric contributions, evaluation, and what happens at
 the end of an epoch and of the run. Test hooks come in through `LoopHooks`.
+
+Start-up: tasks open their token stores with the index checks only; once the process group
+exists the loop checks the shards' SHA-256s split over the ranks (`shard_check`), before any
+training step. The summary's `startup_seconds` runs from the process's start to the first
+training batch in hand, `shard_check_seconds` is the check's part of it.
 """
 from __future__ import annotations
 
@@ -19,11 +24,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+import psutil
 import torch
 from torch import nn
 
 from video2token.precision import Precision, resolve_precision
 from video2token.runlog import MetricsLogger, plot_curves
+from video2token.store import verify_file
 
 from vimpac.data.sampler import EpochBatchSampler
 from vimpac.data.stores import DataError
@@ -35,6 +42,7 @@ from vimpac.train.hooks import LoopHooks
 from vimpac.train.memory import HeapTrimmer
 from vimpac.train.optim import LRSchedule, build_optimizer, build_scheduler, describe_optimizer
 from vimpac.train.runtime import BatchPlan, DistInfo, Launch, any_rank, init_distributed, plan_for_data
+from vimpac.train.shard_check import check_shards
 from vimpac.train.state import LoopState, rng_state, seed_everything, set_rng_state
 from vimpac.train.step_sums import StepSums
 
@@ -103,6 +111,7 @@ class Task(Protocol):
     def on_epoch_end(self, loop: "TrainLoop", evaluation: dict[str, Any] | None) -> None: ...
     def train_config(self) -> dict[str, Any]: ...
     def finish(self, loop: "TrainLoop", summary: dict[str, Any]) -> dict[str, Any]: ...
+    def shards_to_verify(self) -> list[str]: ...  # store shards opened without their SHA-256 check ([]: none)
 
 
 class TrainLoop:
@@ -132,6 +141,9 @@ class TrainLoop:
         self.main = self.dist.is_main
         self.log(f"[{task.name}] rank {self.dist.rank}/{self.dist.world_size} on {self.dist.device}, "
                  f"{self.precision.describe()}; ZeRO-{self.zero_stage}")
+        self.shard_check_seconds = check_shards(task.shards_to_verify(), self.dist,
+                                                check=self.hooks.check_shard or verify_file,
+                                                log=lambda msg: self.log(f"[{task.name}] {msg}"))
         if self.dist.world_size != self.plan.world_size:
             self.plan = self._plan(self.dist.world_size)
         micro_per_epoch = len(task.train_set) // (self.plan.micro_batch * self.plan.world_size)
@@ -335,6 +347,7 @@ class TrainLoop:
         if self.dist.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.dist.device)
         t_run, steps_run, videos_run, eval_seconds = time.time(), 0, 0, 0.0
+        startup_seconds = None
         trimmer = HeapTrimmer()
         last_train: dict[str, float] = {}
         last_eval: dict[str, Any] | None = None
@@ -346,6 +359,9 @@ class TrainLoop:
             epoch_sums = StepSums(task.sum_names, device)
             step_sums, finite, window_micro = StepSums(task.sum_names, device), None, 0
             for batch in self.train_loader():
+                if startup_seconds is None:
+                    startup_seconds = round(time.time() - psutil.Process().create_time(), 2)
+                    self.log(f"[{task.name}] first training batch {startup_seconds} s after the process started")
                 window_micro += 1
                 boundary = window_micro == plan.accumulation
                 if window_micro == 1:  # a skipped step must not keep what its forwards wrote into buffers
@@ -445,7 +461,8 @@ class TrainLoop:
             "steps_this_run": steps_run, "seconds": round(elapsed, 1), "train_seconds": round(train_seconds, 1),
             "videos_per_s": round(videos_run / train_seconds, 2), "train": last_train, "valid": last_eval,
             "checkpoint": self.ckpt_dir, "precision": self.precision.name, "device": self.precision.device_name,
-            "zero_stage": self.zero_stage}
+            "zero_stage": self.zero_stage, "startup_seconds": startup_seconds,
+            "shard_check_seconds": round(self.shard_check_seconds, 2)}
         if self.dist.device.type == "cuda":
             summary["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated(self.dist.device) / 2 ** 20, 1)
         summary = task.finish(self, summary)

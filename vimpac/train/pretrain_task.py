@@ -22,7 +22,7 @@ from vimpac.data.image_stream import ImageFrames, JointBatchSampler, JointClips
 from vimpac.data.pretrain_clips import (MASK_PAD_TO, ClipPairDataset, ClipSampling, PairCollate, PairOptions,
                                         collate_image_stream, collate_joint, collate_pairs)
 from vimpac.data.sampler import EpochBatchSampler
-from vimpac.data.stores import DataError, check_compatible_stores, check_frame_size, open_stores
+from vimpac.data.stores import DataError, check_compatible_stores, check_frame_size, open_stores, shard_files
 from vimpac.eval.copy_baseline import copy_baseline_predictions
 from vimpac.eval.knn import DEFAULT_K, DEFAULT_TEMPERATURE, centre_clips, extract_cls_features, knn_accuracy
 from vimpac.model.checkpoint import Checkpoint, CheckpointError
@@ -53,7 +53,7 @@ class PretrainData:
     frame_size: int | None = None
     vocab_size: int | None = None   # expected vocabulary (--vocab-size), checked against the stores
     seed: int = 9595
-    verify_stores: bool = True      # SHA-256 of every shard when opened (--no-verify-stores: False)
+    verify_stores: bool = True      # SHA-256 of every shard, checked by the loop over the ranks (--no-verify-stores: False)
     input: str = "tokens"           # "pixels": the clips' frames go in, their codes are the targets (BEVT)
     pairs: PairOptions = PairOptions()  # background-robust views and targets (fg/bg merging, erasing, ...)
     image: "ImageStreamSpec | None" = None  # BEVT's image stream (stage 1 alone, stage 2 joint); None: videos only
@@ -138,9 +138,9 @@ class PretrainTask:
         self.loaded_weights: dict[str, torch.Tensor] = {}
         self.warnings: list[str] = []  # the monitors' findings, each logged once, kept in summary.json
         try:
-            self.train_stores = open_stores(data.train, "--train-tokens", verify=data.verify_stores)
-            self.valid_stores = (open_stores(data.valid, "--valid-tokens", verify=data.verify_stores)
-                                 if data.valid else [])
+            # index checks only here: the loop checks the SHA-256s once the ranks can share the work
+            self.train_stores = open_stores(data.train, "--train-tokens", verify=False)
+            self.valid_stores = open_stores(data.valid, "--valid-tokens", verify=False) if data.valid else []
             vocab, grid = check_compatible_stores(self.train_stores, "--train-tokens")
             if self.valid_stores:
                 v_vocab, v_grid = check_compatible_stores(self.valid_stores, "--valid-tokens")
@@ -173,7 +173,7 @@ class PretrainTask:
                                         f"saw: extract the store with --keep-frames")
             self.images = None
             if data.image is not None:
-                image_stores = open_stores(data.image.stores, "--image-tokens", verify=data.verify_stores)
+                image_stores = open_stores(data.image.stores, "--image-tokens", verify=False)  # checked by the loop
                 self.images = ImageFrames(image_stores, mask_blocks=data.image.mask_blocks, seed=data.seed,
                                           pixels=pixels)
                 if (self.images.vocab_size, tuple(self.images.grid)) != (vocab, tuple(grid)):
@@ -214,7 +214,7 @@ class PretrainTask:
         sets = []
         try:
             for paths, what in ((knn.train, "--knn-train-tokens"), (knn.valid, "--knn-valid-tokens")):
-                ds = centre_clips(paths, clip, what=what, verify=self.data.verify_stores,
+                ds = centre_clips(paths, clip, what=what, verify=False,  # the loop checks them with the others
                                   pixels=self.cfg.input == "pixels")
                 if (ds.vocab_size, tuple(ds.grid)) != (vocab, tuple(grid)):
                     raise DataError(f"{what}: {paths[0]} holds {ds.vocab_size} codes on {ds.grid[0]}x{ds.grid[1]} "
@@ -271,6 +271,15 @@ class PretrainTask:
 
     def adapt_moments(self, moments: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
         return resample_moments(moments, model)
+
+    def shards_to_verify(self) -> list[str]:
+        """Every shard this run reads (videos, images, the kNN monitor's stores), each once."""
+        if not self.data.verify_stores:
+            return []
+        extra = list(self.images.stores) if self.images is not None else []
+        for ds in self.knn_sets or ():
+            extra += ds.stores
+        return shard_files(self.train_stores + self.valid_stores + extra)
 
     def stage_facts(self) -> dict[str, Any]:
         return {"grid": [self.cfg.grid_h, self.cfg.grid_w], "clip_len": self.cfg.clip_len}
