@@ -35,8 +35,8 @@ demo-ablation:
 demo-long:
 	bash scripts/demo.sh --profile long
 
-# Every video its own background and colours, H.264 crf 28, 512 codes (the regime where pre-training gained
-# nothing: README, "What makes pre-training help"); same sizes and budget as `demo`.
+# Every video its own background and colours, H.264 crf 28, 512 codes (the looks of row 1 of README's "What makes
+# pre-training help" table); same objects, sizes and budget as `demo`.
 demo-varied:
 	bash scripts/demo.sh --profile varied
 

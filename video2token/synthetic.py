@@ -74,6 +74,8 @@ NUM_BACKGROUNDS = 8
 APPEARANCES = ("shared", "varied")
 # H.264 quality when make_dataset is given none: "varied" is compressed about as much as real
 # footage, so codes flicker between frames (crf 12: few artefacts, 18: x264 "visually lossless", 23: its default).
+# Measured with the varied demo's 512-code tokenizer on 24 videos: of the background tokens away from the object,
+# 10.6% change between 4-fps frames at crf 28, 9.4% at 23, 7.1% at 12, 6.5% without compression.
 DEFAULT_CRF = {"shared": 18, "varied": 28}
 # "varied": every background channel in BG_RANGE (the palette's 0.12-0.4), objects bright (HSV value 0.85-1).
 BG_RANGE = (0.1, 0.4)

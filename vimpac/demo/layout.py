@@ -75,7 +75,7 @@ PROFILES = {
     # 4x the unlabelled videos (so 4x the pre-training steps) and a longer tokenizer run; not timed yet.
     "long": DemoConfig(num_pool=1600, tokenizer_steps=1000),
     # Every video its own background and colours, compressed like real footage (crf 28: codes flicker), 512
-    # codes: the regime where pre-training gained nothing (README, "What makes pre-training help", row 1).
+    # codes: the looks of README's "What makes pre-training help" row 1, with the default profile's objects.
     "varied": DemoConfig(appearance="varied", crf=28, vocab_size=512),
     "varied128": DemoConfig(appearance="varied", crf=28, vocab_size=128),
     # Seconds-scale run of every step, for tests.
