@@ -13,8 +13,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from vimpac.demo.driver import MAIN_VARIANT, PROFILES, Demo, DemoError  # noqa: E402
+from video2token.synthetic import DEFAULT_CRF  # noqa: E402
+from vimpac.demo.driver import MAIN_VARIANT, PROFILES, Demo, DemoError, default_dirs  # noqa: E402
 from vimpac.demo.report import collect, write_report  # noqa: E402
+from vimpac.demo.report import main as report_main  # noqa: E402
 
 
 def _demo(tmp_path: Path, **changes) -> Demo:
@@ -64,8 +66,38 @@ def test_videos_made_with_another_config_are_refused_by_name(tmp_path):
         demo.make_data()
 
 
+def test_varied_profiles_change_only_the_looks_and_codes_and_keep_their_own_directories():
+    default = PROFILES["default"]
+    for name, vocab in (("varied", 512), ("varied128", 128)):
+        cfg = PROFILES[name]
+        assert (cfg.appearance, cfg.vocab_size, cfg.crf) == ("varied", vocab, DEFAULT_CRF["varied"])
+        # same sizes and budget as the default otherwise
+        assert dataclasses.replace(cfg, appearance="shared", crf=default.crf, vocab_size=default.vocab_size) == default
+    dirs = {name: default_dirs(name) for name in PROFILES}
+    assert dirs["default"] == (Path("data/demo"), Path("snap/demo"))
+    assert dirs["varied"] == (Path("data/demo_varied"), Path("snap/demo_varied"))
+    assert len({d for pair in dirs.values() for d in pair}) == 2 * len(PROFILES)  # runs of two profiles never mix
+
+
+def test_data_step_passes_the_appearance_and_refuses_videos_of_the_other_looks(tmp_path):
+    demo = _demo(tmp_path, appearance="varied", num_pool=2, num_train=0, num_val=0)
+    demo.out.mkdir(parents=True)
+    demo.make_data()
+    assert json.loads((demo.data / ".done").read_text())["appearance"] == "varied"
+    assert "--appearance varied --crf 12" in (demo.logs / "data.log").read_text().splitlines()[0]
+    # a marker written before --appearance existed holds the shared looks: accepted as such, refused here
+    marker = {k: v for k, v in demo.cfg.data_args().items() if k != "appearance"}
+    (demo.data / ".done").write_text(json.dumps(marker))
+    with pytest.raises(DemoError, match="'appearance': 'shared'.*'appearance': 'varied'"):
+        demo.make_data()
+    shared = dataclasses.replace(demo, cfg=dataclasses.replace(demo.cfg, appearance="shared"), steps=[])
+    shared.make_data()
+    assert shared.steps[0].skipped
+
+
 def test_report_tables_gain_ceiling_and_target_checks(tmp_path):
     demo = _demo(tmp_path)
+    demo.profile = "varied"
     demo.data.mkdir(parents=True)
     for task, names in (("motion", "left right up down"), ("shape", "circle square triangle diamond")):
         (demo.data / f"labels_{task}.txt").write_text(names.replace(" ", "\n") + "\n")
@@ -78,7 +110,7 @@ def test_report_tables_gain_ceiling_and_target_checks(tmp_path):
         _results(demo.finetune_dir(f"{task}_all_labels"), 90.0)
     pre = demo.pretrain_dir(MAIN_VARIANT)
     pre.mkdir(parents=True)
-    (pre / "summary.json").write_text(json.dumps({"valid": {"mask_acc": 0.45, "copy_acc": 0.40}}))
+    (pre / "summary.json").write_text(json.dumps({"valid": {"mask_acc": 0.45, "copy_acc": 0.40, "cl_acc": 0.996}}))
     demo.out.mkdir(parents=True, exist_ok=True)
     (demo.out / "steps.jsonl").write_text(
         json.dumps({"name": "data", "seconds": 100.0, "peak_rss_mb": 300.0, "skipped": False}) + "\n"
@@ -91,7 +123,10 @@ def test_report_tables_gain_ceiling_and_target_checks(tmp_path):
     md = (demo.out / "report.md").read_text()
     assert "| motion | 25.0 | 25.0 / 35.0 | 30.0 | 60.0 / 70.0 | **65.0** | +35.0 | 90.0 |" in md
     assert "| shape | 25.0 | 40.0 / 44.0 | 42.0 | 45.0 / 47.0 | **46.0** | +4.0 | 90.0 |" in md
-    assert "| 45.0 | 40.0 |" in md  # mask accuracy next to the copy baseline
+    assert "| 45.0 | 40.0 | 99.6 |" in md  # mask accuracy next to the copy baseline, then contrastive accuracy
+    assert md.startswith("# VIMPAC demo report (profile `varied`)\n\nProfile `varied`: 8 backgrounds and 4 object "
+                         "colours shared by all videos, H.264 crf 12.")  # (the smoke settings under that name)
+    assert "`python -m vimpac.demo --profile varied`; every command" in md
     assert "| data | 100 s |" in md and "**14.0 min**" in md  # the skipped rerun keeps the real timing
     # the ablation's extra pre-training is listed but not held against `make demo`'s 15 minutes
     assert "- [x] whole demo 10.0 min (target <= 15 min); the ablation's extra 4.0 min are not counted" in text
@@ -112,7 +147,8 @@ def test_smoke_profile_runs_every_step_then_skips_them(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = tmp_path / "o"
     md = (out / "report.md").read_text()
-    assert "| motion | 25.0 |" in md and "## Targets" in md
+    assert "| motion | 25.0 |" in md and "## Targets" in md and md.startswith("# VIMPAC demo report (profile `smoke`)")
+    assert json.loads((out / "demo_config.json").read_text())["profile"] == "smoke"
     for rel in ("reconstruction.png", "results.png", "finetune_curves.png", "pretrain/curves.png",
                 "pretrain/mask_examples.png", "finetune/motion_scratch_s1/confusion_matrix.png"):
         assert (out / rel).read_bytes()[:4] == b"\x89PNG", rel
@@ -125,3 +161,6 @@ def test_smoke_profile_runs_every_step_then_skips_them(tmp_path):
     for word in ("already there", "already trained", "already pre-trained", "all runs finished"):
         assert word in second.stdout
     assert (out / "report.md").read_text() == md  # same numbers, read back from the runs
+    (out / "report.md").unlink()
+    report_main(["--out", str(out), "--data", str(tmp_path / "d")])  # rebuilt by hand: the profile kept
+    assert (out / "report.md").read_text() == md

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
+from itertools import combinations
 
 import numpy as np
 import pytest
 
-from video2token.synthetic import (MOTIONS, NUM_BACKGROUNDS, OBJ_PALETTE, SHAPES, background_designs, draw_spec,
-                                   make_dataset, render_video)
+from video2token.synthetic import (DEFAULT_CRF, MOTIONS, NUM_BACKGROUNDS, OBJ_PALETTE, SHAPES, background_designs,
+                                   draw_spec, make_dataset, render_background, render_video, video_spec)
 from video2token.video import read_video
 
 
@@ -116,3 +118,57 @@ def test_backgrounds_and_colours_are_shared_so_no_video_is_identified_by_them():
     assert len(keys) == NUM_BACKGROUNDS and min(keys.values()) >= 10
     assert {s.obj_color for s in specs} == set(OBJ_PALETTE)
     assert background_designs(5) == designs and background_designs(6) != designs  # seeded
+
+
+#: sha256 of the rendered frames of 14 seed-0 videos (every background kind) of the shared profile, before the
+#: varied profile existed: the default looks must stay bit-identical for the same seed. (A CPU whose float32
+#: np.sin / np.hypot round differently could flip a pixel level; it was computed on AVX-512.)
+SHARED_FRAMES_SHA256 = "8997a71beddf0c6afce4b4035347ef674787ec6ae60a3c50ff6a2344e8607208"
+
+
+def test_shared_profile_renders_the_same_frames_as_before_the_varied_profile():
+    h = hashlib.sha256()
+    for split, i in [("pool", k) for k in range(12)] + [("train", 3), ("val", 7)]:
+        spec = video_spec(0, split, i, size=64, seconds=2.0)
+        h.update(render_video(spec, size=64, fps=8.0, seconds=2.0).tobytes())
+    assert h.hexdigest() == SHARED_FRAMES_SHA256
+
+
+def test_varied_profile_gives_every_video_its_own_background_and_colours_and_the_same_geometry():
+    varied = [video_spec(0, "pool", i, size=64, seconds=2.0, appearance="varied") for i in range(20)]
+    shared = [video_spec(0, "pool", i, size=64, seconds=2.0) for i in range(20)]
+    backgrounds = [render_background(s, 64) for s in varied]
+    # no two of 20 backgrounds within 0.015 (4 pixel levels, twice crf 28's mean error) mean absolute
+    # difference (the closest pair here: 0.021); object colours apart too
+    assert min(np.abs(a - b).mean() for a, b in combinations(backgrounds, 2)) > 0.015
+    assert min(np.abs(np.subtract(a.obj_color, b.obj_color)).max() for a, b in combinations(varied, 2)) > 0.03
+    assert len({s.background for s in varied}) == 4  # every design kind, drawn per video
+    # the shared profile repeats its 8 backgrounds and 4 colours
+    assert len({(s.background, s.bg_colors, s.bg_param) for s in shared}) <= NUM_BACKGROUNDS
+    assert len({s.obj_color for s in shared}) <= len(OBJ_PALETTE)
+    # the object stays visible: a bright object over muted background channels
+    for s in varied:
+        assert max(s.obj_color) >= 0.85 and max(max(c) for c in s.bg_colors) <= 0.4
+    # same video, same labels and path in both profiles: only the looks differ
+    geometry = lambda s: (s.motion, s.shape, s.radius, s.start, s.speed)  # noqa: E731
+    assert [geometry(s) for s in varied] == [geometry(s) for s in shared]
+
+
+def test_varied_dataset_is_compressed_at_its_own_crf_and_looks_differ(tmp_path):
+    ds = make_dataset(tmp_path / "v", num_pool=4, num_train=0, num_val=0, size=32, seconds=1.0, appearance="varied",
+                      show_progress=False)
+    first = [read_video(ds.root / f"videos/pool/pool_{i:06d}.mp4", 8.0, None, None, "none")[0][0] for i in range(4)]
+    corners = [f[:4, :4].reshape(-1, 3).mean(0) for f in first]  # far from the object's start (radius < 8 px)
+    assert min(np.abs(a - b).max() for a, b in combinations(corners, 2)) > 3  # pixel levels
+    # x264 writes its settings into the stream: the varied profile's default crf, the shared one's
+    assert f"crf={DEFAULT_CRF['varied']}.0".encode() in (ds.root / "videos/pool/pool_000000.mp4").read_bytes()
+    shared = make_dataset(tmp_path / "s", num_pool=1, num_train=0, num_val=0, size=32, seconds=1.0, show_progress=False)
+    assert f"crf={DEFAULT_CRF['shared']}.0".encode() in (shared.root / "videos/pool/pool_000000.mp4").read_bytes()
+
+
+def test_unknown_appearance_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="appearance must be one of shared, varied, got 'real'"):
+        make_dataset(tmp_path, num_pool=1, num_train=0, num_val=0, appearance="real", show_progress=False)
+    with pytest.raises(ValueError, match="got 'real'"):
+        draw_spec(np.random.default_rng(0), motion=0, shape=0, size=32, seconds=1.0, appearance="real")
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -4,10 +4,22 @@ Stands in for UCF101-style data in tests and the CPU demo. Each video shows one 
 in a straight line over a static, smooth background (solid / linear gradient / radial gradient /
 soft low-frequency texture). There is no per-frame pixel noise on purpose: noise makes VQ tokens
 flicker between frames, which hid the learning signal in an earlier prototype (SPEC.md).
-Backgrounds come from a small seeded set (`background_designs`) and objects from a 4-colour
-palette, so no video is identified by its looks alone: a contrastive pair (two clips of one
-video) has to be matched by the object's shape, size, path and direction. Objects are 3-4
-tokens wide (stride 8) and cross 70-100% of the frame, so motion shows in the codes.
+Objects are 3-4 tokens wide (stride 8) and cross 70-100% of the frame, so motion shows in the
+codes. Two appearance profiles (`appearance=`, CLI `--appearance`) decide how the videos look:
+
+- "shared" (default): backgrounds come from a small seeded set (`background_designs`) and
+  objects from a 4-colour palette, so no video is identified by its looks alone: a contrastive
+  pair (two clips of one video) has to be matched by the object's shape, size, path and
+  direction. H.264 at crf 18 unless told otherwise.
+- "varied": like real footage, every video has its own look: background kind, its two colours
+  and its angle / phase, and the object's colour are drawn per video from continuous ranges
+  (`varied_appearance`), and H.264 at crf 28 (`DEFAULT_CRF`) adds the compression noise that
+  makes tokens flicker between frames. A contrastive pair can then be matched by its looks
+  alone. Objects, paths and labels are drawn exactly as in "shared" (same video, same geometry).
+
+In both, the object stays visible in the codes: backgrounds are muted (every channel in
+`BG_RANGE`), objects bright (largest channel >= 0.85), so an object differs from its background
+by >= 0.45 in at least one channel.
 
 Two label sets per labelled video:
 - "motion" (temporal): direction of motion, left / right / up / down; any single frame is
@@ -31,12 +43,13 @@ Layout written under `root` (MMAction2-style lists, `relpath label` or `relpath`
       labels_shape.txt
 
 CLI: python -m video2token.synthetic --out DIR [--num-pool N --num-train N --num-val N
-     --size S --fps F --seconds D --seed S]
+     --size S --fps F --seconds D --seed S --appearance shared|varied --crf C]
 """
 
 from __future__ import annotations
 
 import argparse
+import colorsys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +71,16 @@ BG_PALETTE = ((0.16, 0.2, 0.3), (0.35, 0.33, 0.18), (0.36, 0.22, 0.16), (0.12, 0
               (0.3, 0.18, 0.34))
 OBJ_PALETTE = ((0.95, 0.25, 0.2), (0.95, 0.88, 0.25), (0.3, 0.9, 0.95), (0.96, 0.96, 0.96))
 NUM_BACKGROUNDS = 8
+APPEARANCES = ("shared", "varied")
+# H.264 quality when make_dataset is given none: "varied" is compressed about as much as real
+# footage, so codes flicker between frames (crf 12: few artefacts, 18: x264 "visually lossless", 23: its default).
+# Measured with the varied demo's 512-code tokenizer on 24 videos: of the background tokens away from the object,
+# 10.6% change between 4-fps frames at crf 28, 9.4% at 23, 7.1% at 12, 6.5% without compression.
+DEFAULT_CRF = {"shared": 18, "varied": 28}
+# "varied": every background channel in BG_RANGE (the palette's 0.12-0.4), objects bright (HSV value 0.85-1).
+BG_RANGE = (0.1, 0.4)
+OBJ_SATURATION = (0.0, 0.8)
+OBJ_VALUE = (0.85, 1.0)
 
 
 @dataclass(frozen=True)
@@ -100,13 +123,32 @@ def background_designs(seed: int, count: int = NUM_BACKGROUNDS) -> list[tuple[st
     return designs
 
 
+def varied_appearance(rng: np.random.Generator) -> tuple[str, tuple, float, tuple[float, float, float]]:
+    """One video's own look: (background kind, (colour0, colour1), angle/phase, object colour).
+
+    Drawn from continuous ranges, so (unlike `background_designs`) no two videos share it: muted
+    background channels in BG_RANGE, a bright object of any hue (HSV value >= 0.85, so its largest
+    channel is >= 0.85 while every background channel is <= 0.4).
+    """
+    kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    c0, c1 = (tuple(float(v) for v in rng.uniform(*BG_RANGE, size=3)) for _ in range(2))
+    param = float(rng.uniform(0, 2 * np.pi))
+    hue, sat, val = rng.uniform(0, 1), rng.uniform(*OBJ_SATURATION), rng.uniform(*OBJ_VALUE)
+    obj = tuple(float(v) for v in colorsys.hsv_to_rgb(hue, sat, val))
+    return kind, (c0, c1), param, obj
+
+
 def draw_spec(rng: np.random.Generator, *, motion: int, shape: int, size: int, seconds: float,
-              backgrounds: list[tuple[str, tuple, float]] | None = None) -> VideoSpec:
+              backgrounds: list[tuple[str, tuple, float]] | None = None, appearance: str = "shared") -> VideoSpec:
     """Random appearance for given labels; the path stays inside the frame for the whole video.
 
-    The object is 3-4 tokens wide at stride 8 (so its outline, i.e. its shape, shows in the codes),
-    bright, from a small palette, over a darker background from `backgrounds` (default: seed 0's).
+    The object is 3-4 tokens wide at stride 8 (so its outline, i.e. its shape, shows in the codes)
+    and bright over a darker background. "shared": object colour from a small palette, background
+    from `backgrounds` (default: seed 0's); "varied": both drawn for this video (`varied_appearance`).
+    The geometry (size, path, speed) is drawn first, the same way in both: same rng, same geometry.
     """
+    if appearance not in APPEARANCES:
+        raise ValueError(f"appearance must be one of {', '.join(APPEARANCES)}, got {appearance!r}")
     backgrounds = background_designs(0) if backgrounds is None else backgrounds
     radius = rng.uniform(0.17, 0.24) * size
     # Travel 70-100% of the free range: several tokens (stride 8) even within a short clip,
@@ -119,14 +161,18 @@ def draw_spec(rng: np.random.Generator, *, motion: int, shape: int, size: int, s
     lo_y = margin + max(0.0, -dy) * distance
     hi_y = size - margin - max(0.0, dy) * distance
     start = (float(rng.uniform(lo_x, hi_x)), float(rng.uniform(lo_y, hi_y)))
-    kind, colors, param = backgrounds[int(rng.integers(len(backgrounds)))]
+    if appearance == "varied":
+        kind, colors, param, obj_color = varied_appearance(rng)
+    else:
+        kind, colors, param = backgrounds[int(rng.integers(len(backgrounds)))]
+        obj_color = OBJ_PALETTE[int(rng.integers(len(OBJ_PALETTE)))]
     return VideoSpec(
         motion=motion,
         shape=shape,
         background=kind,
         bg_colors=colors,
         bg_param=param,
-        obj_color=OBJ_PALETTE[int(rng.integers(len(OBJ_PALETTE)))],
+        obj_color=obj_color,
         radius=float(radius),
         start=start,
         speed=float(distance / seconds),
@@ -190,6 +236,17 @@ def balanced_label(seed: int, split: str, label_set: int, index: int, n_classes:
     return int(perm[offset])
 
 
+def video_spec(seed: int, split: str, index: int, *, size: int, seconds: float, appearance: str = "shared",
+               backgrounds: list[tuple[str, tuple, float]] | None = None) -> VideoSpec:
+    """The spec of video `index` of `split`: depends only on (seed, split, index, appearance) and the frame
+    geometry; "shared" draws backgrounds from `backgrounds` (default: `background_designs(seed)`)."""
+    motion = balanced_label(seed, split, 0, index, len(MOTIONS))
+    shape = balanced_label(seed, split, 1, index, len(SHAPES))
+    return draw_spec(np.random.default_rng([seed, _SPLIT_IDS[split], index]), motion=motion, shape=shape, size=size,
+                     seconds=seconds, appearance=appearance,
+                     backgrounds=background_designs(seed) if backgrounds is None else backgrounds)
+
+
 def make_dataset(
     root: str | Path,
     *,
@@ -200,16 +257,20 @@ def make_dataset(
     fps: float = 8.0,
     seconds: float = 2.0,
     seed: int = 0,
-    crf: int = 18,
+    appearance: str = "shared",
+    crf: int | None = None,
     show_progress: bool = True,
 ) -> SyntheticDataset:
     """Render and encode the dataset under `root` (see the module docstring for the layout).
 
-    Video i of a split depends only on (seed, split, i): growing a count keeps earlier videos.
-    Labels are balanced per split for both label sets (independently shuffled). The rendered
+    Video i of a split depends only on (seed, split, i, appearance): growing a count keeps earlier
+    videos. Labels are balanced per split for both label sets (independently shuffled). The rendered
     frames and the lists are exactly reproducible; the H.264 bytes can differ by a few pixel
-    levels between runs in one process (see videowriter.write_video).
+    levels between runs in one process (see videowriter.write_video). crf None: DEFAULT_CRF[appearance].
     """
+    if appearance not in APPEARANCES:
+        raise ValueError(f"appearance must be one of {', '.join(APPEARANCES)}, got {appearance!r}")
+    crf = DEFAULT_CRF[appearance] if crf is None else crf
     if size < 16:
         raise ValueError(f"size must be >= 16 pixels, got {size}")
     if fps <= 0 or seconds <= 0:
@@ -218,24 +279,19 @@ def make_dataset(
         raise ValueError("video counts must be >= 0")
     root = Path(root)
     t0 = time.perf_counter()
-    jobs = []  # (split, index, motion, shape)
-    for split, count in (("pool", num_pool), ("train", num_train), ("val", num_val)):
-        for i in range(count):
-            motion = balanced_label(seed, split, 0, i, len(MOTIONS))
-            jobs.append((split, i, motion, balanced_label(seed, split, 1, i, len(SHAPES))))
-
+    jobs = [(split, i) for split, count in (("pool", num_pool), ("train", num_train), ("val", num_val))
+            for i in range(count)]
     backgrounds = background_designs(seed)
     rows: dict[str, list[str]] = {"pool": [], "train": [], "val": []}
     labels: dict[str, list[tuple[int, int]]] = {"pool": [], "train": [], "val": []}
-    for split, i, motion, shape in tqdm(jobs, desc="synthetic videos", disable=not show_progress):
-        rng = np.random.default_rng([seed, _SPLIT_IDS[split], i])
-        spec = draw_spec(rng, motion=motion, shape=shape, size=size, seconds=seconds, backgrounds=backgrounds)
+    for split, i in tqdm(jobs, desc="synthetic videos", disable=not show_progress):
+        spec = video_spec(seed, split, i, size=size, seconds=seconds, appearance=appearance, backgrounds=backgrounds)
         frames = render_video(spec, size=size, fps=fps, seconds=seconds)
         relpath = f"videos/{split}/{split}_{i:06d}.mp4"
         # Short GOP keeps seeking cheap; tiny frames gain nothing from encoder threads.
         write_video(root / relpath, frames, fps, codec="libx264", crf=crf, options={"g": str(max(1, round(fps)))}, threads=1)
         rows[split].append(relpath)
-        labels[split].append((motion, shape))
+        labels[split].append((spec.motion, spec.shape))
 
     pretrain_list = root / "pretrain_videos.txt"
     pretrain_list.write_text("".join(f"{r}\n" for r in rows["pool"]))
@@ -248,7 +304,8 @@ def make_dataset(
             out[name].write_text("".join(f"{r} {lab[set_index]}\n" for r, lab in zip(rows[split], labels[split])))
     print(
         f"synthetic: {len(jobs)} videos ({num_pool} pool, {num_train} train, {num_val} val), "
-        f"{size}x{size} px, {fps:g} fps, {seconds:g} s, seed {seed} -> {root} in {time.perf_counter() - t0:.1f} s"
+        f"{size}x{size} px, {fps:g} fps, {seconds:g} s, seed {seed}, {appearance} appearance, crf {crf} -> {root} "
+        f"in {time.perf_counter() - t0:.1f} s"
     )
     return SyntheticDataset(
         root=root, pretrain_list=pretrain_list, train_lists=train_lists, val_lists=val_lists, pool_lists=pool_lists,
@@ -269,7 +326,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fps", type=float, default=8.0)
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of each video")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--crf", type=int, default=18, help="H.264 quality (lower: fewer artefacts, bigger files)")
+    parser.add_argument("--appearance", choices=APPEARANCES, default="shared",
+                        help="shared: 8 backgrounds and 4 object colours for all videos; varied: every video its own "
+                             "background and colours (see the module docstring)")
+    parser.add_argument("--crf", type=int, default=None,
+                        help="H.264 quality, lower: fewer artefacts, bigger files (default: "
+                             + ", ".join(f"{k} {v}" for k, v in DEFAULT_CRF.items()) + ")")
     args = parser.parse_args(argv)
     make_dataset(
         args.out,
@@ -280,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         fps=args.fps,
         seconds=args.seconds,
         seed=args.seed,
+        appearance=args.appearance,
         crf=args.crf,
     )
 

@@ -3,6 +3,7 @@
     python -m vimpac.demo                     # ~7 min on 2 AMX cores, ~14 on AVX2-only: data -> report
     python -m vimpac.demo --ablation          # also block vs i.i.d. masking, MP-only vs MP+CL
     python -m vimpac.demo --profile long      # 4x the unlabelled pool (not timed yet)
+    python -m vimpac.demo --profile varied    # every video its own looks, crf 28, 512 codes (varied128: 128)
 
 Steps (each skips work already done, so a rerun after an interruption continues):
  1. synthetic videos (video2token.synthetic): an unlabelled pool, 64 labelled train videos,
@@ -129,6 +130,8 @@ class Demo(DemoLayout):
             wanted = self.cfg.data_args()
             if marker.is_file():
                 have = read_json(marker)
+                if isinstance(have, dict):  # markers from before --appearance existed: the shared looks
+                    have = {"appearance": "shared", **have}
                 if have != wanted:
                     raise DemoError(f"{self.data} holds demo videos made with {have}, this run wants {wanted}; "
                                     f"remove {self.data} or pass another --data")
@@ -140,7 +143,8 @@ class Demo(DemoLayout):
                                                 "--num-pool", str(c.num_pool), "--num-train", str(c.num_train),
                                                 "--num-val", str(c.num_val), "--size", str(c.size),
                                                 "--fps", str(c.render_fps), "--seconds", str(c.seconds),
-                                                "--seed", str(c.data_seed), "--crf", str(c.crf)])
+                                                "--seed", str(c.data_seed), "--appearance", c.appearance,
+                                                "--crf", str(c.crf)])
             marker.write_text(json.dumps(wanted))
             rec.seconds = time.time() - t0
             n = c.num_pool + c.num_train + c.num_val
@@ -289,7 +293,8 @@ class Demo(DemoLayout):
     def main(self) -> None:
         t0 = time.time()
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "demo_config.json").write_text(json.dumps(dataclasses.asdict(self.cfg), indent=2))
+        (self.out / "demo_config.json").write_text(json.dumps({"profile": self.profile, **dataclasses.asdict(self.cfg)},
+                                                              indent=2))
         variants = list(VARIANTS) if self.ablation else [MAIN_VARIANT]
         self.make_data()
         self.train_tokenizer()
@@ -329,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     p.add_argument("--profile", choices=tuple(PROFILES), default="default",
                    help="default: ~7 min on 2 AMX CPU cores, ~14 on AVX2-only; long: 4x the unlabelled pool (not timed); "
-                        "smoke: seconds, for tests")
+                        "varied: every video its own background and colours, H.264 crf 28, 512 codes; varied128: "
+                        "the same with 128 codes; smoke: seconds, for tests")
     p.add_argument("--data", type=Path, default=None, help="video directory (default data/demo, data/demo_PROFILE)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default snap/demo, snap/demo_PROFILE)")
     p.add_argument("--ablation", action="store_true",
@@ -339,14 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_dirs(profile: str) -> tuple[Path, Path]:
+    """(videos, outputs) of a profile without --data / --out: each profile its own, so runs never mix."""
+    suffix = "" if profile == "default" else f"_{profile}"
+    return Path(f"data/demo{suffix}"), Path(f"snap/demo{suffix}")
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     cfg = PROFILES[a.profile]
     if a.seeds:
         cfg = dataclasses.replace(cfg, seeds=tuple(a.seeds))
-    suffix = "" if a.profile == "default" else f"_{a.profile}"
-    demo = Demo(cfg=cfg, data=a.data or Path(f"data/demo{suffix}"), out=a.out or Path(f"snap/demo{suffix}"),
-                jobs=max(1, a.jobs), ablation=a.ablation)
+    data, out = default_dirs(a.profile)
+    demo = Demo(cfg=cfg, data=a.data or data, out=a.out or out, jobs=max(1, a.jobs), ablation=a.ablation,
+                profile=a.profile)
     try:
         demo.main()
     except DemoError as e:

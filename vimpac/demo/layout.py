@@ -39,6 +39,7 @@ class DemoConfig:
     render_fps: float = 8.0
     seconds: float = 2.0
     data_seed: int = 0
+    appearance: str = "shared"      # video2token.synthetic: "shared" looks (8 backgrounds, 4 colours) or "varied"
     crf: int = 12                   # H.264 quality: compression noise makes tokens flicker between frames
     # tokenizer
     vocab_size: int = 128
@@ -66,13 +67,17 @@ class DemoConfig:
 
     def data_args(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("num_pool", "num_train", "num_val", "size", "render_fps", "seconds",
-                                              "data_seed", "crf")}
+                                              "data_seed", "appearance", "crf")}
 
 
 PROFILES = {
     "default": DemoConfig(),
     # 4x the unlabelled videos (so 4x the pre-training steps) and a longer tokenizer run; not timed yet.
     "long": DemoConfig(num_pool=1600, tokenizer_steps=1000),
+    # Every video its own background and colours, compressed like real footage (crf 28: codes flicker), 512
+    # codes: the looks of README's "What makes pre-training help" row 1, with the default profile's objects.
+    "varied": DemoConfig(appearance="varied", crf=28, vocab_size=512),
+    "varied128": DemoConfig(appearance="varied", crf=28, vocab_size=128),
     # Seconds-scale run of every step, for tests.
     "smoke": DemoConfig(num_pool=24, num_train=8, num_val=8, size=32, seconds=1.5, vocab_size=32,
                         tokenizer_steps=6, layers=1, hid_dim=32, heads=2, mask_blocks=2, pretrain_epochs=1,
@@ -100,6 +105,7 @@ class DemoLayout:
     data: Path
     out: Path
     jobs: int = 2
+    profile: str | None = None  # the PROFILES name the report shows (None: not known, e.g. an older run's report)
     steps: list[StepRecord] = field(default_factory=list)
 
     # -- paths

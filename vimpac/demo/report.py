@@ -97,17 +97,26 @@ def results_table(results: list[TaskResult], main: str) -> list[str]:
 
 
 def pretrain_table(demo: DemoLayout, results: list[TaskResult], variants: Sequence[str]) -> list[str]:
-    rows = ["| pre-training | valid mask acc | copy baseline | motion top-1 (mean) | shape top-1 (mean) |",
-            "|---|---|---|---|---|"]
+    rows = ["| pre-training | valid mask acc | copy baseline | valid contrastive acc | motion top-1 (mean) | "
+            "shape top-1 (mean) |", "|---|---|---|---|---|---|"]
+    pct = lambda s, key: _fmt(100 * s[key]) if key in s else "-"  # noqa: E731
     for v in variants:
         s = (read_json(demo.pretrain_dir(v) / "summary.json") or {}).get("valid", {})
         cells = [_fmt(mean(r.top1[v])) for r in results]
-        rows.append(f"| {VARIANTS[v].title} | {_fmt(100 * s['mask_acc']) if 'mask_acc' in s else '-'} | "
-                    f"{_fmt(100 * s['copy_acc']) if 'copy_acc' in s else '-'} | {cells[0]} | {cells[1]} |")
+        rows.append(f"| {VARIANTS[v].title} | {pct(s, 'mask_acc')} | {pct(s, 'copy_acc')} | {pct(s, 'cl_acc')} | "
+                    f"{cells[0]} | {cells[1]} |")
     if any(r.ceiling_scratch is not None for r in results):
-        rows.append(f"| none (scratch, all labels) | - | - | {_fmt(results[0].ceiling_scratch)} | "
+        rows.append(f"| none (scratch, all labels) | - | - | - | {_fmt(results[0].ceiling_scratch)} | "
                     f"{_fmt(results[1].ceiling_scratch)} |")
     return rows
+
+
+def describe_data(demo: DemoLayout) -> str:
+    """The profile and what the videos look like, for the report's first line."""
+    c = demo.cfg
+    looks = ("8 backgrounds and 4 object colours shared by all videos" if c.appearance == "shared" else
+             "every video its own background and colours")
+    return (f"Profile `{demo.profile}`: " if demo.profile else "") + f"{looks}, H.264 crf {c.crf}."
 
 
 def is_ablation_step(name: str) -> bool:
@@ -238,8 +247,9 @@ def write_report(demo: DemoLayout, variants: Sequence[str]) -> str:
         figs.append((f"Confusion matrix, {task}, from scratch (seed {s})",
                      demo.finetune_dir(f"{task}_scratch_s{s}") / "confusion_matrix.png"))
     md = [
-        "# VIMPAC demo report",
+        "# VIMPAC demo report" + (f" (profile `{demo.profile}`)" if demo.profile else ""),
         "",
+        describe_data(demo),
         f"Synthetic videos ({c.num_pool} unlabelled pool videos, {c.num_train} labelled train videos, "
         f"{c.num_val} val videos, {c.size}x{c.size} px) -> VQ-VAE tokens ({c.vocab_size} codes, stride 8, "
         f"{c.fps:g} fps) -> a {c.layers}-layer, {c.hid_dim}-wide VIMPAC model pre-trained for "
@@ -254,6 +264,10 @@ def write_report(demo: DemoLayout, variants: Sequence[str]) -> str:
         f"{c.ceiling_epochs} epochs at lr {c.ceiling_lr:g} from the pre-trained weights.",
         "",
         *pre_rows,
+        "",
+        f"Valid contrastive accuracy: the share of clips whose partner (the other clip of the same video) scores "
+        f"highest among the other clips of its batch of up to {c.pretrain_batch} videos (chance "
+        f">= {100 / c.pretrain_batch:.1f}%); near 100% means [CLS] tells the videos apart, by whatever differs.",
         "",
         "## Targets",
         "",
@@ -273,7 +287,9 @@ def write_report(demo: DemoLayout, variants: Sequence[str]) -> str:
     for title, path in figs:
         if path.is_file():
             md += [f"### {title}", "", f"![{title}]({rel(path)})", ""]
-    md += ["## Reproduce", "", "`make demo` (or `python -m vimpac.demo`); every command it ran, with its output, "
+    command = "make demo` (or `python -m vimpac.demo" if demo.profile in (None, "default") else \
+        f"python -m vimpac.demo --profile {demo.profile}"
+    md += ["## Reproduce", "", f"`{command}`; every command it ran, with its output, "
            "is in `logs/`. The configuration is in `demo_config.json`.", ""]
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
     return "\n".join(["", *res_rows, "", *pre_rows, "", *steps, "", *checks])
@@ -289,8 +305,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg_dict = read_json(a.out / "demo_config.json")
     if cfg_dict is None:
         raise SystemExit(f"error: {a.out / 'demo_config.json'} is missing: not a demo output directory")
+    profile = cfg_dict.pop("profile", None)  # written since the varied profiles; older runs: not known
     cfg_dict["seeds"] = tuple(cfg_dict["seeds"])
-    demo = DemoLayout(cfg=DemoConfig(**cfg_dict) if cfg_dict else PROFILES["default"], data=a.data, out=a.out)
+    demo = DemoLayout(cfg=DemoConfig(**cfg_dict) if cfg_dict else PROFILES["default"], data=a.data, out=a.out,
+                      profile=profile)
     variants = [v for v in VARIANTS if demo.pretrain_dir(v).joinpath("summary.json").is_file()]
     print(write_report(demo, variants))
 
