@@ -31,6 +31,7 @@ from vimpac.data import registry
 from vimpac.data.labelled import LabelledData, LabelledSource
 from vimpac.model.checkpoint import CheckpointError, read_checkpoint_config
 from vimpac.model.loading import resolve_checkpoint
+from vimpac.model.transformer import HEAD_INITS
 from vimpac.eval.finetuned import RESULTS, EvalSettings, evaluate_finetuned, parse_clip_counts
 from vimpac.train.entry import run_guarded
 from vimpac.train.errors import TrainError
@@ -57,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow another --clip-len / --frame-size than pre-training (interpolates positional tables)")
     m.add_argument("--dropout", type=float, default=0.1, help="backbone dropout")
     m.add_argument("--last-dropout", type=float, default=0.0, help="dropout before the classifier (paper: 0.0)")
+    m.add_argument("--head-init", choices=HEAD_INITS, default="zero",
+                   help="classifier weight init: zero (the paper's and the original's) or normal (N(0, init_std "
+                        "0.02), BERT's); normal for a random or barely pre-trained backbone (--from-scratch), where a "
+                        "zero head can merge two classes and stall (README, fine-tuning)")
     m.add_argument("--linear-probe", action="store_true", help="freeze the backbone, train the classifier only")
     m.add_argument("--from-scratch", action="store_true",
                    help="the same architecture as --load, randomly initialised (the no-pre-training baseline)")
@@ -126,7 +131,8 @@ def run(a: argparse.Namespace, hooks: LoopHooks | None) -> tuple[dict, bool]:
                                   clip_len=a.clip_len, clip_counts=clip_counts), True
     init = ClassifierInit(load=a.load, clip_len=a.clip_len, different_shape=a.different_shape, dropout=a.dropout,
                           last_dropout=a.last_dropout, linear_probe=a.linear_probe, from_scratch=a.from_scratch,
-                          grad_checkpointing=a.grad_checkpointing, layers=a.layers, hid_dim=a.hid_dim)
+                          grad_checkpointing=a.grad_checkpointing, layers=a.layers, hid_dim=a.hid_dim,
+                          head_init=a.head_init)
     task = FinetuneTask(data, init, settings, seed=a.seed, clip_counts=clip_counts, output=a.output)
     cfg = loop_config(a, epochs=a.epochs or data.default_epochs, default_batch=BATCH, default_bs_per_gpu=BS_PER_GPU)
     loop = TrainLoop(cfg, task, hooks=hooks)

@@ -38,6 +38,7 @@ class ClassifierInit:
     different_shape: bool = False
     dropout: float = 0.1                # backbone dropout
     last_dropout: float = 0.0           # dropout before the classifier (the original's --last-dropout)
+    head_init: str = "zero"             # classifier weight: "zero" (paper, original) or "normal" (N(0, init_std))
     linear_probe: bool = False
     from_scratch: bool = False
     grad_checkpointing: bool = False
@@ -108,7 +109,7 @@ class FinetuneTask:
 
     def build_model(self, ckpt: Checkpoint | None, log: Callable[[str], None]) -> nn.Module:
         model = VimpacForClassification(self.cfg, num_classes=self.data.num_classes,
-                                        head_dropout=self.init.last_dropout)
+                                        head_dropout=self.init.last_dropout, head_init=self.init.head_init)
         try:
             if ckpt is not None:
                 self.loaded_weights, _ = backbone_state(ckpt.model_state, self.cfg, model, different_shape=False,
