@@ -53,6 +53,7 @@ def test_finetune_with_the_original_flags_from_an_original_snapshot(stores, tmp_
                                      "128", "--last-dropout", "0.0", "--save-per-epochs", "9595", "--vocab-size",
                                      "8192", "--num-test-clips", "1", *FAST]))
     assert "loaded the backbone of" in log and "done: final top-1" in log
+    assert "classifier init: zero (--head-init auto: a pre-trained backbone)" in log  # the paper's, on --load
     assert load_checkpoint(os.path.join(out, "last")).model_config.hid_dim == 128
     proc = run("vimpac.finetune", ["--load", str(FIXTURES / "pretrain"), "--train-tokens", stores["train"],
                                    "--valid-tokens", stores["valid"], "--output", str(tmp_path / "x"), "--layers", "6",

@@ -36,6 +36,7 @@ from vimpac.data.labelled import LabelledData, LabelledSource
 from vimpac.model.checkpoint import CheckpointError, read_checkpoint_config
 from vimpac.model.config import INPUT_KINDS
 from vimpac.model.loading import resolve_checkpoint
+from vimpac.model.transformer import HEAD_INITS
 from vimpac.eval.finetuned import RESULTS, EvalSettings, evaluate_finetuned, parse_clip_counts
 from vimpac.train.architecture import DEFAULT_CLIP_LEN, ArchitectureFlags, add_architecture_flags
 from vimpac.train.entry import launch_for, run_guarded, say
@@ -82,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow another --clip-len / --frame-size than pre-training (interpolates positional tables)")
     m.add_argument("--dropout", type=float, default=0.1, help="backbone dropout")
     m.add_argument("--last-dropout", type=float, default=0.0, help="dropout before the classifier (paper: 0.0)")
+    m.add_argument("--head-init", choices=("auto", *HEAD_INITS), default="auto",
+                   help="classifier weight init: zero (the paper's and the original's) or normal (N(0, init_std "
+                        "0.02), BERT's); auto: zero on pre-trained weights (--load), normal on a random backbone "
+                        "(--from-scratch, no --load), where a zero head can merge two classes and stall (README, "
+                        "fine-tuning); --head-init zero reproduces the original's no-pre-training runs exactly")
     m.add_argument("--linear-probe", action="store_true", help="freeze the backbone, train the classifier only")
     m.add_argument("--input", choices=INPUT_KINDS, default=None,
                    help="tokens or pixels (BEVT; stores extracted with --keep-frames); default: what --load was "
@@ -159,7 +165,8 @@ def run(a: argparse.Namespace, hooks: LoopHooks | None, launch: Launch, cpu_bf16
     init = ClassifierInit(load=a.load, clip_len=a.clip_len, different_shape=a.different_shape, dropout=a.dropout,
                           last_dropout=a.last_dropout, linear_probe=a.linear_probe, from_scratch=a.from_scratch,
                           grad_checkpointing=a.grad_checkpointing,
-                          architecture=ArchitectureFlags.from_flags(a, contrastive_head=False), input=a.input)
+                          architecture=ArchitectureFlags.from_flags(a, contrastive_head=False), input=a.input,
+                          head_init=a.head_init)
     task = FinetuneTask(data, init, settings, seed=a.seed, clip_counts=clip_counts, output=a.output,
                         label_smoothing=a.label_smoothing or 0.0)
     cfg = loop_config(a, epochs=a.epochs or data.default_epochs, default_batch=BATCH, default_bs_per_gpu=BS_PER_GPU,

@@ -127,6 +127,6 @@ def backbone_state(ckpt_state: Mapping[str, torch.Tensor], ckpt_cfg: ModelConfig
     if not keep_head:
         for k, v in model.state_dict().items():
             if k.startswith("head."):
-                adapted[k] = v  # the zero-initialised classifier
+                adapted[k] = v  # the freshly initialised classifier (--head-init)
     _check_keys(adapted, target, where, "the classifier")
     return adapted, notes

@@ -456,14 +456,32 @@ class ContrastiveHead(nn.Module):
         return self.net(cls)  # (B, out_dim); L2-normalised inside the loss
 
 
-class ClassificationHead(nn.Module):
-    """Fine-tuning classifier on [CLS]: one linear layer, weight and bias initialised to zero."""
+#: classifier weight inits: "zero" (the paper's and the original's), "normal" (N(0, init_std), BERT's classifier)
+HEAD_INITS = ("zero", "normal")
 
-    def __init__(self, *, in_dim: int, num_classes: int, dropout: float = 0.0) -> None:
+
+class ClassificationHead(nn.Module):
+    """Fine-tuning classifier on [CLS]: one linear layer, zero bias; weight zero (default) or N(0, init_std).
+
+    A zero weight starts at uniform predictions and is the paper's choice. On a random or barely
+    trained post-LN backbone it can stall: [CLS] hardly varies between videos (0.24% of its norm
+    in the tests' 2-layer model), so Adam's first, sign-like steps give every class row +- the
+    same mean-[CLS] direction, the backbone's gradient spans that one direction, and the final
+    LayerNorm turns the one-dimensional feature into two points, merging two classes (README,
+    fine-tuning). A normal weight gives each class its own direction from the first step.
+    """
+
+    def __init__(self, *, in_dim: int, num_classes: int, dropout: float = 0.0, init: str = "zero",
+                 init_std: float = 0.02) -> None:
         super().__init__()
+        if init not in HEAD_INITS:
+            raise ValueError(f"classifier init must be one of {HEAD_INITS}, got {init!r}")
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(in_dim, num_classes)
-        nn.init.zeros_(self.fc.weight)
+        if init == "zero":
+            nn.init.zeros_(self.fc.weight)
+        else:
+            nn.init.normal_(self.fc.weight, std=init_std)
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, cls: torch.Tensor) -> torch.Tensor:
@@ -539,13 +557,15 @@ class VimpacForPretraining(nn.Module):
 
 
 class VimpacForClassification(nn.Module):
-    """Backbone + zero-initialised linear classifier on [CLS] (fine-tuning)."""
+    """Backbone + linear classifier on [CLS] (fine-tuning), zero-initialised unless head_init="normal"."""
 
-    def __init__(self, cfg: ModelConfig, *, num_classes: int, head_dropout: float = 0.0) -> None:
+    def __init__(self, cfg: ModelConfig, *, num_classes: int, head_dropout: float = 0.0,
+                 head_init: str = "zero") -> None:
         super().__init__()
         self.cfg = cfg
         self.backbone = VimpacBackbone(cfg)
-        self.head = ClassificationHead(in_dim=cfg.hid_dim, num_classes=num_classes, dropout=head_dropout)
+        self.head = ClassificationHead(in_dim=cfg.hid_dim, num_classes=num_classes, dropout=head_dropout,
+                                       init=head_init, init_std=cfg.init_std)
 
     def forward(self, inputs: torch.Tensor, *, frame_valid: torch.Tensor | None | str = "auto") -> torch.Tensor:
         """codes (B, T, h, w) or frames (B, T, H, W, 3) (pixel model) -> logits (B, num_classes)."""

@@ -40,6 +40,8 @@ class ClassifierInit:
     different_shape: bool = False
     dropout: float = 0.1                # backbone dropout
     last_dropout: float = 0.0           # dropout before the classifier (the original's --last-dropout)
+    head_init: str = "auto"             # classifier weight: "zero" (paper, original), "normal" (N(0, init_std)), or
+                                        # "auto": zero on pre-trained weights, normal on a random backbone
     linear_probe: bool = False
     from_scratch: bool = False
     grad_checkpointing: bool = False
@@ -127,9 +129,21 @@ class FinetuneTask:
         if self.train_set is None:
             raise TrainError("fine-tuning needs --train-tokens (or a --dataset-name whose train views exist)")
 
+    def head_init(self, ckpt: Checkpoint | None) -> str:
+        """The classifier's init: --head-init, or for "auto" the paper's zero head on pre-trained weights and a
+        normal one on a random backbone (a zero head can merge two classes there: README, fine-tuning)."""
+        if self.init.head_init != "auto":
+            return self.init.head_init
+        random_backbone = ckpt is None and (self.init.from_scratch or self._source[2] is None)
+        return "normal" if random_backbone else "zero"
+
     def build_model(self, ckpt: Checkpoint | None, log: Callable[[str], None]) -> nn.Module:
+        head_init = self.head_init(ckpt)
         model = VimpacForClassification(self.cfg, num_classes=self.data.num_classes,
-                                        head_dropout=self.init.last_dropout)
+                                        head_dropout=self.init.last_dropout, head_init=head_init)
+        if ckpt is None:
+            log(f"[finetune] classifier init: {head_init}" + (f" (--head-init auto: a {'random' if head_init == 'normal' else 'pre-trained'} backbone)"
+                                                             if self.init.head_init == "auto" else ""))
         try:
             if ckpt is not None:
                 self.loaded_weights, _ = backbone_state(ckpt.model_state, self.cfg, model, different_shape=False,
