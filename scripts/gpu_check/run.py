@@ -129,7 +129,7 @@ class Profile:
 
 GPU = Profile(
     mode="gpu", device="cuda", budget_s=490,
-    limits={"install": 45, "env": 30, "cuda_tests": 60, "extract": 65, "pretrain": 240, "bare_step": 50,
+    limits={"install": 45, "env": 30, "cuda_tests": 75, "extract": 65, "pretrain": 240, "bare_step": 50,
             "finetune": 60, "resume": 60},
     video_size=128, video_fps=25, video_seconds=8, video_count=16, dalle_tiny=False, extract_batch=64,
     encode_frames=1024, encode_seconds=3.0, job_seconds=6.0, job_videos=(16, 400),
