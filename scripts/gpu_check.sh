@@ -7,10 +7,10 @@
 #
 #   make gpu-wheels                                  # here, where pip works: gpu_wheels/ (~53 MiB)
 #   git clone --depth 1 https://github.com/airsplay/vimpac gpu_wheels/vimpac-original   # optional: the original
-#                                                    # code for the bare-step comparison (~1 MiB), after make
+#                                                    # code for the bare-step comparison (~2 MiB), after make
 #   bash scripts/gpu_check.sh OUTDIR --commit SHA    # on the GPU machine (python3 = its torch)
 #   bash scripts/gpu_check.sh OUTDIR --cpu-dry-run --commit SHA   # here: every step on CPU, tiny sizes
-#                                                    # (~6 min on 2 cores)
+#                                                    # (~6 min on 2 loaded cores)
 #
 # With the device tool (repo root, carry ["gpu_wheels"], timeout_s 570), naming the commit measured:
 #   bash scripts/gpu_check.sh $OUT --commit SHA      # SHA: `git rev-parse HEAD` here, tracked files committed
