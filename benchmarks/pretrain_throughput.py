@@ -11,6 +11,15 @@ For each config (tiny, small) and rank count (1, 2 CPU ranks):
 
     PYTHONPATH=. python benchmarks/pretrain_throughput.py                 # tiny + small, 1 and 2 ranks
     PYTHONPATH=. python benchmarks/pretrain_throughput.py --configs tiny --ranks 1
+
+`--loader-only --store DIR` times the loader alone on an existing store, as the trainer feeds a
+device: store -> masked batch (the trainer's dataset, collate and sampler, epoch after epoch
+through persistent workers) and, with `--device cuda`, pinned host memory and every tensor of
+the batch copied with `.to(device, non_blocking=True)`, the device synchronised at the end;
+one JSON object with videos/s (scripts/gpu_check.sh sets it beside the trainer's videos/s):
+
+    PYTHONPATH=. python benchmarks/pretrain_throughput.py --loader-only --store DIR --device cuda \
+        --clip-len 5 --batch 32 --workers 6 --seconds 3
 """
 from __future__ import annotations
 
@@ -85,21 +94,53 @@ def run_trainer(store: str, out: str, *, model_flags: list[str], clip_len: int, 
 
 def loader_rate(store: str, *, vocab: int, clip_len: int, micro: int, workers: int, batches: int) -> float:
     """Clips/s of the trainer's data path alone: dataset + collate + DataLoader workers."""
+    return loader_timing(store, clip_len=clip_len, micro=micro, workers=workers, max_batches=batches)["clips_per_s"]
+
+
+def loader_timing(store: str, *, clip_len: int, micro: int, workers: int, device: str = "cpu",
+                  max_batches: int = 20, seconds: float = float("inf"), mask_blocks: int = 5) -> dict:
+    """The trainer's data path alone: store -> masked batch (dataset, collate, sampler, persistent DataLoader workers,
+    epoch after epoch), and on a CUDA device pinned memory and every tensor of the batch moved with
+    `.to(device, non_blocking=True)`, synchronised once at the end. The first batch (worker start-up) is not timed;
+    timing stops after `max_batches` batches or `seconds`, whichever comes first."""
+    import torch
     from torch.utils.data import DataLoader
 
     from vimpac.data.pretrain_clips import ClipPairDataset, ClipSampling, collate_pairs
     from vimpac.data.sampler import EpochBatchSampler
 
-    ds = ClipPairDataset([TokenStore(store)], ClipSampling(clip_len=clip_len, mask_blocks=5), seed=0)
+    dev = torch.device(device)
+    ds = ClipPairDataset([TokenStore(store)], ClipSampling(clip_len=clip_len, mask_blocks=mask_blocks), seed=0)
     sampler = EpochBatchSampler(len(ds), micro_batch=micro, seed=0)
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate_pairs,
+                        persistent_workers=workers > 0, pin_memory=dev.type == "cuda",
                         prefetch_factor=4 if workers else None)
-    it = iter(loader)
-    next(it)  # worker start-up is not steady state
-    t0, n = time.perf_counter(), 0
-    for _ in range(batches):
-        n += next(it)["codes"].shape[0] * 2
-    return n / (time.perf_counter() - t0)
+
+    def batches():
+        epoch = 0
+        while True:
+            sampler.set_position(epoch)
+            yield from loader
+            epoch += 1
+
+    def to_device(batch: dict) -> int:
+        moved = {k: v.to(dev, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        return int(moved["codes"].shape[0])
+
+    it = batches()
+    to_device(next(it))  # worker start-up is not steady state
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0, videos, n = time.perf_counter(), 0, 0
+    while n < max_batches and time.perf_counter() - t0 < seconds:
+        videos += to_device(next(it))
+        n += 1
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    dt = time.perf_counter() - t0
+    return {"videos_per_s": round(videos / dt, 1), "clips_per_s": round(2 * videos / dt, 1), "batches": n,
+            "videos": videos, "seconds": round(dt, 3), "micro_batch": micro, "workers": workers, "device": str(dev),
+            "pinned": dev.type == "cuda", "store_videos": len(ds)}
 
 
 def raw_step(name: str, *, threads: int, micro: int, steps: int, procs: int = 1) -> dict:
@@ -135,6 +176,15 @@ def raw_step(name: str, *, threads: int, micro: int, steps: int, procs: int = 1)
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--loader-only", action="store_true",
+                    help="time the loader alone on --store (with --device, --clip-len, --batch, --workers, --seconds, "
+                         "--max-batches) and print one JSON object")
+    ap.add_argument("--store", default=None, help="--loader-only: the token store")
+    ap.add_argument("--device", default="cpu", help="--loader-only: where batches go (cuda: pinned, non_blocking)")
+    ap.add_argument("--clip-len", type=int, default=5, help="--loader-only")
+    ap.add_argument("--batch", type=int, default=32, help="--loader-only: videos per batch")
+    ap.add_argument("--seconds", type=float, default=3.0, help="--loader-only: time at most this long")
+    ap.add_argument("--max-batches", type=int, default=1000, help="--loader-only: time at most this many batches")
     ap.add_argument("--configs", default="tiny,small")
     ap.add_argument("--ranks", default="1,2")
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers per rank")
@@ -146,6 +196,12 @@ def main() -> int:
     ap.add_argument("--small-steps", type=int, default=8)
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     a = ap.parse_args()
+    if a.loader_only:
+        if not a.store:
+            ap.error("--loader-only needs --store DIR")
+        print(json.dumps(loader_timing(a.store, clip_len=a.clip_len, micro=a.batch, workers=a.workers, device=a.device,
+                                       max_batches=a.max_batches, seconds=a.seconds)), flush=True)
+        return 0
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.configs.split(","):

@@ -1,4 +1,5 @@
-"""CUDA against CPU fp32: the model in fp32 / bf16 / fp16, block masks, InfoNCE, checkpoints across devices.
+"""CUDA against CPU fp32: the model in fp32 / bf16 / fp16, block masks, InfoNCE, checkpoints across devices,
+and the dtype a Linear computes in inside the DeepSpeed engine for each precision flag.
 
 Marked `cuda` and skipped without a CUDA device, so `make test` on a CPU machine skips them;
 `scripts/gpu_check.sh` runs them on the GPU machine (`pytest -m cuda tests/test_cuda.py`).
@@ -13,6 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -21,6 +26,7 @@ import torch
 from vimpac import (ModelConfig, VimpacForPretraining, block_mask, load_checkpoint, named_config, save_checkpoint,
                     symmetric_infonce)
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -231,3 +237,97 @@ def test_checkpoint_from_cuda_loads_on_cpu_and_back(tmp_path, weights):
         on_cpu = cpu_model(*masked_batch(cfg)).hidden
         on_cuda = back(*batch).hidden.cpu()
     assert rel_err(on_cuda, on_cpu) < PRECISIONS["fp32"].hidden
+
+
+# ----------------------------------------------------------------------------- precision inside the engine
+
+#: one process builds the trainer's DeepSpeed engine for each precision (ZeRO as the trainer picks it: 0, and 1
+#: under fp16), runs one step of the tiny Small model the way the trainer does (the precision's autocast around
+#: `engine(...)`) and reports what the loop's first-Linear probe logs and what a hook on that Linear saw
+ENGINE_PROBE = r"""
+import json, sys, torch
+from torch import nn
+from vimpac import VimpacForPretraining, block_mask, named_config, symmetric_infonce
+from vimpac.model.masked import MaskedTargets
+from vimpac.data.pretrain_clips import MASK_PAD_TO
+from vimpac.train.runtime import BatchPlan, Launch, init_distributed
+from vimpac.train.deepspeed_setup import build_ds_config, choose_zero_stage, init_engine, split_clipping
+from vimpac.train.loop import report_first_linear_dtype
+from video2token.precision import resolve_precision
+
+device = sys.argv[1]
+dist = init_distributed(Launch(rank=0, world_size=1, local_rank=0, local_world_size=1, launched=False,
+                               cpu=device == "cpu"))
+out = {}
+for name in sys.argv[2:]:
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # each precision sets its own
+    try:
+        prec = resolve_precision(name, dist.device.type)
+        prec.configure_backends()
+        zero = choose_zero_stage(prec.name, None, cpu=dist.device.type == "cpu")
+        torch.manual_seed(0)
+        cfg = named_config("small", vocab_size=512, clip_len=4, grid_h=8, grid_w=8, layers=2, dropout=0.0,
+                           nce_proj_hid_dim=256)
+        model = VimpacForPretraining(cfg).to(dist.device)
+        logged, seen = [], []
+        report_first_linear_dtype(model, logged.append, "probe")
+        first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+        first.register_forward_hook(lambda m, i, o: seen.append(str(o.dtype)))
+        ds = build_ds_config(BatchPlan(4, 4, 1, 1), clip_grad_norm=1.0, zero_stage=zero, precision=prec.name)
+        ds, _ = split_clipping(ds, zero)
+        engine = init_engine(model, torch.optim.AdamW(model.parameters(), lr=1e-4), None, ds)
+        g = torch.Generator().manual_seed(1)
+        shape = (8, cfg.clip_len, cfg.grid_h, cfg.grid_w)
+        targets = torch.randint(0, cfg.vocab_size, shape, generator=g)
+        mask = block_mask(shape, 3, generator=g)
+        codes_in = targets.masked_fill(mask, cfg.special_tokens.mask).to(dist.device)
+        masked = MaskedTargets.from_mask(mask, targets, pad_to=MASK_PAD_TO).to(dist.device)
+        with prec.autocast():
+            o = engine(codes_in, mask.to(dist.device), masked=masked, frame_valid=None)
+            loss = o.mp_loss + symmetric_infonce(o.cls_proj.float()[0::2], o.cls_proj.float()[1::2]).loss
+        engine.backward(loss)
+        engine.step()
+        out[name] = {"precision": prec.name, "zero_stage": zero, "inside_engine": seen[0], "logged": logged[0],
+                     "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                     "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+                     "loss_finite": bool(torch.isfinite(loss.detach()).item()), "describe": prec.describe()}
+    except Exception as e:  # the other precisions still report
+        out[name] = {"error": f"{type(e).__name__}: {e}"}
+print(json.dumps(out))
+"""
+ENGINE_DTYPES = {"bf16": "torch.bfloat16", "fp16": "torch.float16", "fp32": "torch.float32"}
+
+
+def run_engine_probe(device: str, precisions: list[str]) -> dict:
+    """ENGINE_PROBE in a fresh process (it creates the process group) -> {precision: what it saw}."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    if device == "cpu":
+        env["DS_ACCELERATOR"] = "cpu"
+    proc = subprocess.run([sys.executable, "-c", ENGINE_PROBE, device, *precisions], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def engine_dtypes():
+    return run_engine_probe("cuda", list(ENGINE_DTYPES))
+
+
+@pytest.mark.parametrize("precision", list(ENGINE_DTYPES))
+def test_linear_inside_the_engine_computes_in_the_flags_dtype(engine_dtypes, precision):
+    got = engine_dtypes[precision]
+    assert "error" not in got, got["error"]
+    want = ENGINE_DTYPES[precision]
+    tf32 = torch.cuda.get_device_capability()[0] >= 8  # Ampere and newer have TF32 tensor cores
+    tf32_note = f", TF32 {'on' if got['tf32_matmul'] else 'off'}" if precision == "fp32" else ""
+    print(f"engine {precision}: first Linear computes in {got['inside_engine']} inside engine(...) "
+          f"(ZeRO-{got['zero_stage']}{tf32_note})")
+    assert got["inside_engine"] == want, got
+    assert f"computes in {want}" in got["logged"], got["logged"]  # the run log says what really happens
+    assert got["zero_stage"] == (1 if precision == "fp16" else 0)
+    assert got["loss_finite"], got
+    if precision == "fp32":
+        assert got["tf32_matmul"] is tf32 and got["tf32_cudnn"] is tf32, got

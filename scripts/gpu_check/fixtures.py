@@ -6,7 +6,7 @@ goes through the normal loading path), the stores hold random codes written with
 writer, and the fallback checkpoint is a freshly initialised model written by `save_checkpoint`.
 
     python scripts/gpu_check/fixtures.py videos --out DIR --count 16 --size 128 --fps 25 --seconds 8
-    python scripts/gpu_check/fixtures.py links --src DIR --out DIR --count 96
+    python scripts/gpu_check/fixtures.py copies --src DIR --out DIR --count 96
     python scripts/gpu_check/fixtures.py dalle --out DIR [--tiny]
     python scripts/gpu_check/fixtures.py tokmeta --tokenizer-path DIR --device cuda --out FILE.json
     python scripts/gpu_check/fixtures.py store --out DIR --videos 3840 --frames 10 --grid 16 --vocab 8192 \
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,11 +44,12 @@ def make_videos(out: str, *, count: int, size: int, fps: float, seconds: float, 
     return {"videos": files, "size": size, "fps": fps, "seconds": seconds}
 
 
-def link_videos(src: str, out: str, *, count: int) -> dict:
-    """A video root of `count` hard links to the videos in `src` (round robin) and its MMAction2 list.
+def copy_videos(src: str, out: str, *, count: int) -> dict:
+    """A video root of `count` copies of the videos in `src` (round robin) and its MMAction2 list.
 
-    The extraction job decodes and encodes every listed file anew, so links give a job of any
-    length from a few generated videos.
+    The extraction job decodes and encodes every listed file anew, so copies give a job of any
+    length from a few generated videos. Copies, not links: extraction stores one file listed under
+    two names (a hard link or a symlink) once.
     """
     files = sorted(f for f in os.listdir(src) if f.endswith(".mp4"))
     if not files:
@@ -58,7 +60,7 @@ def link_videos(src: str, out: str, *, count: int) -> dict:
         rel = f"job/v{i:05d}.mp4"
         dst = os.path.join(out, rel)
         if not os.path.exists(dst):
-            os.link(os.path.join(src, files[i % len(files)]), dst)
+            shutil.copyfile(os.path.join(src, files[i % len(files)]), dst)
         lines.append(rel)
     anno = os.path.join(out, "job_videos.txt")
     with open(anno, "w", encoding="utf-8") as f:
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--size", type=int, required=True)
     v.add_argument("--fps", type=float, required=True)
     v.add_argument("--seconds", type=float, required=True)
-    ln = sub.add_parser("links")
+    ln = sub.add_parser("copies")
     ln.add_argument("--src", required=True)
     ln.add_argument("--out", required=True)
     ln.add_argument("--count", type=int, required=True)
@@ -168,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     if a.cmd == "videos":
         made = make_videos(a.out, count=a.count, size=a.size, fps=a.fps, seconds=a.seconds)
-    elif a.cmd == "links":
-        made = link_videos(a.src, a.out, count=a.count)
+    elif a.cmd == "copies":
+        made = copy_videos(a.src, a.out, count=a.count)
     elif a.cmd == "dalle":
         made = make_dalle(a.out, tiny=a.tiny)
     elif a.cmd == "tokmeta":

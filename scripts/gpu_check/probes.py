@@ -1,14 +1,18 @@
-"""Measurements of the GPU check that need torch, each in its own process: environment, encoder speed, FLOPs.
+"""Measurements of the GPU check, each in its own process: environment, encoder speed, decoding alone, FLOPs.
 
     python scripts/gpu_check/probes.py env
     python scripts/gpu_check/probes.py encode --tokenizer-path DIR --video V.mp4 --size 128 --fps 25 \
         --batch-size 64 --device cuda
-    python scripts/gpu_check/probes.py flops --layouts "T,H|W" "T,H,W" THW --vocab 8192 --clip-len 5 --grid 16 \
-        --device cuda [--tiny]
+    python scripts/gpu_check/probes.py decode --video-root DIR --anno LIST --size 128 --fps 25 --workers 16
+    python scripts/gpu_check/probes.py flops --specs "small:T,H|W" "small:T,H,W" small:THW "large_half:T,H|W" \
+        --vocab 8192 --clip-len 5 --grid 16 --device cuda [--tiny]
 
-Each prints one JSON object on its last line. FLOPs are counted by torch.utils.flop_counter on one
-forward + backward of the pre-training model (both clips of each video, masked-token and InfoNCE
-losses) on the device; the analytic count of benchmarks/train_step.py is given beside it.
+Each prints one JSON object on its last line. `decode` runs the extraction job's decode workers
+(video2token.decode_pool, the job's read settings: fps, shorter side, center crop, fingerprint)
+over the job's list with no encoder, so decoding's own frames/s stands beside the encoder's and
+the job's. FLOPs are counted by torch.utils.flop_counter on one forward + backward of the
+pre-training model (both clips of each video, masked-token and InfoNCE losses) on the device, per
+model config and layout; the analytic count of benchmarks/train_step.py is given beside it.
 """
 from __future__ import annotations
 
@@ -102,9 +106,42 @@ def encode_speed(tokenizer_path: str, video: str, *, size: int, fps: float, batc
                                                                          if k in ("name", "precision", "vocab_size")}}
 
 
-def train_flops(layouts: list[str], *, vocab: int, clip_len: int, grid: int, videos: int, device: str,
+def decode_speed(video_root: str, anno: str, *, size: int, fps: float, workers: int) -> dict:
+    """Frames/s of the extraction job's decoding alone: its DecodePool over the listed videos with the job's read
+    settings (`video2token.extract.run`'s read_kwargs), results received and dropped (no encoder, no store)."""
+    from video2token.annotations import read_annotations
+    from video2token.decode_pool import DecodePool, read_inline
+    from video2token.video import DEFAULT_MAX_FRAMES
+
+    items = read_annotations([anno], video_root, fmt="list").items
+    read_kwargs = dict(fps=fps, shorter_side=size, crop_size=size, crop_type="center", hflip=False, decoder=None,
+                       max_frames=DEFAULT_MAX_FRAMES)
+    tasks = [(k, it.path) for k, it in enumerate(items)]
+    frames, failed = 0, []
+    t0 = time.perf_counter()
+    t_ready = t0
+    if workers > 0:
+        with DecodePool(workers, read_kwargs, timeout=600.0) as pool:
+            t_ready = time.perf_counter()
+            for res in pool.imap(iter(tasks)):
+                if res.stage == "ok":
+                    frames += len(res.frames)
+                else:
+                    failed.append(f"{res.key}: {res.stage} {res.reason}"[:200])
+    else:
+        for k, path in tasks:
+            res = read_inline(path, read_kwargs, key=k)
+            frames += len(res.frames) if res.stage == "ok" else 0
+    t1 = time.perf_counter()
+    return {"decode_frames_per_s": round(frames / (t1 - t0), 1),
+            "decode_frames_per_s_after_start": round(frames / max(t1 - t_ready, 1e-9), 1),
+            "frames": frames, "videos": len(tasks), "failed": failed[:5], "workers": workers,
+            "seconds": round(t1 - t0, 2), "worker_start_s": round(t_ready - t0, 2), "frame_size": size}
+
+
+def train_flops(specs: list[str], *, vocab: int, clip_len: int, grid: int, videos: int, device: str,
                 tiny: bool, mask_blocks: int) -> dict:
-    """FLOPs of one training step per video (2 clips, forward + backward), per layout."""
+    """FLOPs of one training step per video (2 clips, forward + backward), per "config:layout" spec."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -117,9 +154,10 @@ def train_flops(layouts: list[str], *, vocab: int, clip_len: int, grid: int, vid
     from fixtures import TINY_MODEL
 
     out = {}
-    for layout in layouts:
+    for spec in specs:
+        config, _, layout = spec.partition(":")
         torch.manual_seed(0)
-        cfg = named_config("small", vocab_size=vocab, clip_len=clip_len, grid_h=grid, grid_w=grid, layout=layout,
+        cfg = named_config(config, vocab_size=vocab, clip_len=clip_len, grid_h=grid, grid_w=grid, layout=layout,
                            **(TINY_MODEL if tiny else {}))
         model = VimpacForPretraining(cfg).to(device).train()
         g = torch.Generator().manual_seed(0)
@@ -135,16 +173,17 @@ def train_flops(layouts: list[str], *, vocab: int, clip_len: int, grid: int, vid
             loss.backward()
         per_video = counter.get_total_flops() / videos
         row = {"flops_per_video": per_video, "gflops_per_video": round(per_video / 1e9, 2),
-               "mask_ratio": round(mask.float().mean().item(), 4)}
+               "mask_ratio": round(mask.float().mean().item(), 4),
+               "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1)}
         if train_flops_per_clip is not None:
             try:
                 analytic = 2 * train_flops_per_clip(cfg, clip_len, grid, grid, mask.float().mean().item())
                 row["analytic_gflops_per_video"] = round(analytic / 1e9, 2)
             except Exception as e:  # noqa: BLE001 - a changed signature is reported, not fatal
                 row["analytic_error"] = repr(e)
-        out[layout] = row
+        out[spec] = row
         del model
-    return {"layouts": out, "videos_counted": videos, "device": device,
+    return {"specs": out, "videos_counted": videos, "device": device,
             "counter": "torch.utils.flop_counter.FlopCounterMode, forward + backward, both clips"}
 
 
@@ -162,8 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--device", required=True)
     e.add_argument("--frames", type=int, default=512, help="frames per timed encode call")
     e.add_argument("--min-seconds", type=float, default=3.0)
+    dc = sub.add_parser("decode")
+    dc.add_argument("--video-root", required=True)
+    dc.add_argument("--anno", required=True, help="the job's list file (MMAction2 list format)")
+    dc.add_argument("--size", type=int, required=True)
+    dc.add_argument("--fps", type=float, required=True)
+    dc.add_argument("--workers", type=int, required=True)
     f = sub.add_parser("flops")
-    f.add_argument("--layouts", nargs="+", required=True)
+    f.add_argument("--specs", nargs="+", required=True, help="CONFIG:LAYOUT, e.g. small:T,H|W")
     f.add_argument("--vocab", type=int, required=True)
     f.add_argument("--clip-len", type=int, required=True)
     f.add_argument("--grid", type=int, required=True)
@@ -180,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         result = encode_speed(a.tokenizer_path, a.video, size=a.size, fps=a.fps, batch_size=a.batch_size,
                               device=a.device, frames=a.frames, min_seconds=a.min_seconds,
                               cpu_bf16=read_cpu_bf16(p, os.environ))
+    elif a.cmd == "decode":
+        result = decode_speed(a.video_root, a.anno, size=a.size, fps=a.fps, workers=a.workers)
     else:
-        result = train_flops(a.layouts, vocab=a.vocab, clip_len=a.clip_len, grid=a.grid, videos=a.videos,
+        result = train_flops(a.specs, vocab=a.vocab, clip_len=a.clip_len, grid=a.grid, videos=a.videos,
                              device=a.device, tiny=a.tiny, mask_blocks=a.mask_blocks)
     print(json.dumps(result))
     return 0

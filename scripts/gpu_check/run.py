@@ -1,29 +1,40 @@
-"""GPU check (issue 16): the whole pipeline on one GPU in under 8 minutes, each step timed and reported.
+"""GPU check (issues 16, 21): the whole pipeline on one GPU in about 8 minutes, each step timed and reported.
 
-Run it through `scripts/gpu_check.sh OUTDIR [--cpu-dry-run]` (see there for the device command).
-Steps, each with its own time limit inside one overall budget; a failure is recorded and the
-next step runs:
+Run it through `scripts/gpu_check.sh OUTDIR --commit SHA [--cpu-dry-run]` (see there for the device
+command). Steps, each with its own time limit inside one overall budget; a failure is recorded and
+the next step runs:
 
   0. install   the wheels of `make gpu-wheels` into a target directory put on PYTHONPATH
                (the machine's torch stays: checked before and after)
   1. env       GPU, driver, torch, CUDA, CPUs; which precision flags the entry points take
-  2. cuda_tests  pytest -m cuda tests/test_cuda.py
-  3. extract   random-weight DALL-E (full architecture) at 128 px: encoder-only frames/s, then
-               `python -m video2token.extract` on generated videos with one decode worker per core
-  4. pretrain  Small (T=5, 16x16 codes, vocab 8192, MP + CL, block masks): bf16 / fp16 x ZeRO 0 / 2,
-               then efflayoutT,H,W and joint THW (paper table 13); steady videos/s, peak GPU memory, MFU
-  5. finetune  --different-shape (T=10, 32x32 codes) from step 4's checkpoint, then
+  2. cuda_tests  pytest -m cuda tests/test_cuda.py, among them the dtype a Linear computes in inside the
+               DeepSpeed engine for fp32 / bf16 / fp16 (ZeRO-1)
+  3. extract   random-weight DALL-E (full architecture) at 128 px: encoder-only frames/s, decode-only
+               frames/s (the job's decode workers over the job's videos, no encoder), then
+               `python -m video2token.extract` on copies of generated videos with one decode worker per core
+  4. pretrain  Small (T=5, 16x16 codes, vocab 8192, MP + CL, block masks, 32 videos per step) at
+               --precision auto (its last steps profiled by torch.profiler), the loader alone (store ->
+               masked batch on the device) against it, auto with --compile (profiled too), Large (large_half),
+               layouts T,H,W and joint THW (paper table 13), fp16 with ZeRO-2; steady videos/s, peak GPU
+               memory, MFU, and the dtype each run's first Linear computes in (from its log)
+  5. bare_step benchmarks/train_step.py --device cuda (Small, 32 clips) against the original VIMPAC code
+               at its best precision when a checkout was carried (--original-repo, default
+               WHEELS/vimpac-original), else alone; a torch.profiler summary of the same step (bf16)
+  6. finetune  --different-shape (T=10, 32x32 codes) from step 4's checkpoint, then
                `python -m vimpac.predict` on a video file
-  6. resume    kill -9 of a pre-training run after a mid-epoch checkpoint, then --resume
+  7. resume    kill -9 of a pre-training run after a mid-epoch checkpoint, then --resume
+
+The profiles give the share of the profiled steps' wall time per kernel class (kernel_profile.py:
+matmul, attention, elementwise/copy, norm/reduction, other, idle); in the dry run they are CPU ops.
 
 OUTDIR receives report.json (rewritten after every step, so a timeout still leaves results; its "git"
 records the commit measured: --commit, else `git_record`'s careful guess),
-report.md (the same as tables) and logs.tar.gz (per-step logs, trainer summaries and metrics):
-the device tool returns at most 8 files. Scratch files go under --work.
+report.md (the same as tables, the issue's targets first) and logs.tar.gz (per-step logs, trainer
+summaries and metrics): the device tool returns at most 8 files. Scratch files go under --work.
 
 This driver uses the standard library only: everything that needs torch runs in a child process
-(scripts/gpu_check/fixtures.py, probes.py, the project's entry points), so a broken install is
-reported instead of stopping the check.
+(scripts/gpu_check/fixtures.py, probes.py, kernel_profile.py, the project's entry points and
+benchmarks), so a broken install is reported instead of stopping the check.
 """
 from __future__ import annotations
 
@@ -50,6 +61,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 PAPER_TABLE13 = {"T,H|W": 32.0, "T,H,W": 26.4, "THW": 12.6}
 WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64", "manylinux2010_x86_64")
 TINY_MODEL_FLAGS = ("--layers", "2", "--hid-dim", "64", "--heads", "2", "--nce-proj-hid-dim", "64")
+ORIGINAL_DIR = "vimpac-original"  # a checkout of github.com/airsplay/vimpac inside the carried wheel folder
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -66,7 +78,7 @@ class Profile:
     video_size: int
     video_fps: float
     video_seconds: float
-    video_count: int                 # distinct generated videos (the job hard-links copies)
+    video_count: int                 # distinct generated videos (the job lists copies)
     dalle_tiny: bool
     extract_batch: int
     encode_frames: int               # frames per timed encode call
@@ -74,17 +86,25 @@ class Profile:
     job_seconds: float               # the job is sized to about this much encoder time
     job_videos: tuple[int, int]      # (min, max) listed videos
     # pre-training
-    model_flags: tuple[str, ...]
+    model_flags: tuple[str, ...]     # the Small model; other configs swap the --config value
     vocab: int
     grid: int
     clip_len: int
     store_frames: int
     batch: int
+    large_micro: int                 # Large: --bs-per-gpu (the batch in micro-batches of this size)
     workers: int
     train_seconds: float             # each run is sized to about this much training
     first_steps: int                 # the first run, before any rate is known
     steps_range: tuple[int, int]
     skip_steps: int                  # warm-up steps left out of the steady rate
+    profile_steps: int               # steps the profiled runs' torch.profiler window holds (their last ones)
+    compile_s: float                 # allowance for --compile's compilation in a run's time limit
+    loader_seconds: float            # the loader alone is timed this long
+    # bare step (benchmarks/train_step.py) and its profile
+    bare_batch: int                  # clips per step
+    bare_steps: int
+    bare_flags: tuple[str, ...]      # sizes for train_step.py (the dry run's small codes)
     # fine-tuning
     ft_grid: int
     ft_clip_len: int
@@ -96,26 +116,40 @@ class Profile:
     res_batch: int
     res_save_steps: int
 
+    def model_flags_for(self, config: str) -> tuple[str, ...]:
+        """model_flags with `--config config` (the dry run's tiny overrides stay)."""
+        flags = list(self.model_flags)
+        flags[flags.index("--config") + 1] = config
+        return tuple(flags)
+
+    @property
+    def tiny(self) -> bool:
+        return "--hid-dim" in self.model_flags
+
 
 GPU = Profile(
-    mode="gpu", device="cuda", budget_s=470,
-    limits={"install": 60, "env": 45, "cuda_tests": 90, "extract": 90, "pretrain": 230, "finetune": 100,
-            "resume": 90},
+    mode="gpu", device="cuda", budget_s=490,
+    limits={"install": 45, "env": 30, "cuda_tests": 75, "extract": 65, "pretrain": 240, "bare_step": 50,
+            "finetune": 60, "resume": 60},
     video_size=128, video_fps=25, video_seconds=8, video_count=16, dalle_tiny=False, extract_batch=64,
-    encode_frames=1024, encode_seconds=3.0, job_seconds=12.0, job_videos=(16, 400),
-    model_flags=("--config", "small"), vocab=8192, grid=16, clip_len=5, store_frames=10, batch=32, workers=6,
-    train_seconds=8.0, first_steps=100, steps_range=(30, 400), skip_steps=10,
+    encode_frames=1024, encode_seconds=3.0, job_seconds=6.0, job_videos=(16, 400),
+    model_flags=("--config", "small"), vocab=8192, grid=16, clip_len=5, store_frames=10, batch=32, large_micro=16,
+    workers=6, train_seconds=4.0, first_steps=50, steps_range=(15, 400), skip_steps=6, profile_steps=4,
+    compile_s=120.0, loader_seconds=3.0,
+    bare_batch=32, bare_steps=5, bare_flags=(),
     ft_grid=32, ft_clip_len=10, ft_frames=12, ft_videos=(128, 16), ft_batch=16,
     res_steps=60, res_batch=16, res_save_steps=20)
 
 DRY = Profile(
-    mode="cpu-dry-run", device="cpu", budget_s=600,
-    limits={"install": 60, "env": 60, "cuda_tests": 90, "extract": 120, "pretrain": 300, "finetune": 150,
-            "resume": 150},
+    mode="cpu-dry-run", device="cpu", budget_s=900,
+    limits={"install": 60, "env": 60, "cuda_tests": 90, "extract": 120, "pretrain": 420, "bare_step": 150,
+            "finetune": 150, "resume": 150},
     video_size=32, video_fps=8, video_seconds=4, video_count=4, dalle_tiny=True, extract_batch=16,
     encode_frames=64, encode_seconds=1.0, job_seconds=3.0, job_videos=(8, 40),
     model_flags=("--config", "small", *TINY_MODEL_FLAGS), vocab=512, grid=4, clip_len=5, store_frames=8, batch=4,
-    workers=1, train_seconds=3.0, first_steps=8, steps_range=(6, 16), skip_steps=2,
+    large_micro=2, workers=1, train_seconds=3.0, first_steps=10, steps_range=(9, 16), skip_steps=2, profile_steps=3,
+    compile_s=240.0, loader_seconds=1.0,
+    bare_batch=4, bare_steps=2, bare_flags=("--grid", "4", "--vocab-size", "512"),
     ft_grid=8, ft_clip_len=10, ft_frames=12, ft_videos=(16, 4), ft_batch=4,
     res_steps=24, res_batch=4, res_save_steps=8)
 
@@ -170,11 +204,12 @@ class Check:
     """The report, the work directory and the time limits; runs child processes for the steps."""
 
     def __init__(self, profile: Profile, out: str, work: str, wheels: str, python: str, budget_s: float,
-                 commit: str | None = None) -> None:
+                 commit: str | None = None, original_repo: str | None = None) -> None:
         self.p = profile
         self.out = os.path.abspath(out)
         self.work = os.path.abspath(work)
         self.wheels = os.path.abspath(wheels)
+        self.original_repo = original_repo  # None: look in the wheel folder (find_original)
         self.python = python
         self.t0 = time.monotonic()
         self.deadline = self.t0 + budget_s
@@ -184,7 +219,8 @@ class Check:
         self.flags: dict[str, bool] = {}    # entry point -> takes --precision
         self.env_info: dict[str, Any] = {}
         self.report: dict[str, Any] = {
-            "check": "vimpac GPU check (issue 16)", "mode": profile.mode, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "check": "vimpac GPU check (issues 16, 21)", "mode": profile.mode,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "budget_s": budget_s, "profile": asdict(profile), "git": git_record(REPO, commit), "steps": {}}
         shutil.rmtree(self.work, ignore_errors=True)
         os.makedirs(os.path.join(self.work, "logs"))
@@ -207,6 +243,7 @@ class Check:
 
     def _artifacts(self) -> list[str]:
         pats = ["logs/*.log", "*.xml", "pretrain/*/summary.json", "pretrain/*/metrics.jsonl", "pretrain/*/curves.png",
+                "pretrain/*/profile.json", "bare_step/*.json",
                 "finetune/ft/results.json", "finetune/ft/metrics.jsonl", "resume/run/metrics.jsonl",
                 "resume/run/summary.json", "extract/store/meta.json", "extract/store/errors*.jsonl"]
         return sorted(p for pat in pats for p in glob.glob(os.path.join(self.work, pat)) if os.path.isfile(p))
@@ -527,9 +564,8 @@ def step_cuda_tests(c: Check) -> dict:
     res = c.py("-m", "pytest", "-q", "-s", "-rA", "-m", "cuda", "-p", "no:cacheprovider", f"--junitxml={xml}",
                "tests/test_cuda.py", min_s=20, what="pytest")
     counts = _junit_counts(xml)
-    errors = {m.group(1): m.group(2) for m in re.finditer(r"^(fp32|bf16|fp16|fp16-weights): (loss .*)$",
-                                                        res.stdout, re.M)}
-    out = {**counts, "relative_errors": errors, "exit": res.rc}
+    errors, engine = cuda_test_lines(res.stdout)
+    out = {**counts, "relative_errors": errors, "engine_dtypes": engine, "exit": res.rc}
     if res.rc is None:
         raise RuntimeError(f"pytest hit the time limit: {json.dumps(counts)}")
     if res.rc not in (0, 5) or counts.get("failures") or counts.get("errors"):
@@ -539,6 +575,15 @@ def step_cuda_tests(c: Check) -> dict:
         out["status_override"] = "fail"
         out["error"] = "every CUDA test was skipped on the GPU machine"
     return out
+
+
+def cuda_test_lines(text: str) -> tuple[dict[str, str], dict[str, str]]:
+    """What tests/test_cuda.py prints: ({precision: its relative errors}, {precision: the engine's dtype line}); under
+    `pytest -q -s` a line may follow the progress dots of the tests before it."""
+    errors = {m.group(1): m.group(2) for m in re.finditer(r"(?<![\w-])(fp32|bf16|fp16-weights|fp16): (loss [^\n]*)",
+                                                        text)}
+    engine = {m.group(1): m.group(2) for m in re.finditer(r"(?<![\w-])engine (fp32|bf16|fp16): ([^\n]*)", text)}
+    return errors, engine
 
 
 def _junit_counts(path: str) -> dict:
@@ -577,9 +622,19 @@ def step_extract(c: Check) -> dict:
     per_video = int(p.video_fps * p.video_seconds)
     count = int(min(max(math.ceil(enc["encoder_frames_per_s"] * p.job_seconds / per_video), p.job_videos[0]),
                     p.job_videos[1]))
-    job = c.json_of(c.py(fx, "links", "--src", os.path.dirname(made["videos"][0]), "--out", os.path.join(d, "root"),
-                         "--count", str(count)), "video links")
+    job = c.json_of(c.py(fx, "copies", "--src", os.path.dirname(made["videos"][0]), "--out", os.path.join(d, "root"),
+                         "--count", str(count)), "video copies")
     workers = os.cpu_count() or 1
+    out: dict[str, Any] = {"dalle": dalle, "encoder": enc}
+    # decoding alone: the job's decode workers over the job's videos, no encoder
+    res = c.py(os.path.join(HERE, "probes.py"), "decode", "--video-root", job["video_root"], "--anno", job["anno"],
+               "--size", str(p.video_size), "--fps", str(p.video_fps), "--workers", str(workers), min_s=15,
+               what="decode-only probe")
+    try:
+        out["decode"] = c.json_of(res, "decode-only probe")
+        out["decode"]["vs_encoder"] = round(out["decode"]["decode_frames_per_s"] / enc["encoder_frames_per_s"], 3)
+    except RuntimeError as e:
+        out["decode"] = {"error": str(e)}
     args = ["-m", "video2token.extract", "--video-root", job["video_root"], "--anno", job["anno"], "--anno-format",
             "list", "--output", os.path.join(d, "store"), "--fps", str(p.video_fps), "--frame-shorter-side",
             str(p.video_size), "--crop-size", str(p.video_size), "--crop-type", "center", "--tokenizer", "dalle",
@@ -587,16 +642,24 @@ def step_extract(c: Check) -> dict:
             "--device", p.device, "--no-progress"]
     res = c.py(*args, min_s=20, what="extraction job")
     m = re.search(r"(\d+) videos stored.*?(\d+) frames in ([\d.]+) s = ([\d.]+) frames/s", res.stdout)
-    out = {"dalle": dalle, "encoder": enc, "job": {"videos": count, "frames_per_video": per_video, "workers": workers,
-                                                    "wall_s": res.seconds, "exit": res.rc}}
+    out["job"] = {"videos": count, "frames_per_video": per_video, "workers": workers, "wall_s": res.seconds,
+                  "exit": res.rc}
     if not res.ok or not m:
         raise_with(out, f"extraction job failed (exit {res.rc}): {error_line(res.stdout)}")
     stored, frames, secs, fps = int(m.group(1)), int(m.group(2)), float(m.group(3)), float(m.group(4))
     out["job"].update(stored=stored, frames=frames, job_seconds=secs, frames_per_s=fps,
                       frames_per_s_wall=round(frames / res.seconds, 1),
                       vs_encoder=round(fps / enc["encoder_frames_per_s"], 3))
+    dec = out["decode"].get("decode_frames_per_s")
+    if dec:
+        out["job"]["vs_decode"] = round(fps / dec, 3)
+    problems = []
     if stored != count:
-        out.update(status_override="fail", error=f"{stored} of {count} videos stored")
+        problems.append(f"{stored} of {count} videos stored")
+    if "error" in out["decode"]:
+        problems.append(f"decode-only probe: {out['decode']['error'][:300]}")
+    if problems:
+        out.update(status_override="fail", error="; ".join(problems))
     return out
 
 
@@ -608,24 +671,31 @@ class PretrainRun:
     layout: str
     precision: str
     zero: int
+    config: str = "small"
+    compile: bool = False     # --compile
+    profile: bool = False     # torch.profiler over the run's last steps (kernel_profile.py trainer)
 
 
-#: in this order, so that a step running out of time loses the ZeRO-2 runs before table 13's layouts;
-#: fp16 at ZeRO-0 is second because the trainer may refuse it within seconds
+#: in this order, so that a step running out of time loses the least asked-for runs (issue 21's table: auto, Large,
+#: the layouts); --compile's compilation time is not known before it runs, so it comes after them, and fp16 +
+#: ZeRO-2 (the V100 / T4 path) last
 PRETRAIN_RUNS = (
-    PretrainRun("bf16_zero0", "T,H|W", "bf16", 0),
-    PretrainRun("fp16_zero0", "T,H|W", "fp16", 0),
+    PretrainRun("auto", "T,H|W", "auto", 0, profile=True),
+    PretrainRun("large_auto", "T,H|W", "auto", 0, config="large_half"),
     PretrainRun("auto_T-H-W", "T,H,W", "auto", 0),
     PretrainRun("auto_THW", "THW", "auto", 0),
-    PretrainRun("bf16_zero2", "T,H|W", "bf16", 2),
+    PretrainRun("auto_compile", "T,H|W", "auto", 0, compile=True, profile=True),
     PretrainRun("fp16_zero2", "T,H|W", "fp16", 2),
 )
 RUN_OVERHEAD_S = 20  # start-up + final checkpoint + plots, measured per run and updated
+FIRST_LINEAR_RE = re.compile(r"the first Linear \(([^)]*)\) computes in (\S+) \(input (\S+), weights ([^)\s]+)\)")
 
 
-def steady_rate(rows: list[dict], skip: int) -> dict:
-    """Time-weighted videos/s over the logged train steps after the first `skip` (and their median)."""
-    train = sorted((r for r in rows if r.get("split") == "train" and r.get("videos_per_s")), key=lambda r: r["step"])
+def steady_rate(rows: list[dict], skip: int, until: int | None = None) -> dict:
+    """Time-weighted videos/s over the logged train steps after the first `skip` (and their median); steps after
+    `until` (a profiled window) are left out."""
+    train = sorted((r for r in rows if r.get("split") == "train" and r.get("videos_per_s")
+                    and (until is None or r["step"] <= until)), key=lambda r: r["step"])
     steady = train[skip:] if len(train) > skip + 2 else train[len(train) // 2:]
     if not steady:
         return {"steps_logged": len(train)}
@@ -636,16 +706,45 @@ def steady_rate(rows: list[dict], skip: int) -> dict:
             "videos_per_s_median": round(rates[len(rates) // 2], 2)}
 
 
+def first_linear(log: str) -> dict:
+    """The run log's "the first Linear (NAME) computes in DTYPE (input ..., weights ...)" -> its parts ({}: absent)."""
+    m = FIRST_LINEAR_RE.search(log)
+    if not m:
+        return {}
+    return {"computes_in": m.group(2), "module": m.group(1), "input": m.group(3), "weights": m.group(4),
+            "line": m.group(0)}
+
+
+def flops_key(config: str, layout: str) -> str:
+    return f"{config}:{layout}"
+
+
+def plan_steps(p: Profile, run: PretrainRun, flops: dict, rate_ref: float | None) -> int:
+    """Optimizer steps for about p.train_seconds of `run`, from the first run's rate scaled by FLOPs per video;
+    a profiled run adds its window after at least skip + 3 steady steps."""
+    if rate_ref is None:
+        steps = p.first_steps
+    else:
+        f_ref = _flops_of(flops, flops_key("small", "T,H|W"))
+        f_run = _flops_of(flops, flops_key(run.config, run.layout))
+        factor = f_ref / f_run if f_ref and f_run else 1.0
+        steps = round(p.train_seconds * rate_ref * factor / p.batch)
+    steps = int(min(max(steps, p.steps_range[0]), p.steps_range[1]))
+    if run.profile:
+        steps = max(steps, p.skip_steps + 3 + p.profile_steps)
+    return steps
+
+
 @keep_results
 def step_pretrain(c: Check) -> dict:
     p, d = c.p, os.path.join(c.work, "pretrain")
     fx = os.path.join(HERE, "fixtures.py")
-    layouts = sorted({r.layout for r in PRETRAIN_RUNS}, key=[r.layout for r in PRETRAIN_RUNS].index)
-    flops_res = c.py(os.path.join(HERE, "probes.py"), "flops", "--layouts", *layouts, "--vocab", str(p.vocab),
+    specs = list(dict.fromkeys(flops_key(r.config, r.layout) for r in PRETRAIN_RUNS))
+    flops_res = c.py(os.path.join(HERE, "probes.py"), "flops", "--specs", *specs, "--vocab", str(p.vocab),
                      "--clip-len", str(p.clip_len), "--grid", str(p.grid), "--device", p.device,
-                     *(["--tiny"] if "--hid-dim" in p.model_flags else []), min_s=15, timeout=60, what="FLOP count")
+                     *(["--tiny"] if p.tiny else []), min_s=15, timeout=90, what="FLOP count")
     try:
-        flops = c.json_of(flops_res, "FLOP count")["layouts"]
+        flops = c.json_of(flops_res, "FLOP count")["specs"]
     except RuntimeError as e:
         flops = {"error": str(e)}
     peak = c.env_info.get("peak_tflops")
@@ -655,16 +754,11 @@ def step_pretrain(c: Check) -> dict:
     overhead = RUN_OVERHEAD_S
     stores: dict[int, str] = {}
     for run in PRETRAIN_RUNS:
-        rec: dict[str, Any] = {"layout": run.layout, "precision": run.precision, "zero_stage": run.zero}
+        rec: dict[str, Any] = {"config": run.config, "layout": run.layout, "precision": run.precision,
+                               "zero_stage": run.zero, "compile": run.compile}
         out["runs"][run.name] = rec
-        if rate_ref is None:
-            steps = p.first_steps
-        else:
-            f_ref, f_run = _flops_of(flops, "T,H|W"), _flops_of(flops, run.layout)
-            factor = f_ref / f_run if f_ref and f_run else 1.0
-            steps = round(p.train_seconds * rate_ref * factor / p.batch)
-        steps = int(min(max(steps, p.steps_range[0]), p.steps_range[1]))
-        expected = overhead + p.train_seconds * 1.5
+        steps = plan_steps(p, run, flops, rate_ref)
+        expected = overhead + p.train_seconds * 1.5 + (p.compile_s if run.compile else 0)
         if c.remaining() < min(expected, overhead + 5):
             rec.update(status="skipped", error=f"{c.remaining():.0f} s left in the step")
             continue
@@ -673,22 +767,34 @@ def step_pretrain(c: Check) -> dict:
                                            str(steps * p.batch), "--frames", str(p.store_frames), "--grid",
                                            str(p.grid), "--vocab", str(p.vocab), what="store"), "store")["path"]
         outdir = os.path.join(d, run.name)
-        args = ["-m", "vimpac.pretrain", "--train-tokens", stores[steps], "--output", outdir, *p.model_flags,
-                "--model", f"efflayout{run.layout}", "--clip-len", str(p.clip_len), "--frame-size", str(p.grid * 8),
-                "--mask-blocks", "5", "--epochs", "1", "--batch-size", str(p.batch), "--bs-per-gpu", str(p.batch),
-                "--zero-stage", str(run.zero), *c.precision_args("pretrain", run.precision), "--num-workers",
-                str(p.workers), "--no-tqdm", "--eval-per-epochs", "0", "--log-steps", "1", "--seed", "0"]
-        rec["steps_planned"] = steps
+        micro = p.large_micro if run.config != "small" else p.batch
+        flags = ["--train-tokens", stores[steps], "--output", outdir, *p.model_flags_for(run.config),
+                 "--model", f"efflayout{run.layout}", "--clip-len", str(p.clip_len), "--frame-size", str(p.grid * 8),
+                 "--mask-blocks", "5", "--epochs", "1", "--batch-size", str(p.batch), "--bs-per-gpu", str(micro),
+                 "--zero-stage", str(run.zero), *c.precision_args("pretrain", run.precision), "--num-workers",
+                 str(p.workers), "--no-tqdm", "--eval-per-epochs", "0", "--log-steps", "1", "--seed", "0",
+                 *(["--compile"] if run.compile else [])]
+        until = None
+        if run.profile:  # the run's last profile_steps steps, left out of its steady rate
+            until = steps - p.profile_steps
+            args = [os.path.join(HERE, "kernel_profile.py"), "trainer", "--start-after", str(until), "--steps",
+                    str(p.profile_steps), "--out", os.path.join(outdir, "profile.json"), "--", *flags]
+        else:
+            args = ["-m", "vimpac.pretrain", *flags]
+        rec.update(steps_planned=steps, micro_batch=micro)
         with GpuMemSampler() as mem:
-            res = c.py(*args, min_s=10, timeout=max(60.0, 3 * expected), what=run.name)
+            res = c.py(*args, min_s=10, timeout=expected + 60 if run.compile else max(60.0, 3 * expected),
+                       what=run.name)
         rows = read_rows(os.path.join(outdir, "metrics.jsonl"))
         summary = _read_json(os.path.join(outdir, "summary.json")) or {}
         m = re.search(r"rank 0/1 on (\S+), (.*?); ZeRO-(\d)", res.stdout) or \
             re.search(r"rank 0/1 on (\S+), precision (\w+), ZeRO-(\d)", res.stdout)
-        rec.update(exit=res.rc, wall_s=res.seconds, **steady_rate(rows, p.skip_steps))
+        rec.update(exit=res.rc, wall_s=res.seconds, **steady_rate(rows, p.skip_steps, until))
         if m:
             rec["trainer_says"] = f"{m.group(1)}, {m.group(2)}, ZeRO-{m.group(3)}"
-        for key in ("steps", "videos_per_s", "seconds", "train_seconds", "precision", "peak_gpu_mem_mb"):
+        rec["first_linear"] = first_linear(res.stdout)
+        for key in ("steps", "videos_per_s", "seconds", "train_seconds", "precision", "peak_gpu_mem_mb",
+                    "startup_seconds"):
             if key in summary:
                 rec[f"summary_{key}"] = summary[key]
         rec["peak_gpu_mem_mb"] = summary.get("peak_gpu_mem_mb")
@@ -696,21 +802,24 @@ def step_pretrain(c: Check) -> dict:
         rec["nvidia_smi_peak_used_mb"] = mem.peak
         if rec["peak_gpu_mem_mb"] is None and mem.peak is not None:
             rec.update(peak_gpu_mem_mb=mem.peak, peak_gpu_mem_source="nvidia-smi memory.used (sampled every 0.25 s)")
-        fpv = _flops_of(flops, run.layout)
+        fpv = _flops_of(flops, flops_key(run.config, run.layout))
         if fpv and rec.get("videos_per_s"):
             rec["achieved_tflops"] = round(rec["videos_per_s"] * fpv / 1e12, 2)
             if peak:
                 rec["mfu"] = round(rec["videos_per_s"] * fpv / (peak * 1e12), 4)
-            fa = (flops.get(run.layout) or {}).get("analytic_gflops_per_video")
+            fa = (flops.get(flops_key(run.config, run.layout)) or {}).get("analytic_gflops_per_video")
             if peak and fa:
                 rec["mfu_analytic"] = round(rec["videos_per_s"] * fa * 1e9 / (peak * 1e12), 4)
+        if run.profile:
+            prof = _read_json(os.path.join(outdir, "profile.json"))
+            rec["profile"] = prof if prof else {"error": "no profile written (the run ended before its window closed)"}
         if res.ok and rows:
             rec["status"] = "ok"
             final = summary.get("train") or {}
             rec["final_mp_loss"] = final.get("mp_loss")
             if rate_ref is None and rec.get("videos_per_s"):
                 rate_ref = rec["videos_per_s"]
-            if summary.get("train_seconds") is not None:
+            if summary.get("train_seconds") is not None and not run.compile:
                 overhead = max(10.0, res.seconds - summary["train_seconds"])
             if "checkpoint" not in out and os.path.isdir(os.path.join(outdir, "last")):
                 out["checkpoint"] = os.path.join(outdir, "last")
@@ -720,35 +829,123 @@ def step_pretrain(c: Check) -> dict:
             rec.update(status="rejected", error=error_line(res.stdout))
         else:
             rec.update(status="failed", error=error_line(res.stdout))
+        if run.profile and rec.get("status") == "ok" and "error" in rec["profile"]:
+            rec.update(status="failed", error=rec["profile"]["error"])
         c.save()
+        if run.name == "auto" and rec.get("status") == "ok":
+            out["loader"] = loader_alone(c, stores[steps])
+            c.save()
     out["table13"] = table13(out["runs"])
-    # fp16 needs a GPU, and (so far) ZeRO 1 or 2: the trainer refusing those is an answer, not a failure
-    may_refuse = {"fp16_zero0"} if p.device == "cuda" else {"fp16_zero0", "fp16_zero2"}
+    if "loader" in out:
+        out["loader"].update(loader_vs_trainer(out["loader"], out["runs"]))
+    # fp16 needs a GPU: on a CPU the trainer refusing it is an answer, not a failure
+    may_refuse = {"fp16_zero2"} if p.device == "cpu" else set()
     bad = [n for n, r in out["runs"].items()
            if not (r.get("status") == "ok" or (r.get("status") == "rejected" and n in may_refuse))]
+    if "error" in out.get("loader", {"error": "not measured (the auto run did not pass)"}):
+        bad.append("loader")
     if bad:
-        out.update(status_override="fail", error=f"runs not ok: {', '.join(bad)}")
+        out.update(status_override="fail", error=f"not ok: {', '.join(bad)}")
     return out
 
 
-def _flops_of(flops: dict, layout: str) -> float | None:
-    row = flops.get(layout) if isinstance(flops, dict) else None
+def loader_alone(c: Check, store: str) -> dict:
+    """benchmarks/pretrain_throughput.py --loader-only on the auto run's store: its workers and batch, batches
+    moved to the run's device (pinned, non_blocking)."""
+    p = c.p
+    res = c.py(os.path.join(REPO, "benchmarks", "pretrain_throughput.py"), "--loader-only", "--store", store,
+               "--device", p.device, "--clip-len", str(p.clip_len), "--batch", str(p.batch), "--workers",
+               str(p.workers), "--seconds", str(p.loader_seconds), min_s=10, timeout=60 + p.loader_seconds,
+               what="loader alone")
+    try:
+        return c.json_of(res, "loader alone")
+    except RuntimeError as e:
+        return {"error": str(e)}
+
+
+def loader_vs_trainer(loader: dict, runs: dict) -> dict:
+    """The loader's videos/s over the fastest Small trainer run's (the issue asks for at least 3x)."""
+    small = {n: r["videos_per_s"] for n, r in runs.items()
+             if r.get("config") == "small" and r.get("status") == "ok" and r.get("videos_per_s")}
+    if not small or not loader.get("videos_per_s"):
+        return {}
+    name = max(small, key=small.get)
+    return {"vs_run": name, "trainer_videos_per_s": small[name],
+            "ratio": round(loader["videos_per_s"] / small[name], 2), "target_ratio": 3.0}
+
+
+def _flops_of(flops: dict, key: str) -> float | None:
+    row = flops.get(key) if isinstance(flops, dict) else None
     return row.get("flops_per_video") if isinstance(row, dict) else None
 
 
 def table13(runs: dict) -> dict:
-    """Videos/s per layout at the same precision and ZeRO-0, with the paper's V100 numbers and ratios."""
-    ours = {"T,H|W": runs.get("bf16_zero0", {}).get("videos_per_s"),
+    """Videos/s per layout at --precision auto and ZeRO-0, with the paper's V100 numbers and ratios."""
+    ours = {"T,H|W": runs.get("auto", {}).get("videos_per_s"),
             "T,H,W": runs.get("auto_T-H-W", {}).get("videos_per_s"),
             "THW": runs.get("auto_THW", {}).get("videos_per_s")}
     base = ours["T,H|W"]
     return {"ours_videos_per_s": ours, "paper_v100_videos_per_s": PAPER_TABLE13,
             "ours_vs_T,H|W": {k: round(v / base, 3) if v and base else None for k, v in ours.items()},
             "paper_vs_T,H|W": {k: round(v / PAPER_TABLE13["T,H|W"], 3) for k, v in PAPER_TABLE13.items()},
-            "note": "T,H|W is the bf16 ZeRO-0 run; T,H,W and THW use --precision auto (bf16 on an H100)"}
+            "note": "every layout at --precision auto (bf16 on an H100 / H200), ZeRO-0, no --compile"}
 
 
-# ----------------------------------------------------------------------------- 5. fine-tuning + predict
+# ----------------------------------------------------------------------------- 5. the bare step and its profile
+
+def find_original(c: Check) -> str | None:
+    """The original VIMPAC checkout: --original-repo, else WHEELS/vimpac-original when it holds vimpac/modeling.py."""
+    path = c.original_repo or os.path.join(c.wheels, ORIGINAL_DIR)
+    return path if os.path.isfile(os.path.join(path, "vimpac", "modeling.py")) else None
+
+
+@keep_results
+def step_bare_step(c: Check) -> dict:
+    p, d = c.p, os.path.join(c.work, "bare_step")
+    os.makedirs(d, exist_ok=True)
+    original = find_original(c)
+    looked = c.original_repo or os.path.join(c.wheels, ORIGINAL_DIR)
+    out: dict[str, Any] = {"batch_clips": p.bare_batch,
+                           "original": original or f"not carried ({looked} has no vimpac/modeling.py): the bare step "
+                                                   f"alone"}
+    ref = ["--original-repo", original, "--reference", "native"] if original else ["--reference", "none"]
+    res = c.py(os.path.join(REPO, "benchmarks", "train_step.py"), "--device", p.device, "--config", "small",
+               "--batch-size", str(p.bare_batch), *p.bare_flags, "--precision", "auto", "--no-memory", "--json",
+               "--warmup", "2", "--steps", str(p.bare_steps), "--budget-s", f"{max(20.0, c.remaining() / 2 - 15):.0f}",
+               *ref,
+               min_s=20, timeout=c.remaining() / 2 + 10, what="train_step.py")
+    problems = []
+    try:
+        ts = c.json_of(res, "train_step.py")
+        keep = ("precision", "precision_reason", "device_name", "clips_per_s", "clips_per_s_best", "step_s_median",
+                "gflop_per_clip", "achieved_tflops", "matmul_tflops", "fraction_of_matmul", "reference",
+                "speedup_vs_original_best", "original_best_precision", "wall_s")
+        out["train_step"] = {k: ts[k] for k in keep if k in ts}
+        out["train_step"].update({k: v for k, v in ts.items() if k.startswith("speedup_vs_")})
+        if original:
+            out["train_step"]["original_clips_per_s"] = {prec: r.get("clips_per_s")
+                                                         for prec, r in (ts.get("original") or {}).items()}
+    except RuntimeError as e:
+        problems.append(str(e)[:400])
+    prof_path = os.path.join(d, "profile.json")
+    precision = "bf16"  # the issue's profile: the Small bare step in bf16
+    res = c.py(os.path.join(HERE, "kernel_profile.py"), "bare", "--device", p.device, "--batch-size",
+               str(p.bare_batch), "--precision", precision, "--clip-len", str(p.clip_len), "--grid", str(p.grid),
+               "--vocab", str(p.vocab), "--steps", str(p.profile_steps), *(["--tiny"] if p.tiny else []), "--out",
+               prof_path, min_s=15, what="bare-step profile")
+    prof = _read_json(prof_path)
+    if res.ok and prof:
+        out["profile"] = prof
+        if "error" in prof:
+            problems.append(f"bare-step profile: {prof['error']}")
+    else:
+        problems.append(f"bare-step profile failed (exit {res.rc}): {error_line(res.stdout)}")
+    if problems:
+        out.update(status_override="fail", error="; ".join(problems))
+    return out
+
+
+# ----------------------------------------------------------------------------- 6. fine-tuning + predict
 
 @keep_results
 def step_finetune(c: Check) -> dict:
@@ -765,7 +962,7 @@ def step_finetune(c: Check) -> dict:
     else:
         ckpt = c.json_of(c.py(fx, "checkpoint", "--out", os.path.join(d, "init"), "--vocab", str(p.vocab),
                               "--clip-len", str(p.clip_len), "--grid", str(p.grid),
-                              *(["--tiny"] if "--hid-dim" in p.model_flags else []), what="checkpoint"),
+                              *(["--tiny"] if p.tiny else []), what="checkpoint"),
                          "fallback checkpoint")["path"]
         out["init"] = "no pre-training checkpoint: a freshly initialised one (save_checkpoint)"
     tokmeta = c.json_of(c.py(fx, "tokmeta", "--tokenizer-path", dalle, "--device", p.device, "--out",
@@ -785,8 +982,11 @@ def step_finetune(c: Check) -> dict:
     with GpuMemSampler() as mem:
         res = c.py(*args, min_s=20, what="fine-tuning")
     results = _read_json(os.path.join(ft, "results.json")) or {}
+    run_info = results.get("run") or {}
     out["finetune"] = {"exit": res.rc, "wall_s": res.seconds, "nvidia_smi_peak_used_mb": mem.peak,
-                       "clip_len": p.ft_clip_len, "grid": p.ft_grid,
+                       "clip_len": p.ft_clip_len, "grid": p.ft_grid, "batch": p.ft_batch,
+                       "train_clips_per_s": run_info.get("train_clips_per_s"), "first_linear": first_linear(res.stdout),
+                       "steady": steady_rate(read_rows(os.path.join(ft, "metrics.jsonl")), 2),
                        "results": {k: results.get(k) for k in ("final", "best", "run") if k in results}}
     m = re.search(r"positional|resampl|interpolat", res.stdout, re.I)
     out["finetune"]["resampling_logged"] = bool(m)
@@ -821,7 +1021,7 @@ def _json_document(text: str) -> dict | None:
     return None
 
 
-# ----------------------------------------------------------------------------- 6. kill -9 + resume
+# ----------------------------------------------------------------------------- 7. kill -9 + resume
 
 @keep_results
 def step_resume(c: Check) -> dict:
@@ -887,31 +1087,51 @@ def step_resume(c: Check) -> dict:
 
 # ----------------------------------------------------------------------------- report.md
 
+PROFILE_COLUMNS = ("matmul", "attention", "elementwise/copy", "norm/reduction", "other", "idle")
+
+
 def render_markdown(r: dict) -> str:
     env = r.get("env", {})
+    git = r.get("git", {})
     lines = [f"# GPU check ({r['mode']}), {r['started']}", "",
+             f"**Commit measured: `{git.get('commit')}`** ({git.get('source') or git.get('note', '')})", "",
              f"{env.get('gpu', 'no GPU')}, driver {(env.get('nvidia_smi', {}).get('gpus') or [{}])[0].get('driver')}, "
              f"torch {env.get('torch')} (CUDA {env.get('torch_cuda')}), {env.get('cpu_count')} CPUs; "
-             f"git {_commit_text(r.get('git', {}))}; {r.get('elapsed_s')} s of {r['budget_s']:.0f} s", "",
+             f"git {_commit_text(git)}; {r.get('elapsed_s')} s of {r['budget_s']:.0f} s", "",
              "| step | status | seconds | limit | note |", "|---|---|---|---|---|"]
     for name, s in r["steps"].items():
         lines.append(f"| {name} | {s.get('status')} | {s.get('seconds', '')} | {s.get('limit_s', '')} | "
                      f"{_md(s.get('error') or s.get('note') or '')} |")
-    ex = r["steps"].get("extract", {})
+    steps = r["steps"]
+    lines += _targets(steps)
+    engine = (steps.get("cuda_tests") or {}).get("engine_dtypes")
+    if engine:
+        lines += ["", "Precision inside the DeepSpeed engine (tests/test_cuda.py): "
+                  + "; ".join(f"{k}: {v}" for k, v in engine.items())]
+    ex = steps.get("extract", {})
     if ex.get("encoder"):
-        job = ex.get("job", {})
-        lines += ["", f"Extraction ({ex['encoder'].get('frame_size')} px, batch {ex['encoder'].get('batch_size')}): "
-                      f"encoder {ex['encoder'].get('encoder_frames_per_s')} frames/s; job "
-                      f"{job.get('frames_per_s')} frames/s ({job.get('vs_encoder')} of the encoder) with "
-                      f"{job.get('workers')} decode workers, {job.get('frames')} frames"]
-    pre = r["steps"].get("pretrain", {})
+        job, dec = ex.get("job", {}), ex.get("decode", {})
+        lines += ["", f"Extraction ({ex['encoder'].get('frame_size')} px, batch {ex['encoder'].get('batch_size')}, "
+                      f"{job.get('workers')} decode workers):", "",
+                  "| encoder only | decode only (no encoder) | whole job | job / encoder | job / decode |",
+                  "|---|---|---|---|---|",
+                  f"| {ex['encoder'].get('encoder_frames_per_s')} frames/s | {dec.get('decode_frames_per_s')} frames/s "
+                  f"({dec.get('decode_frames_per_s_after_start')} after the workers started) | "
+                  f"{job.get('frames_per_s')} frames/s ({job.get('frames')} frames) | {job.get('vs_encoder')} | "
+                  f"{job.get('vs_decode')} |"]
+    pre = steps.get("pretrain", {})
     if pre.get("runs"):
-        lines += ["", f"Pre-training, batch {pre.get('batch')} (steady = after the first steps; MFU against "
-                      f"{pre.get('peak_tflops')} TFLOP/s):", "",
-                  "| run | status | trainer | steps | videos/s | median | peak MiB | TFLOP/s | MFU | error |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"Pre-training, batch {pre.get('batch')} videos (steady = after the first steps, the profiled "
+                      f"ones left out; MFU against {pre.get('peak_tflops')} TFLOP/s):", "",
+                  "| run | status | config | precision | ZeRO | layout | compile | first Linear computes in | steps | "
+                  "videos/s | median | peak MiB | TFLOP/s | MFU | error |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, x in pre["runs"].items():
-            lines.append(f"| {name} | {x.get('status')} | {x.get('trainer_says', '')} | {x.get('steps_logged', '')} | "
+            fl = x.get("first_linear") or {}
+            lines.append(f"| {name} | {x.get('status')} | {x.get('config')} (micro {x.get('micro_batch', '')}) | "
+                         f"{x.get('precision')} -> {x.get('summary_precision', '')} | {x.get('zero_stage')} | "
+                         f"{x.get('layout')} | {'yes' if x.get('compile') else 'no'} | "
+                         f"{fl.get('computes_in', 'not logged')} | {x.get('steps_logged', '')} | "
                          f"{x.get('videos_per_s', '')} | {x.get('videos_per_s_median', '')} | "
                          f"{x.get('peak_gpu_mem_mb', '')} | {x.get('achieved_tflops', '')} | {x.get('mfu', '')} | "
                          f"{_md(x.get('error') or '')} |")
@@ -920,7 +1140,78 @@ def render_markdown(r: dict) -> str:
             lines += ["", "Table 13 (videos/s; ratio to T,H|W): " + ", ".join(
                 f"{k}: ours {t['ours_videos_per_s'][k]} ({t['ours_vs_T,H|W'][k]}), paper V100 "
                 f"{t['paper_v100_videos_per_s'][k]} ({t['paper_vs_T,H|W'][k]})" for k in PAPER_TABLE13)]
+        ld = pre.get("loader")
+        if ld:
+            lines += ["", "Loader alone (benchmarks/pretrain_throughput.py --loader-only: store -> masked batch on "
+                          f"{ld.get('device')}, pinned {ld.get('pinned')}, {ld.get('workers')} workers, batch "
+                          f"{ld.get('micro_batch')}): " + (f"error {_md(ld['error'])}" if "error" in ld else
+                                                          f"{ld.get('videos_per_s')} videos/s = {ld.get('ratio')}x the "
+                                                          f"fastest Small trainer run ({ld.get('vs_run')}, "
+                                                          f"{ld.get('trainer_videos_per_s')} videos/s; target >= 3x)")]
+    bare = steps.get("bare_step", {})
+    ts = bare.get("train_step")
+    if ts:
+        orig = ts.get("original_clips_per_s")
+        lines += ["", f"Bare step (benchmarks/train_step.py, Small, {bare.get('batch_clips')} clips, "
+                      f"{ts.get('precision')}): {ts.get('clips_per_s')} clips/s, {ts.get('achieved_tflops')} TFLOP/s = "
+                      f"{ts.get('fraction_of_matmul')} of a plain {ts.get('precision')} matmul "
+                      f"({ts.get('matmul_tflops')} TFLOP/s); "
+                      + (f"original VIMPAC code {' / '.join(f'{k} {v}' for k, v in orig.items())} clips/s, "
+                         f"speedup vs its best precision "
+                         f"({ts.get('original_best_precision')}): {ts.get('speedup_vs_original_best')}x"
+                         if orig else f"original code: {_md(bare.get('original'))}")]
+    profiles = [(f"bare step: {bare['profile'].get('what', '')}", bare["profile"])] if bare.get("profile") else []
+    profiles += [(f"trainer {name}: {x['profile'].get('what', '')}", x["profile"])
+                 for name, x in (pre.get("runs") or {}).items() if isinstance(x.get("profile"), dict)
+                 and "share" in x["profile"]]
+    if profiles:
+        lines += ["", "Profile (torch.profiler, share of the profiled steps' wall time; "
+                      f"{profiles[0][1].get('source')}):",
+                  "", "| profiled | wall ms/step | " + " | ".join(PROFILE_COLUMNS) + " | top kernels |",
+                  "|---|---|" + "---|" * len(PROFILE_COLUMNS) + "---|"]
+        for what, pr in profiles:
+            share = pr.get("share", {})
+            top = ", ".join(f"{t['name'][:40]} {t['share']:.0%}" for t in pr.get("top", [])[:3])
+            lines.append(f"| {_md(what)} | {pr.get('wall_ms_per_step')} | "
+                         + " | ".join(f"{share.get(k, 0):.1%}" for k in PROFILE_COLUMNS) + f" | {_md(top)} |")
     return "\n".join(lines) + "\n"
+
+
+def _targets(steps: dict) -> list[str]:
+    """Issue 21's table: what the target asks and what this run measured."""
+    pre, bare, ex, ft = (steps.get(k, {}) for k in ("pretrain", "bare_step", "extract", "finetune"))
+    runs = pre.get("runs") or {}
+
+    def run_text(name: str) -> str:
+        x = runs.get(name) or {}
+        if x.get("status") != "ok":
+            return f"{x.get('status', 'not run')}: {_md(x.get('error') or '')}"
+        mfu = f"MFU {x['mfu']:.1%}" if isinstance(x.get("mfu"), float) else "MFU ?"
+        return f"{x.get('videos_per_s')} videos/s, {mfu}, peak {x.get('peak_gpu_mem_mb')} MiB"
+
+    ts = bare.get("train_step") or {}
+    layouts = ", ".join(f"{k} {v}" for k, v in ((pre.get("table13") or {}).get("ours_videos_per_s") or {}).items())
+    ftx = ft.get("finetune") or {}
+    job, ld = ex.get("job") or {}, pre.get("loader") or {}
+    rows = [("`python -m vimpac.pretrain --precision auto`, Small, 32 videos/GPU", run_text("auto"), "MFU >= 30%"),
+            ("the same with `--compile`", run_text("auto_compile"), "MFU >= 30%"),
+            ("bare step vs the original code at its best precision",
+             f"{ts.get('speedup_vs_original_best')}x ({ts.get('clips_per_s')} clips/s)"
+             if ts.get("speedup_vs_original_best") else f"{ts.get('clips_per_s', '?')} clips/s, no original code",
+             ">= 3x"),
+            ("Large (large_half)", run_text("large_auto"), "reported"),
+            ("layouts T,H|W / T,H,W / THW (videos/s)", layouts or "?", "reported"),
+            ("fp16 + ZeRO-2", run_text("fp16_zero2"), "reported"),
+            (f"fine-tuning --different-shape T={ftx.get('clip_len', '?')}, "
+             f"{ftx.get('grid', '?')}x{ftx.get('grid', '?')}",
+             f"{(ftx.get('steady') or {}).get('videos_per_s', '?')} videos/s steady, peak "
+             f"{ftx.get('nvidia_smi_peak_used_mb')} MiB (nvidia-smi), exit {ftx.get('exit')}", "reported"),
+            ("loader alone / fastest Small trainer run",
+             f"{ld.get('ratio', '?')}x ({ld.get('videos_per_s', '?')} videos/s)", ">= 3x"),
+            ("extraction job / encoder", f"{job.get('vs_encoder', '?')} (decode alone "
+             f"{(ex.get('decode') or {}).get('vs_encoder', '?')} of the encoder)", ">= 0.9")]
+    return ["", "Issue 21's targets:", "", "| measure | this run | target |", "|---|---|---|"] + \
+        [f"| {a} | {b} | {c} |" for a, b, c in rows]
 
 
 def _md(text: str) -> str:
@@ -937,7 +1228,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "vimpac_gpu_check"),
                     help="scratch directory (emptied first)")
     ap.add_argument("--wheels", default=os.path.join(REPO, "gpu_wheels"))
-    ap.add_argument("--budget-s", type=float, default=None, help="whole check (default: 470 on GPU, 600 dry)")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help=f"whole check (default: {GPU.budget_s:.0f} on GPU, {DRY.budget_s:.0f} dry)")
+    ap.add_argument("--original-repo", default=None,
+                    help="checkout of github.com/airsplay/vimpac for the bare-step comparison (default: "
+                         f"WHEELS/{ORIGINAL_DIR} when it exists; without one the bare step is timed alone)")
     ap.add_argument("--only", nargs="+", default=None, help="run only these steps (install and env always run)")
     ap.add_argument("--commit", type=commit_arg, default=None,
                     help="the commit the working tree is (gpu_check.sh also takes GPU_CHECK_COMMIT); default: "
@@ -945,10 +1240,12 @@ def main(argv: list[str] | None = None) -> int:
                          f"{UNKNOWN_COMMIT!r}")
     a = ap.parse_args(argv)
     profile = DRY if a.cpu_dry_run else GPU
-    c = Check(profile, a.out, a.work, a.wheels, sys.executable, a.budget_s or profile.budget_s, commit=a.commit)
+    c = Check(profile, a.out, a.work, a.wheels, sys.executable, a.budget_s or profile.budget_s, commit=a.commit,
+              original_repo=os.path.abspath(a.original_repo) if a.original_repo else None)
     steps = [("install", step_install, ()), ("env", step_env, ()), ("cuda_tests", step_cuda_tests, ("env",)),
              ("extract", step_extract, ("env",)), ("pretrain", step_pretrain, ("env",)),
-             ("finetune", step_finetune, ("extract",)), ("resume", step_resume, ("env",))]
+             ("bare_step", step_bare_step, ("env",)), ("finetune", step_finetune, ("extract",)),
+             ("resume", step_resume, ("env",))]
     for name, fn, needs in steps:
         if a.only and name not in a.only and name not in ("install", "env"):
             continue
