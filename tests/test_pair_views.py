@@ -116,11 +116,11 @@ def test_monitors_warn_about_shortcuts():
     from vimpac.train.pretrain_task import monitor_warnings
 
     fine = {"cl_acc": 0.6, "mask_acc": 0.55, "copy_acc": 0.5}
-    assert monitor_warnings(fine, epoch=1, epochs=10) == [] and monitor_warnings(fine, epoch=8, epochs=10) == []
+    assert monitor_warnings(fine, epoch=1, epochs=10) == {} and monitor_warnings(fine, epoch=8, epochs=10) == {}
     saturated = monitor_warnings({**fine, "cl_acc": 1.0}, epoch=2, epochs=10)
-    assert len(saturated) == 1 and "matched by their looks" in saturated[0]
-    assert monitor_warnings({**fine, "cl_acc": 1.0}, epoch=6, epochs=10) == []  # late saturation is learning
-    assert monitor_warnings({**fine, "cl_acc": 1.0}, epoch=1, epochs=10, contrastive=False) == []
+    assert list(saturated) == ["contrastive_shortcut"] and "matched by their looks" in saturated["contrastive_shortcut"]
+    assert monitor_warnings({**fine, "cl_acc": 1.0}, epoch=6, epochs=10) == {}  # late saturation is learning
+    assert monitor_warnings({**fine, "cl_acc": 1.0}, epoch=1, epochs=10, contrastive=False) == {}
     copying = monitor_warnings({**fine, "mask_acc": 0.49}, epoch=3, epochs=10)
-    assert len(copying) == 1 and "does not beat copying" in copying[0]
-    assert monitor_warnings({**fine, "mask_acc": 0.49}, epoch=1, epochs=10) == []  # too early to tell
+    assert list(copying) == ["copying"] and "does not beat copying" in copying["copying"]
+    assert monitor_warnings({**fine, "mask_acc": 0.49}, epoch=1, epochs=10) == {}  # too early to tell

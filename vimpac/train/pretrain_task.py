@@ -93,18 +93,21 @@ class PretrainObjective:
 SATURATED_CL_ACC, EARLY_EPOCHS = 0.95, 2
 
 
-def monitor_warnings(evaluation: dict[str, float], *, epoch: int, epochs: int, contrastive: bool = True) -> list[str]:
-    """What a valid evaluation after `epoch` epochs says is wrong with the run (shortcuts), as log lines."""
-    out = []
+def monitor_warnings(evaluation: dict[str, float], *, epoch: int, epochs: int, contrastive: bool = True
+                     ) -> dict[str, str]:
+    """What a valid evaluation after `epoch` epochs says is wrong with the run (shortcuts): {kind: log line}."""
+    out = {}
     if contrastive and epoch <= EARLY_EPOCHS and evaluation.get("cl_acc", 0.0) >= SATURATED_CL_ACC:
-        out.append(f"contrastive accuracy {evaluation['cl_acc']:.1%} after {epoch} epoch(s): the two clips of a video "
-                   f"are matched by their looks (background, colours), a shortcut that teaches [CLS] little about "
-                   f"motion; try --fgbg-merge 1 / --bg-erase 0.5 / --reverse-negatives")
+        out["contrastive_shortcut"] = (
+            f"contrastive accuracy {evaluation['cl_acc']:.1%} after {epoch} epoch(s): the two clips of a video are "
+            f"matched by their looks (background, colours), a shortcut that teaches [CLS] little about motion; try "
+            f"--fgbg-merge 1 / --bg-erase 0.5 / --reverse-negatives")
     if epoch >= max(EARLY_EPOCHS + 1, epochs // 4) and "mask_acc" in evaluation \
             and evaluation["mask_acc"] <= evaluation["copy_acc"]:
-        out.append(f"masked prediction ({evaluation['mask_acc']:.1%}) does not beat copying the nearest visible "
-                   f"frame ({evaluation['copy_acc']:.1%}) after {epoch} epochs: the model has learned no more than "
-                   f"copying; try --masking tube, more --mask-blocks, --mp-change-weight 4, or fewer codes")
+        out["copying"] = (
+            f"masked prediction ({evaluation['mask_acc']:.1%}) does not beat copying the nearest visible frame "
+            f"({evaluation['copy_acc']:.1%}) after {epoch} epochs: the model has learned no more than copying; try "
+            f"--masking tube, more --mask-blocks, --mp-change-weight 4, or fewer codes")
     return out
 
 
@@ -136,7 +139,8 @@ class PretrainTask:
         """model_config(vocab_size, (h, w)) -> the model's config once the stores say what they hold."""
         self.data, self.objective, self.load, self.knn = data, objective, load, knn
         self.loaded_weights: dict[str, torch.Tensor] = {}
-        self.warnings: list[str] = []  # the monitors' findings, each logged once, kept in summary.json
+        self.warnings: list[str] = []  # the monitors' findings, each kind logged once, kept in summary.json
+        self.warned: set[str] = set()
         try:
             # index checks only here: the loop checks the SHA-256s once the ranks can share the work
             self.train_stores = open_stores(data.train, "--train-tokens", verify=False)
@@ -416,9 +420,11 @@ class PretrainTask:
                              f"{self.knn.k}; {evaluation['knn_bank_videos']} bank, {evaluation['knn_query_videos']} "
                              f"query videos)")
             loop.log(f"[pretrain] epoch {loop.state.epoch}: {'; '.join(parts)}")
-            for warning in monitor_warnings(evaluation, epoch=loop.state.epoch, epochs=loop.cfg.epochs,
-                                            contrastive=self.objective.nce_weight > 0):
-                if warning not in self.warnings:
+            found = monitor_warnings(evaluation, epoch=loop.state.epoch, epochs=loop.cfg.epochs,
+                                     contrastive=self.objective.nce_weight > 0)
+            for kind, warning in found.items():
+                if kind not in self.warned:  # each kind once; summary.json keeps its first words
+                    self.warned.add(kind)
                     self.warnings.append(warning)
                     loop.log(f"[pretrain] warning: {warning}")
 
