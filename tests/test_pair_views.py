@@ -124,3 +124,41 @@ def test_monitors_warn_about_shortcuts():
     copying = monitor_warnings({**fine, "mask_acc": 0.49}, epoch=3, epochs=10)
     assert list(copying) == ["copying"] and "does not beat copying" in copying["copying"]
     assert monitor_warnings({**fine, "mask_acc": 0.49}, epoch=1, epochs=10) == {}  # too early to tell
+
+
+def test_colour_views_and_distinct_pair_views(tmp_path):
+    """extract --channel-order makes a colour view; --pair-views distinct draws a video's clips from two views."""
+    import os
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from store_factory import store_meta
+
+    from video2token.store import ShardWriter, TokenStore, VideoRecord
+    from video2token.video import resize_crop_flip
+    from vimpac.data.pretrain_clips import ClipPairDataset, ClipSampling
+
+    frames = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    gbr = resize_crop_flip(frames, shorter_side=None, crop_size=8, channel_order="gbr")
+    assert np.array_equal(gbr, frames[..., [1, 2, 0]])
+    with pytest.raises(ValueError, match="channel_order must be one of"):
+        resize_crop_flip(frames, shorter_side=None, crop_size=8, channel_order="rgba")
+    views = []
+    for v in range(2):  # two views of the same videos: view 0 holds codes 0-7, view 1 codes 8-15
+        w = ShardWriter(str(tmp_path / f"v{v}"), store_meta(16, 32))
+        for i in range(6):
+            codes = np.random.default_rng(i).integers(0, 8, (6, 4, 4)).astype(np.int16) + 8 * v
+            w.add(VideoRecord(i, f"v{i}.mp4", 0, codes, np.arange(6) / 2.0))
+        w.finalize()
+        views.append(TokenStore(str(tmp_path / f"v{v}")))
+
+    def sources(pair_views: str) -> set:
+        ds = ClipPairDataset(views, ClipSampling(clip_len=3, mask_blocks=1, pair_views=pair_views), seed=0)
+        return {tuple(int(c.min() >= 8) for c in ds[(e, k)]["codes"]) for e in range(3) for k in range(6)}
+
+    assert sources("same") == {(0, 0), (1, 1)}  # both clips from one random view
+    assert sources("distinct") == {(0, 1), (1, 0)}  # never the same view twice
+    with pytest.raises(ValueError, match="pair_views must be one of"):
+        ClipSampling(clip_len=3, pair_views="both")

@@ -40,6 +40,7 @@ from .precision import add_precision_flag, read_cpu_bf16
 from .store import (DEFAULT_FRAMES_COMPRESSION, FRAME_COMPRESSIONS, MAX_VOCAB, ShardWriter, StoreError, VideoRecord,
                     frames_meta)
 from .tokenizers import KINDS, TokenizerError, load_tokenizer
+from .naming import CHANNEL_ORDERS
 from .video import CROP_TYPES, DEFAULT_MAX_FRAMES, trim_to_stride
 
 
@@ -53,6 +54,7 @@ class ExtractConfig:
     crop_size: int
     crop_type: str = "center"
     hflip: bool = False
+    channel_order: str = "rgb"      # a permutation of the frames' channels (a colour view); naming.CHANNEL_ORDERS
     tokenizer: str = "auto"  # or one of tokenizers.KINDS; auto reads what tokenizer_path is
     tokenizer_path: str = ""
     anno_format: str = "auto"
@@ -127,6 +129,7 @@ def _store_meta(cfg: ExtractConfig, tok, label_names, anno_format: str, num_list
         "crop_size": cfg.crop_size,
         "crop_type": cfg.crop_type,
         "hflip": bool(cfg.hflip),
+        **({"channel_order": cfg.channel_order} if cfg.channel_order != "rgb" else {}),  # older stores: rgb
         "decoder": cfg.decoder,
         "video_root": os.path.abspath(cfg.video_root),
         "annotations": [os.path.abspath(a) for a in cfg.anno],
@@ -190,7 +193,7 @@ def run(cfg: ExtractConfig) -> dict:
             writer.add_failure(k, it.video_id, it.path, "annotation",
                                "the file name is not valid UTF-8 (store ids are UTF-8 text): rename the file")
     read_kwargs = dict(fps=cfg.fps, shorter_side=cfg.frame_shorter_side, crop_size=cfg.crop_size,
-                       crop_type=cfg.crop_type, hflip=cfg.hflip,
+                       crop_type=cfg.crop_type, hflip=cfg.hflip, channel_order=cfg.channel_order,
                        decoder=None if cfg.decoder == "auto" else cfg.decoder, max_frames=cfg.max_frames)
 
     batcher = FrameBatcher(tok.encode, cfg.batch_size)
@@ -299,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the square crop sits along the long side; 'none' keeps the resized frame "
                         "(trimmed to a multiple of the tokenizer stride)")
     p.add_argument("--hflip", action="store_true", help="flip frames horizontally")
+    p.add_argument("--channel-order", choices=CHANNEL_ORDERS, default="rgb",
+                   help="the frames' channels, e.g. gbr: a colour view of the same videos (a store per view; "
+                        "pre-training's --pair-views distinct then draws a video's two clips from two views, so the "
+                        "pair cannot be matched by colour)")
     p.add_argument("--tokenizer", default="auto", choices=("auto", *KINDS),
                    help="tokenizer kind; auto tells from --tokenizer-path (encoder.pkl: dalle, a directory "
                         "with config.json + model.safetensors: vqvae)")
@@ -342,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ExtractConfig(
         video_root=a.video_root, anno=tuple(a.anno), output=a.output, fps=a.fps,
         frame_shorter_side=a.frame_shorter_side, crop_size=a.crop_size, crop_type=a.crop_type,
-        hflip=a.hflip, tokenizer=a.tokenizer, tokenizer_path=a.tokenizer_path, anno_format=a.anno_format,
+        hflip=a.hflip, channel_order=a.channel_order, tokenizer=a.tokenizer, tokenizer_path=a.tokenizer_path, anno_format=a.anno_format,
         label_names=a.label_names,
         decoder=a.decoder, batch_size=a.batch_size, num_workers=a.num_workers, timeout=a.timeout,
         shard_id=shard_id, num_shards=num_shards, overwrite=a.overwrite, commit_every=a.commit_every,

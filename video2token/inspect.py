@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             tok = meta.get("tokenizer", {})
             print(f"{'tokenizer':>18}: {tok.get('name')} vocab={tok.get('vocab_size')} stride={tok.get('downsample')} "
                   f"path={tok.get('path')}")
-            view = {k: meta.get(k) for k in ("fps", "frame_shorter_side", "crop_size", "crop_type", "hflip", "decoder")}
+            view = {k: meta.get(k) for k in ("fps", "frame_shorter_side", "crop_size", "crop_type", "hflip", "channel_order", "decoder")}
             print(f"{'view':>18}: {view}")
             print(f"{'sources':>18}: root={meta.get('video_root')} annotations={meta.get('annotations')}")
         print(f"{'same_file':>18}: " + ("none" if not same_file else ""))

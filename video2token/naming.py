@@ -13,6 +13,9 @@ import re
 #: definition (read_video and the extract CLI import it); it lives here because this module imports nothing
 #: heavy. A store name needs a square crop, so `store_name` refuses "none".
 CROP_TYPES: tuple[str, ...] = ("top", "center", "bottom", "none")
+#: a frame's channels after resize / crop / flip: "rgb" as decoded, or a permutation of it (a colour view of the
+#: same video, e.g. for contrastive pairs that must not be matched by colour)
+CHANNEL_ORDERS: tuple[str, ...] = ("rgb", "rbg", "grb", "gbr", "brg", "bgr")
 
 # names become one path component; "_" is allowed (split names like train_split1)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

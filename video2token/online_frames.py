@@ -32,7 +32,8 @@ class OnlineFrames:
         self.decoder = decoder if decoder is not None else (None if meta.get("decoder", "auto") == "auto"
                                                             else meta["decoder"])
         self.geometry = dict(shorter_side=meta["frame_shorter_side"], crop_size=meta["crop_size"],
-                             crop_type=meta["crop_type"], hflip=bool(meta["hflip"]))
+                             crop_type=meta["crop_type"], hflip=bool(meta["hflip"]),
+                             channel_order=meta.get("channel_order", "rgb"))
         self.stride = int(meta["tokenizer"]["downsample"])
 
     def read_at(self, k: int, frames: slice | None = None) -> np.ndarray:

@@ -56,7 +56,7 @@ import av
 import numpy as np
 import torch
 
-from video2token.naming import CROP_TYPES
+from video2token.naming import CHANNEL_ORDERS, CROP_TYPES
 
 CropType = Literal["top", "center", "bottom", "none"]  # the values of naming.CROP_TYPES
 DecoderName = Literal["av", "decord"]
@@ -520,12 +520,16 @@ def resize_crop_flip(
     crop_size: int | None,
     crop_type: CropType = "center",
     hflip: bool = False,
+    channel_order: str = "rgb",
 ) -> np.ndarray:
     """frames (T, H, W, 3) uint8 -> (T, C, C, 3), or (T, H', W', 3) for crop_type "none".
 
     Crop: square of crop_size at the top / center / bottom of the long side (left / center /
-    right for landscape frames), centered along the short side.
+    right for landscape frames), centered along the short side. channel_order: the output's
+    channels as a permutation of "rgb" (e.g. "gbr": a colour view of the same video; naming.CHANNEL_ORDERS).
     """
+    if channel_order not in CHANNEL_ORDERS:
+        raise ValueError(f"channel_order must be one of {', '.join(CHANNEL_ORDERS)}, got {channel_order!r}")
     if crop_type not in CROP_TYPES:
         raise ValueError(f"crop_type must be top, center, bottom or none, got {crop_type!r}")
     _, height, width, _ = frames.shape
@@ -549,6 +553,8 @@ def resize_crop_flip(
         out = out[:, top : top + crop_size, left : left + crop_size]
     if hflip:
         out = out[:, :, ::-1]
+    if channel_order != "rgb":
+        out = out[..., ["rgb".index(c) for c in channel_order]]
     return np.ascontiguousarray(out)
 
 
@@ -580,6 +586,7 @@ def read_video(
     hflip: bool = False,
     decoder: DecoderName | None = None,
     max_frames: int | None = DEFAULT_MAX_FRAMES,
+    channel_order: str = "rgb",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frames shown at t_k = k / fps, upright, resized, cropped, optionally flipped.
 
@@ -607,7 +614,8 @@ def read_video(
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"{path}: max_frames must be >= 1, got {max_frames}")
     transform = partial(
-        _checked_transform, path=path, shorter_side=shorter_side, crop_size=crop_size, crop_type=crop_type, hflip=hflip
+        _checked_transform, path=path, shorter_side=shorter_side, crop_size=crop_size, crop_type=crop_type, hflip=hflip,
+        channel_order=channel_order,
     )
     if decoder == "av":
         return _decode_av(path, fps, transform, max_frames)
@@ -622,6 +630,7 @@ def read_video_at(
     crop_type: CropType = "center",
     hflip: bool = False,
     decoder: DecoderName | None = None,
+    channel_order: str = "rgb",
 ) -> np.ndarray:
     """The frames shown at `times` (K,) increasing seconds, transformed as read_video does: (K, C, C, 3) uint8.
 
@@ -639,7 +648,8 @@ def read_video_at(
     if decoder not in ("av", "decord"):
         raise ValueError(f"{path}: decoder must be 'av', 'decord' or None, got {decoder!r}")
     transform = partial(
-        _checked_transform, path=path, shorter_side=shorter_side, crop_size=crop_size, crop_type=crop_type, hflip=hflip
+        _checked_transform, path=path, shorter_side=shorter_side, crop_size=crop_size, crop_type=crop_type, hflip=hflip,
+        channel_order=channel_order,
     )
     if decoder == "av":
         return _decode_av_at(path, times, transform)

@@ -140,7 +140,8 @@ def _read_originals(store, video_id: str, idx: np.ndarray) -> np.ndarray | None:
         return None
     try:
         frames, _ = read_video(src, meta["fps"], meta["frame_shorter_side"], meta["crop_size"],
-                               crop_type=meta.get("crop_type", "center"), hflip=bool(meta.get("hflip", False)))
+                               crop_type=meta.get("crop_type", "center"), hflip=bool(meta.get("hflip", False)),
+                               channel_order=meta.get("channel_order", "rgb"))
     except (VideoError, ValueError, KeyError) as e:
         print(f"note: could not re-read {src} ({e}); drawing reconstructions only", file=sys.stderr)
         return None

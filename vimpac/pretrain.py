@@ -30,7 +30,7 @@ from video2token.precision import read_cpu_bf16
 
 from vimpac.data import registry
 from vimpac.data.image_stream import STREAMS
-from vimpac.data.pretrain_clips import MASKINGS, ClipSampling, PairOptions
+from vimpac.data.pretrain_clips import MASKINGS, PAIR_VIEWS, ClipSampling, PairOptions
 from vimpac.eval.knn import DEFAULT_K, DEFAULT_TEMPERATURE
 from vimpac.model.config import INPUT_KINDS
 from vimpac.train.architecture import DEFAULT_CLIP_LEN, ArchitectureFlags, add_architecture_flags
@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "token level; 0: off)")
     b.add_argument("--mp-change-weight", type=float, default=1.0,
                    help="masked-prediction weight of targets the copy baseline gets wrong (1: a plain mean)")
+    b.add_argument("--pair-views", choices=PAIR_VIEWS, default="same",
+                   help="with several --train-tokens views: both clips of a video from one random view (same), or "
+                        "from two different views (distinct: e.g. colour views made with extract --channel-order, so "
+                        "the pair cannot be matched by colour)")
     b.add_argument("--reverse-negatives", action="store_true",
                    help="each video's first clip played backwards is an extra InfoNCE negative: only the direction "
                         "of motion tells it apart (1.5x the clips per step)")
@@ -204,7 +208,7 @@ def build_task(a: argparse.Namespace) -> PretrainTask:
     try:
         sampling = ClipSampling(clip_len=a.clip_len, frame_rate=a.frame_rate, mask_blocks=a.mask_blocks,
                                 relevance_range=None if a.nce_relevance_range < 0 else a.nce_relevance_range,
-                                mask_rand_replace=a.mask_rand_replace, masking=a.masking)
+                                mask_rand_replace=a.mask_rand_replace, masking=a.masking, pair_views=a.pair_views)
     except ValueError as e:
         raise TrainError(str(e)) from None
     try:

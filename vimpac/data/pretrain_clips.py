@@ -33,6 +33,9 @@ MASK_PAD_TO = 64
 
 
 MASKINGS = ("block", "tube", "iid")
+#: where a video's two clips come from when several stores (views) are given: one random view for both, or two
+#: different views (e.g. colour views: extract --channel-order), so the pair cannot be matched by that view's looks
+PAIR_VIEWS = ("same", "distinct")
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,15 @@ class ClipSampling:
     mask_rand_replace: bool = False      # BERT 80/10/10 instead of always [MASK]
     masking: str = "block"               # "block" cuboids, "tube" rectangles through all frames (BEVT), or "iid"
                                          # positions at the block masks' expected ratio
+    pair_views: str = "same"             # "same" view for both clips, or two "distinct" views (PAIR_VIEWS)
 
     def __post_init__(self) -> None:
         if self.clip_len < 1 or self.frame_rate < 1 or self.mask_blocks < 0:
             raise ValueError(f"clip_len and frame_rate must be >= 1 and mask_blocks >= 0, got {self}")
         if self.masking not in MASKINGS:
             raise ValueError(f"masking must be one of {MASKINGS}, got {self.masking!r}")
+        if self.pair_views not in PAIR_VIEWS:
+            raise ValueError(f"pair_views must be one of {PAIR_VIEWS}, got {self.pair_views!r}")
         if self.relevance_range is not None and self.relevance_range < 0:
             raise ValueError(f"relevance_range must be >= 0 or None, got {self.relevance_range}")
 
@@ -109,19 +115,25 @@ class ClipPairDataset(Dataset):
         seq = np.random.SeedSequence([self.seed, int(epoch), k])
         rng = np.random.default_rng(seq)
         gen = torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
-        view = int(rng.integers(len(self.stores))) if len(self.stores) > 1 else 0
-        store = self.stores[view]
+        if self.sampling.pair_views == "distinct" and len(self.stores) > 1:  # two views: looks differ in the pair
+            views = tuple(int(v) for v in rng.choice(len(self.stores), size=2, replace=False))
+        else:
+            view = int(rng.integers(len(self.stores))) if len(self.stores) > 1 else 0
+            views = (view, view)
+        stores = [self.stores[v] for v in views]
         starts = sample_starts(int(self.num_frames[k]), self.sampling, rng)
-        codes = torch.from_numpy(np.stack([read_clip(store, k, s, self.clip, self.grid, self.special.pad) for s in starts]))  # (2, T, h, w)
+        codes = torch.from_numpy(np.stack([read_clip(st, k, s, self.clip, self.grid, self.special.pad)
+                                           for st, s in zip(stores, starts)]))  # (2, T, h, w)
         mask = make_mask(self.sampling, codes.shape, self.iid_ratio, gen)
         codes_in, mask = apply_mask(codes, mask, self.special, bert_style=self.sampling.mask_rand_replace,
                                     generator=gen)
         sample = {"codes": codes, "codes_in": codes_in, "mask": mask, "index": torch.tensor(k),
-                  "view": torch.tensor(view), "starts": torch.tensor(starts),
+                  "view": torch.tensor(views[0]), "starts": torch.tensor(starts),
                   "frame_valid": (codes != self.special.pad).any(dim=(-2, -1)),
                   "seed": torch.tensor(int(seq.generate_state(2, dtype=np.uint64)[1] >> 1))}
         if self.pixels:  # (2, T, S, S, 3) uint8: the model puts its [MASK] embedding on masked patches itself
-            sample["frames"] = torch.from_numpy(np.stack([read_frames_clip(store, k, s, self.clip) for s in starts]))
+            sample["frames"] = torch.from_numpy(np.stack([read_frames_clip(st, k, s, self.clip)
+                                                          for st, s in zip(stores, starts)]))
         return sample
 
 
