@@ -136,10 +136,11 @@ def test_eval_only_checks_stores_when_opened_training_leaves_it_to_the_loop(data
     assert finetune.main([*args, "--eval-only"]) == 2  # one process: checked before HDF5 reads a byte
     assert f"error: --valid-tokens: shard {shard} is corrupt: SHA-256" in capsys.readouterr().err
     training = finetune.labelled_data(finetune.build_parser().parse_args(args))  # index checks only
-    assert training.shards_to_verify() == [os.path.join(p, "shard-00000-of-00001.h5") for p in
-                                           [*data["train"], str(bad)]]
+    assert training.shards_to_verify() == {
+        **{os.path.join(p, "shard-00000-of-00001.h5"): "--train-tokens" for p in data["train"]},
+        os.path.join(str(bad), "shard-00000-of-00001.h5"): "--valid-tokens"}
     trusted = finetune.labelled_data(finetune.build_parser().parse_args([*args, "--no-verify-stores"]))
-    assert trusted.shards_to_verify() == []
+    assert trusted.shards_to_verify() == {}
 
 
 def test_different_shape_resamples_and_its_absence_is_a_clear_error(data, tmp_path):

@@ -303,13 +303,13 @@ def test_two_ranks_hash_each_shard_once_and_a_corrupt_one_stops_both(tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 2 and "Traceback" not in err, out[-2000:] + err[-3000:]  # a run error, no crash
-    assert f"error: token store check: shard {bad} is corrupt: SHA-256" in outs[0][1], outs[0][1][-3000:]
+    assert f"error: --train-tokens: shard {bad} is corrupt: SHA-256" in outs[0][1], outs[0][1][-3000:]
     assert not os.path.exists(os.path.join(tmp_path, "out", "metrics.jsonl"))  # no step was taken
     checked = [open(tmp_path / f"rank{rank}.txt").read().split() for rank in range(2)]
     assert all(checked) and sorted(checked[0] + checked[1]) == shards  # split, and each shard hashed once
     # the stores were opened with the index checks only; --no-verify-stores leaves nothing to hash
     assert sorted(pretrain.build_task(pretrain.build_parser().parse_args(args)).shards_to_verify()) == shards
-    assert pretrain.build_task(pretrain.build_parser().parse_args([*args, "--no-verify-stores"])).shards_to_verify() == []
+    assert pretrain.build_task(pretrain.build_parser().parse_args([*args, "--no-verify-stores"])).shards_to_verify() == {}
 
 
 def test_nonfinite_steps_are_skipped_then_stop(stores, tmp_path):

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from vimpac.data import registry
 from vimpac.data.clips import ClipSpec
 from vimpac.data.finetune_clips import EvalClips, TrainClips, check_labels
-from vimpac.data.stores import DataError, check_compatible_stores, check_frame_size, open_stores, shard_files
+from vimpac.data.stores import DataError, check_compatible_stores, check_frame_size, open_stores, shard_flags
 from vimpac.model.loading import TASK_KIND
 
 DEFAULT_EPOCHS = 50
@@ -78,9 +78,11 @@ class LabelledData:
                 check_labels(stores, self.num_classes, what)
         self.first_store = first
 
-    def shards_to_verify(self) -> list[str]:
-        """The shards opened without their SHA-256 check that must pass it before training reads them."""
-        return shard_files(self.train_stores + self.valid_stores) if self.src.verify and self.src.verify_later else []
+    def shards_to_verify(self) -> dict[str, str]:
+        """{shard: flag} of the shards opened without their SHA-256 check that must pass it before training reads them."""
+        if not (self.src.verify and self.src.verify_later):
+            return {}
+        return shard_flags([(self.train_stores, "--train-tokens"), (self.valid_stores, "--valid-tokens")])
 
     def _locate(self) -> tuple[list[str], list[str]]:
         src = self.src

@@ -64,6 +64,16 @@ def shard_files(stores: Sequence[TokenStore]) -> list[str]:
     return list(dict.fromkeys(p for s in stores for p in s.shard_paths))
 
 
+def shard_flags(groups: Sequence[tuple[Sequence[TokenStore], str]]) -> dict[str, str]:
+    """{shard path: the flag its store was given with} over (stores, flag) groups, each shard once (its first flag),
+    so a failed check names the flag as the index checks do."""
+    out: dict[str, str] = {}
+    for stores, flag in groups:
+        for path in shard_files(stores):
+            out.setdefault(path, flag)
+    return out
+
+
 def split_shards(paths: Sequence[str], world_size: int) -> list[list[str]]:
     """The shards each rank checks: largest first, each to the rank with the fewest bytes so far (ties: the
     lower rank), so every shard is checked exactly once and the slowest rank reads about 1/world_size of the

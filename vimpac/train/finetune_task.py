@@ -179,7 +179,7 @@ class FinetuneTask:
     def adapt_moments(self, moments: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
         return moments
 
-    def shards_to_verify(self) -> list[str]:
+    def shards_to_verify(self) -> dict[str, str]:
         return self.data.shards_to_verify()
 
     def train_config(self) -> dict[str, Any]:

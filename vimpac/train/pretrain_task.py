@@ -22,7 +22,7 @@ from vimpac.data.image_stream import ImageFrames, JointBatchSampler, JointClips
 from vimpac.data.pretrain_clips import (MASK_PAD_TO, ClipPairDataset, ClipSampling, PairCollate, PairOptions,
                                         collate_image_stream, collate_joint, collate_pairs)
 from vimpac.data.sampler import EpochBatchSampler
-from vimpac.data.stores import DataError, check_compatible_stores, check_frame_size, open_stores, shard_files
+from vimpac.data.stores import DataError, check_compatible_stores, check_frame_size, open_stores, shard_flags
 from vimpac.eval.copy_baseline import copy_baseline_predictions
 from vimpac.eval.knn import DEFAULT_K, DEFAULT_TEMPERATURE, centre_clips, extract_cls_features, knn_accuracy
 from vimpac.model.checkpoint import Checkpoint, CheckpointError
@@ -276,14 +276,16 @@ class PretrainTask:
     def adapt_moments(self, moments: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
         return resample_moments(moments, model)
 
-    def shards_to_verify(self) -> list[str]:
-        """Every shard this run reads (videos, images, the kNN monitor's stores), each once."""
+    def shards_to_verify(self) -> dict[str, str]:
+        """{shard: flag} of every shard this run reads (videos, images, the kNN monitor's stores), each once."""
         if not self.data.verify_stores:
-            return []
-        extra = list(self.images.stores) if self.images is not None else []
-        for ds in self.knn_sets or ():
-            extra += ds.stores
-        return shard_files(self.train_stores + self.valid_stores + extra)
+            return {}
+        groups = [(self.train_stores, "--train-tokens"), (self.valid_stores, "--valid-tokens")]
+        if self.images is not None:
+            groups.append((self.images.stores, "--image-tokens"))
+        for ds, flag in zip(self.knn_sets or (), ("--knn-train-tokens", "--knn-valid-tokens")):
+            groups.append((ds.stores, flag))
+        return shard_flags(groups)
 
     def stage_facts(self) -> dict[str, Any]:
         return {"grid": [self.cfg.grid_h, self.cfg.grid_w], "clip_len": self.cfg.clip_len}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -22,13 +22,18 @@ from vimpac.train.errors import TrainError
 from vimpac.train.runtime import DistInfo
 
 
-def check_shards(paths: Sequence[str], dist: DistInfo, *, check: Callable[[str], Any] = verify_file,
-                 log: Callable[[str], None] = print, what: str = "token store check") -> float:
+def check_shards(paths: Sequence[str] | Mapping[str, str], dist: DistInfo, *,
+                 check: Callable[[str], Any] = verify_file, log: Callable[[str], None] = print,
+                 what: str = "token store check") -> float:
     """Check size and SHA-256 of every shard in `paths` once across the ranks (a collective) -> seconds taken.
 
-    check(path): raises StoreError naming the shard when it is corrupt (the default: the store's own
-    `verify_file`; tests inject a counting one). Raises TrainError on every rank when any shard failed.
+    paths: shard files, or {shard: the flag its store came from} (`stores.shard_flags`), whose errors then
+    start with that flag (else with `what`). check(path): raises StoreError naming the shard when it is
+    corrupt (the default: the store's own `verify_file`; tests inject a counting one). Raises TrainError on
+    every rank when any shard failed.
     """
+    flags = dict(paths) if isinstance(paths, Mapping) else {}
+    paths = list(paths)
     if not paths:
         return 0.0
     t0 = time.time()
@@ -40,7 +45,7 @@ def check_shards(paths: Sequence[str], dist: DistInfo, *, check: Callable[[str],
         try:
             check(path)
         except (StoreError, OSError) as e:
-            errors.append(str(e))
+            errors.append(f"{flags[path]}: {e}" if path in flags else str(e))
     gathered = [errors]
     if dist.world_size > 1:
         gathered = [None] * dist.world_size
@@ -48,7 +53,7 @@ def check_shards(paths: Sequence[str], dist: DistInfo, *, check: Callable[[str],
     failed = [e for rank_errors in gathered for e in rank_errors]
     if failed:
         more = f" (and {len(failed) - 1} more shard(s): {'; '.join(failed[1:])})" if len(failed) > 1 else ""
-        raise TrainError(f"{what}: {failed[0]}{more}")
+        raise TrainError(f"{failed[0]}{more}" if flags else f"{what}: {failed[0]}{more}")
     seconds = time.time() - t0
     total = sum(_size(p) for p in paths)
     log(f"checked the SHA-256 of {len(paths)} shard(s), {total / 1e9:.2f} GB, split over {dist.world_size} "
