@@ -32,11 +32,13 @@ def structured_codes(rng: np.random.Generator, num_frames: int, grid: int, vocab
 
 def make_store(path: str, *, num_videos: int = 16, frames: tuple[int, int] = (6, 12), grid: int = 4,
                vocab_size: int = 32, seed: int = 0, kind: str = "structured", name: str = "synthetic",
-               hflip: bool = False, shards: int = 1) -> str:
+               hflip: bool = False, shards: int = 1, label_names: list[str] | None = None) -> str:
     """Write a token store of `num_videos` videos with frame counts in [frames[0], frames[1]], in `shards`
-    shards (contiguous blocks of the videos, as extraction makes them)."""
+    shards (contiguous blocks of the videos, as extraction makes them); labels i % 3, named by `label_names`."""
     rng = np.random.default_rng(seed)
     meta = store_meta(vocab_size, grid * 8, name=name, hflip=hflip)
+    if label_names is not None:
+        meta["label_names"] = list(label_names)
     writers = [ShardWriter(path, meta, shard_id=k, num_shards=shards) for k in range(shards)]
     for i in range(num_videos):
         w = writers[i * shards // num_videos]
