@@ -16,6 +16,7 @@ sys.path.insert(0, ROOT)
 
 from video2token.synthetic import DEFAULT_CRF  # noqa: E402
 from vimpac.demo.driver import MAIN_VARIANT, PROFILES, Demo, DemoError, default_dirs  # noqa: E402
+from vimpac.demo.driver import describe_runs  # noqa: E402
 from vimpac.demo.driver import main as demo_main  # noqa: E402
 from vimpac.demo.layout import SCRATCH, VARIANTS, DemoConfig  # noqa: E402
 from vimpac.demo.protocol import choose, collect  # noqa: E402
@@ -55,7 +56,8 @@ def test_plan_runs_the_grid_then_the_other_seeds_at_the_rate_val_chose(tmp_path)
     jobs, then = demo.evaluation_jobs([MAIN_VARIANT])
     runs = dict(jobs)
     grid = {f"{t}_{a}_lr{lr:g}_s1" for t in ("motion", "shape") for a in (SCRATCH, MAIN_VARIANT) for lr in LRS}
-    probes = {f"{t}_{a}_probe_lr{lr:g}" for t in ("motion", "shape") for a in (SCRATCH, MAIN_VARIANT) for lr in (1e-2, 1e-1)}
+    probes = {f"{t}_{a}_probe_lr{lr:g}" for t in ("motion", "shape") for a in (SCRATCH, MAIN_VARIANT)
+              for lr in (1e-2, 1e-1)}
     knn = {f"knn_{t}_{a}" for t in ("motion", "shape") for a in (SCRATCH, MAIN_VARIANT)}
     assert set(runs) == grid | probes | knn  # no seed 2 before the grid has spoken; no ceiling without --ablation
     assert [n for n, _ in jobs][:len(grid)] == sorted(grid, key=[n for n, _ in jobs].index)  # longest first
@@ -67,7 +69,9 @@ def test_plan_runs_the_grid_then_the_other_seeds_at_the_rate_val_chose(tmp_path)
     pre = runs[f"motion_{MAIN_VARIANT}_lr0.001_s1"]
     assert [x for x in a if x != "--from-scratch"] == [x.replace(MAIN_VARIANT, SCRATCH) if "finetune" in x else x
                                                        for x in pre]  # same budget: only --from-scratch differs
-    assert "--linear-probe" in runs["shape_scratch_probe_lr0.1"] and _flag(runs["shape_scratch_probe_lr0.1"], "--lr") == "0.1"
+    probe = runs["shape_scratch_probe_lr0.1"]
+    assert "--linear-probe" in probe and _flag(probe, "--lr") == "0.1"
+    assert _flag(probe, "--eval-per-epochs") == _flag(probe, "--epochs")  # one evaluation: the final model's
     k = runs[f"knn_shape_{MAIN_VARIANT}"]
     assert k[:2] == ["-m", "vimpac.knn"] and _flag(k, "--train-tokens") == str(demo.store("shape_train"))
     assert _flag(k, "--valid-tokens") == str(demo.store("shape_test")) and "--from-scratch" in runs["knn_shape_scratch"]
@@ -78,11 +82,16 @@ def test_plan_runs_the_grid_then_the_other_seeds_at_the_rate_val_chose(tmp_path)
     assert [n for n, _ in follow] == ["motion_scratch_lr0.001_s2"]
     assert _flag(follow[0][1], "--lr") == "0.001" and _flag(follow[0][1], "--seed") == "2"
     assert then("motion_scratch_lr0.001_s1") == [] and then("knn_motion_scratch") == []  # queued once
+    assert describe_runs({"motion_scratch_lr0.001_s1": 10.0, "shape_scratch_lr0.001_s1": 20.0, "knn_shape_scratch": 3.0,
+                          "motion_scratch_lr0.001_s2": 12.0}, first_seed=1) == (
+        "fine-tune grid: 2 runs, 30 s (15 s each); fine-tune other seeds: 1 runs, 12 s (12 s each); kNN: 1 runs, 3 s "
+        "(3 s each) (one core each)")
     # a rerun: finished runs are skipped, the seeds of a finished grid start at once, an interrupted run resumes
     (demo.finetune_dir(f"shape_{MAIN_VARIANT}_lr0.003_s1") / "last").mkdir(parents=True)
     again = dict(demo.evaluation_jobs([MAIN_VARIANT])[0])
     assert "motion_scratch_lr0.001_s1" not in again and "motion_scratch_lr0.001_s2" in again
-    assert "--resume" in again[f"shape_{MAIN_VARIANT}_lr0.003_s1"] and "--resume" not in again["shape_scratch_lr0.003_s1"]
+    assert "--resume" in again[f"shape_{MAIN_VARIANT}_lr0.003_s1"]
+    assert "--resume" not in again["shape_scratch_lr0.003_s1"]
     demo.ablation = True
     ceiling = dict(demo.evaluation_jobs([MAIN_VARIANT])[0])
     assert _flag(ceiling["motion_all_labels"], "--train-tokens") == str(demo.store("motion_pool"))
@@ -171,7 +180,7 @@ def test_combined_report_summarises_every_regime_and_counts_their_time_together(
         assert f"| {p} | motion | 30.0 | **65.0** | +35.0 | 20.0 -> 55.0 | 30.0 -> 50.0 |" in md
         assert f"## Regime `{p}`" in md and f"]({p}/out/report.md)" in md
     assert "- [x] all 2 regimes 10.0 min (target <= 15 min); the ablation's extra 8.0 min are not counted" in text
-    assert md.index("## Summary") < md.index("## Regime `default`") < md.index("## Regime `varied`")
+    assert md.index("## Regime `default`") < md.index("## Regime `varied`") < md.index("## All regimes")
 
 
 def test_variants_are_data_multi_stage_ones_chain_and_pixel_ones_are_known(tmp_path):
@@ -182,7 +191,8 @@ def test_variants_are_data_multi_stage_ones_chain_and_pixel_ones_are_known(tmp_p
     two = VARIANTS["pixels_image"]
     s1, s2 = demo.pretrain_args(two, 1), demo.pretrain_args(two, 2)
     assert _flag(s1, "--stream") == "image" and _flag(s1, "--epochs") == "3" and "--load" not in s1
-    assert _flag(s2, "--stream") == "joint" and _flag(s2, "--load") == str(demo.pretrain_dir("pixels_image", 1) / "last")
+    assert _flag(s2, "--stream") == "joint"
+    assert _flag(s2, "--load") == str(demo.pretrain_dir("pixels_image", 1) / "last")
     assert _flag(s2, "--output") == str(demo.pretrain_dir("pixels_image")) != _flag(s1, "--output")
     tube = demo.pretrain_args(VARIANTS["tube"])
     assert tube[-4:] == ["--masking", "tube", "--mask-blocks", "4"] and tube.count("--mask-blocks") == 2  # last wins

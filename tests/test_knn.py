@@ -149,4 +149,5 @@ def test_knn_cli_reads_frames_for_a_pixel_model_and_refuses_stores_that_do_not_f
     tokens = _save(tmp_path / "tokens")
     other = make_store(str(tmp_path / "v16"), num_videos=4, vocab_size=16)
     assert knn.main(["--load", tokens, "--train-tokens", other, "--valid-tokens", other]) == 2
-    assert "--train-tokens: " + other + " holds 16 codes on 4x4 maps, the model takes 32 codes" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--train-tokens: {other} holds 16 codes on 4x4 maps, the model takes 32 codes" in err

@@ -285,7 +285,9 @@ class Demo(DemoLayout):
                 "--test-tokens", str(self.store(f"{task}_test")), "--epochs", str(epochs),
                 "--batch-size", str(c.finetune_batch), "--bs-per-gpu", str(c.finetune_batch),
                 "--lr", f"{lr:g}", "--warm-up", "0.1", "--num-workers", "0",
-                "--num-test-clips", str(c.test_clips), "--eval-per-epochs", str(max(1, epochs // c.finetune_evals)),
+                # a probe's curve is not drawn: its one evaluation is the final model's
+                "--num-test-clips", str(c.test_clips),
+                "--eval-per-epochs", str(epochs if probe else max(1, epochs // c.finetune_evals)),
                 "--eval-batch-size", "32", "--seed", str(seed), "--no-tqdm", "--output", str(out)]
         if arm == SCRATCH:
             argv.append("--from-scratch")
@@ -375,7 +377,7 @@ class Demo(DemoLayout):
             t0, seconds = time.time(), {}
             rec.peak_rss_mb = self.run_parallel(jobs, "evaluation runs", then=then, seconds=seconds)
             rec.seconds = time.time() - t0
-            rec.throughput = describe_runs(seconds, probe_lrs=c.probe_lrs)
+            rec.throughput = describe_runs(seconds, first_seed=c.seeds[0])
 
     def report(self, arms: Sequence[str]) -> str:
         from vimpac.demo.report import write_report
@@ -401,15 +403,15 @@ class Demo(DemoLayout):
         print(f"\ndemo finished in {time.time() - t0:.0f} s; report: {self.out / 'report.md'}")
 
 
-def describe_runs(seconds: dict[str, float], *, probe_lrs: Sequence[float] = ()) -> str:
+def describe_runs(seconds: dict[str, float], *, first_seed: int) -> str:
     """Where the evaluation step's time went, per kind of run (each on one core)."""
     kinds: dict[str, list[float]] = {}
     for name, s in seconds.items():
         kind = ("kNN" if name.startswith("knn_") else "probe" if "_probe_" in name else
-                "ceiling" if "_all_labels" in name else "fine-tune s1 (grid)" if name.endswith("_s1") else
+                "ceiling" if "_all_labels" in name else "fine-tune grid" if name.endswith(f"_s{first_seed}") else
                 "fine-tune other seeds")
         kinds.setdefault(kind, []).append(s)
-    order = ("fine-tune s1 (grid)", "fine-tune other seeds", "probe", "kNN", "ceiling")
+    order = ("fine-tune grid", "fine-tune other seeds", "probe", "kNN", "ceiling")
     return "; ".join(f"{k}: {len(kinds[k])} runs, {sum(kinds[k]):.0f} s ({sum(kinds[k]) / len(kinds[k]):.0f} s each)"
                      for k in order if k in kinds) + " (one core each)"
 

@@ -247,8 +247,8 @@ def protocol_text(demo: DemoLayout) -> list[str]:
         f"**Protocol: val chooses, test reports.** Every arm gets the same budget ({c.finetune_epochs} epochs on the "
         f"{c.num_train} labelled videos; scratch is the main recipe's architecture with random weights). The "
         f"fine-tuning rate is chosen from {', '.join(f'{v:g}' for v in c.finetune_lrs)} by the val top-1 of seed "
-        f"{c.seeds[0]}'s final model (ties: the first in the grid), then seeds {', '.join(map(str, c.seeds))} run at that "
-        f"rate (seed {c.seeds[0]}'s grid run reused). Reported: the **test top-1 of each seed's final model** (not "
+        f"{c.seeds[0]}'s final model (ties: the first in the grid), then seeds {', '.join(map(str, c.seeds))} run "
+        f"at that rate (seed {c.seeds[0]}'s grid run reused). Reported: the **test top-1 of each seed's final model** (not "
         f"the best epoch), {c.test_clips} clips per video; mean and min-max over seeds; gain = arm mean minus "
         f"scratch mean. kNN: the frozen backbone's weighted kNN (k = {c.knn_k}, capped at the {c.num_train} bank "
         f"videos; temperature 0.07) of [CLS], the labelled train videos as the bank, test top-1. Probe: a linear "
@@ -264,10 +264,11 @@ def regime_sections(demo: DemoLayout, arms: Sequence[str], results: Results) -> 
     pre = pretrain_table(demo, arms)
     ceiling = ceiling_rows(demo)
     md = [*res, "", *pre, "",
-          f"Val mask accuracy is against the copy baseline (each masked code copied from the nearest unmasked frame) on "
-          f"the same masks; val contrastive accuracy: the share of clips whose partner (the other clip of the same "
+          f"Val mask accuracy is against the copy baseline (each masked code copied from the nearest unmasked frame) "
+          f"on the same masks; val contrastive accuracy: the share of clips whose partner (the other clip of the same "
           f"video) scores highest among the clips of its batch of up to {demo.cfg.pretrain_batch} videos; both at "
-          "the last evaluation of pre-training.", ""]
+          "the last evaluation of pre-training. Tube masking hides a position in every frame, so there is nothing to "
+          "copy: its copy baseline is 0.", ""]
     if ceiling:
         md += [*ceiling, ""]
     return md, ["", *res, "", *pre] + (["", *ceiling[:-2]] if ceiling else [])
@@ -328,7 +329,7 @@ def summary_table(demos: Sequence[DemoLayout], results: Sequence[Results]) -> li
 
 
 def write_combined_report(demos: Sequence[DemoLayout], arms: Sequence[str], path: Path) -> str:
-    """One report of several regimes (profiles): the summary, then each regime's tables; returns the terminal text.
+    """One report of several regimes (profiles): each regime's tables, then their summary; returns the terminal text.
 
     Each regime's own report.md (with its pictures) stays in its output directory; this one links to them."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -351,9 +352,9 @@ def write_combined_report(demos: Sequence[DemoLayout], arms: Sequence[str], path
     for demo, res in zip(demos, results):
         checks += [f"- `{demo.profile}`: " + line[2:] for line in target_checks(demo, res, 0.0, 0.0)[2:]]
     md = [f"# VIMPAC demo: {len(demos)} regimes ({', '.join(f'`{d.profile}`' for d in demos)})", "",
-          *protocol_text(demos[0])[2:], "",
-          "## Summary (test top-1 %, fine-tuned: mean over seeds; main = " + f"`{MAIN_VARIANT}`)", "", *summary, "",
-          "## Targets", "", *checks, "", *sections,
+          *protocol_text(demos[0])[2:], "", *sections,
+          f"## All regimes (test top-1 %; fine-tuned: mean over seeds; main = `{MAIN_VARIANT}`)", "", *summary, "",
+          "## Targets", "", *checks, "",
           "## Reproduce", "", f"`python -m vimpac.demo --profile {' '.join(str(d.profile) for d in demos)}`"
           + (" --variants " + " ".join(a for a in arms if a != MAIN_VARIANT) if list(arms) != [MAIN_VARIANT] else "")
           + " (`make demo`: default and varied)", ""]
