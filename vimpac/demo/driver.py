@@ -58,6 +58,7 @@ class Demo(DemoLayout):
     python: str = sys.executable
     ablation: bool = False
     variants: tuple[str, ...] = ()  # pre-training variants beside MAIN_VARIANT (--ablation: all)
+    cpu_used: float = 0.0  # CPU seconds (user + system) of every process this demo waited for
 
     @property
     def arms(self) -> list[str]:
@@ -91,6 +92,7 @@ class Demo(DemoLayout):
         proc, f, _ = self._launch(name, argv, quiet=False)
         with f:
             _, status, usage = os.wait4(proc.pid, 0)
+        self.cpu_used += usage.ru_utime + usage.ru_stime
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             raise DemoError(f"step {name!r} failed with exit code {proc.returncode}: {shlex.join(proc.args)}")
@@ -116,6 +118,7 @@ class Demo(DemoLayout):
                 if pid not in running:
                     continue
                 name, proc, f, log, t0 = running.pop(pid)
+                self.cpu_used += usage.ru_utime + usage.ru_stime
                 proc.returncode = os.waitstatus_to_exitcode(status)
                 f.close()
                 peaks.append(usage.ru_maxrss / 1024)
@@ -145,7 +148,9 @@ class Demo(DemoLayout):
         record = StepRecord(name)
         self.steps.append(record)
         print(f"\n=== [{time.strftime('%H:%M:%S')}] {title}", flush=True)
+        cpu = self.cpu_used
         yield record
+        record.cpu_seconds = self.cpu_used - cpu
         with open(self.out / "steps.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(dataclasses.asdict(record)) + "\n")
 

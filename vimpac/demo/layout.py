@@ -138,10 +138,11 @@ PROFILES = {
 
 @dataclass
 class StepRecord:
-    """What the report shows per step: wall time, peak memory of its processes, throughput."""
+    """What the report shows per step: wall time, CPU time of its processes, their peak memory, throughput."""
 
     name: str
     seconds: float = 0.0
+    cpu_seconds: float = 0.0     # user + system of the step's processes: what an idle machine needs, load or not
     peak_rss_mb: float = 0.0
     skipped: bool = False
     throughput: str = ""

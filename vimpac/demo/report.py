@@ -120,7 +120,7 @@ def is_ablation_step(name: str) -> bool:
 
 def steps_table(steps: dict[str, dict]) -> tuple[list[str], float, float, float]:
     """Rows, the time of `make demo`'s own steps, the ablation's extra time, the peak memory."""
-    rows = ["| step | time | peak memory | throughput |", "|---|---|---|---|"]
+    rows = ["| step | time | CPU time | peak memory | throughput |", "|---|---|---|---|---|"]
     core, extra, peak = 0.0, 0.0, 0.0
     for name, r in steps.items():
         if is_ablation_step(name):
@@ -128,8 +128,11 @@ def steps_table(steps: dict[str, dict]) -> tuple[list[str], float, float, float]
         else:
             core += r["seconds"]
         peak = max(peak, r["peak_rss_mb"])
-        rows.append(f"| {name} | {r['seconds']:.0f} s | {r['peak_rss_mb']:.0f} MB | {r.get('throughput', '')} |")
-    rows.append(f"| **total** | **{(core + extra) / 60:.1f} min** | **{peak:.0f} MB** | |")
+        cpu = r.get("cpu_seconds")  # (steps.jsonl of older runs: none)
+        rows.append(f"| {name} | {r['seconds']:.0f} s | {'-' if cpu is None else f'{cpu:.0f} s'} | "
+                    f"{r['peak_rss_mb']:.0f} MB | {r.get('throughput', '')} |")
+    cpu = sum(r.get("cpu_seconds", 0.0) for r in steps.values())
+    rows.append(f"| **total** | **{(core + extra) / 60:.1f} min** | {cpu / 60:.1f} min | **{peak:.0f} MB** | |")
     return rows, core, extra, peak
 
 
@@ -302,7 +305,9 @@ def write_report(demo: DemoLayout, arms: Sequence[str]) -> str:
           "## Targets", "", *checks, "",
           "## Time and memory per step (newest run of each step; CPU threads: all for single runs, "
           f"one per run with {demo.jobs} evaluation runs at a time)", "", *steps, "",
-          "Peak memory is the largest resident size of one step's processes (for the parallel steps, the sum of the "
+          "CPU time: user + system time of the step's processes (all their threads); on an idle machine a parallel "
+          f"step's wall time is about its CPU time over {demo.jobs} (the runs at a time), whatever the load was. Peak "
+          "memory is the largest resident size of one step's processes (for the parallel steps, the sum of the "
           "largest concurrent ones).", "", "## Pictures", ""]
     for title, path in figs:
         if path.is_file():
