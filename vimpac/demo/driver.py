@@ -46,8 +46,9 @@ from vimpac.demo.layout import (MAIN_VARIANT, PROFILES, SCRATCH, TASKS, VARIANTS
 from vimpac.demo.protocol import choose, run_scores
 
 Job = tuple[str, list[str]]  # (run name: its log is logs/NAME.log, argv after the python executable)
-#: frames beside the codes for the pixel (BEVT) variants: lzf shrinks the demo's flat synthetic frames ~6x and
-#: still reads fast (video2token.extract --frames-compression)
+#: frames beside the codes, for the pixel (BEVT) variants, in every store: cheap enough to always keep (the default
+#: regime's 400-video pool store: +0.8 s CPU, 0.7 -> 11.5 MB; ~28 MB for all seven), so a later --variants pixels
+#: run reuses the stores. lzf shrinks the demo's flat synthetic frames ~6x and still reads fast.
 FRAMES = ("--keep-frames", "--frames-compression", "lzf")
 
 

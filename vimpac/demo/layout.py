@@ -94,8 +94,9 @@ class DemoConfig:
     finetune_batch: int = 16
     finetune_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     finetune_evals: int = 4          # val evaluations per run (the curves); the last one is the final model's
-    # linear probe (frozen backbone, `finetune --linear-probe`): its own grid, one seed
-    probe_epochs: int = 20
+    # linear probe (frozen backbone, `finetune --linear-probe`): its own grid, one seed. 10 epochs: the same test
+    # top-1 as 20 within a few points (measured on the default regime: shape 43.8-48.8 vs 45.6-48.8) at 3/4 the cost
+    probe_epochs: int = 10
     probe_lrs: tuple[float, ...] = (1e-2, 3e-2, 1e-1)
     # frozen kNN (`vimpac.knn`): bank = the labelled train videos
     knn_k: int = 200
