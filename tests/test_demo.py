@@ -27,7 +27,8 @@ LRS = (3e-4, 1e-3, 3e-3)
 
 
 def _demo(tmp_path: Path, **changes) -> Demo:
-    cfg = dataclasses.replace(PROFILES["smoke"], seeds=(1, 2), finetune_lrs=LRS, probe_lrs=(1e-2, 1e-1), **changes)
+    cfg = dataclasses.replace(PROFILES["smoke"], seeds=(1, 2), finetune_lrs=LRS, probe_lrs=(1e-2, 1e-1),
+                              tasks=("motion", "shape"), **changes)
     return Demo(cfg=cfg, data=tmp_path / "data", out=tmp_path / "out")
 
 
@@ -267,14 +268,13 @@ def test_smoke_profile_runs_every_step_then_skips_them(tmp_path):
                 "pretrain/mask_examples.png"):
         assert (out / rel).read_bytes()[:4] == b"\x89PNG", rel
     runs = sorted(p.name for p in (out / "finetune").iterdir() if (p / "results.json").is_file())
-    assert runs == sorted([f"{t}_{a}_lr{lr:g}_s1" for t in ("motion", "shape") for a in (SCRATCH, MAIN_VARIANT)
-                           for lr in (1e-3, 3e-3)] + [f"{t}_{a}_probe_lr0.03" for t in ("motion", "shape")
-                                                      for a in (SCRATCH, MAIN_VARIANT)])
+    assert runs == sorted([f"motion_{a}_lr{lr:g}_s1" for a in (SCRATCH, MAIN_VARIANT) for lr in (1e-3, 3e-3)]
+                          + [f"motion_{a}_probe_lr0.03" for a in (SCRATCH, MAIN_VARIANT)])  # (smoke: one label set)
     for run in runs:
         res = json.loads((out / "finetune" / run / "results.json").read_text())
         assert res["final"]["num_videos"] == 8 and res["test"]["num_videos"] == 8  # val chooses, test reports
         assert (out / "logs" / f"{run}.log").read_text().startswith("$ ")
-    assert json.loads((out / "knn" / "shape_scratch" / "knn.json").read_text())["init"] == "scratch"
+    assert json.loads((out / "knn" / "motion_scratch" / "knn.json").read_text())["init"] == "scratch"
     second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     for word in ("already there", "already trained", "already pre-trained", "all runs finished"):

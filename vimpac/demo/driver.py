@@ -41,8 +41,8 @@ from tqdm import tqdm
 
 from video2token.cli import HelpFormatter
 
-from vimpac.demo.layout import (MAIN_VARIANT, PROFILES, SCRATCH, TASKS, VARIANTS, DemoLayout, PretrainVariant,
-                                StepRecord, read_json, variant_names)
+from vimpac.demo.layout import (MAIN_VARIANT, PROFILES, SCRATCH, VARIANTS, DemoLayout, PretrainVariant, StepRecord,
+                                read_json, variant_names)
 from vimpac.demo.protocol import choose, run_scores
 
 Job = tuple[str, list[str]]  # (run name: its log is logs/NAME.log, argv after the python executable)
@@ -204,7 +204,7 @@ class Demo(DemoLayout):
         """(store split = list file stem, label set) for every store this run reads: the pool's labelled stores
         only for the all-labels ceiling (--ablation)."""
         splits: list[tuple[str, str | None]] = [("pretrain", None)]
-        for task in TASKS:
+        for task in self.cfg.tasks:
             splits += [(f"{task}_{s}", task) for s in ("train", "val", "test") + (("pool",) if self.ablation else ())]
         return splits
 
@@ -326,7 +326,7 @@ class Demo(DemoLayout):
     def ceiling_jobs(self) -> list[Job]:
         """--ablation: all pool labels, pre-trained and from scratch (a reference, not part of the comparison)."""
         c, jobs = self.cfg, []
-        for task in TASKS:
+        for task in self.cfg.tasks:
             for arm, name in ((MAIN_VARIANT, f"{task}_all_labels"), (SCRATCH, f"{task}_all_labels_scratch")):
                 if self._unfinished(name):
                     jobs.append((name, self.finetune_args(task, arm, lr=c.ceiling_lr, seed=c.seeds[0], train="pool",
@@ -341,7 +341,7 @@ class Demo(DemoLayout):
         arms = [SCRATCH, *arms]
         grid, probes, knn, seeds = [], [], [], []
         group_of: dict[str, tuple[str, str]] = {}
-        for task in TASKS:
+        for task in self.cfg.tasks:
             for arm in arms:
                 for lr in c.finetune_lrs:
                     name = self.grid_run(task, arm, lr, c.seeds[0])

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-TASKS = ("motion", "shape")
+TASKS = ("motion", "shape")  # the label sets video2token.synthetic writes
 SCRATCH = "scratch"  # the arm without pre-training: MAIN_VARIANT's architecture, random weights
 
 
@@ -80,6 +80,7 @@ class DemoConfig:
     tokenizer_augment: str = "flip"  # "full" adds RGB permutations: colour-blind codes after a short run
     # stores
     fps: float = 4.0
+    tasks: tuple[str, ...] = TASKS  # label sets evaluated (stores extracted for them)
     # model + pre-training
     clip_len: int = 5
     layers: int = 2
@@ -128,12 +129,12 @@ PROFILES = {
     # codes: the looks of README's "What makes pre-training help" row 1, with the default profile's objects.
     "varied": DemoConfig(appearance="varied", crf=28, vocab_size=512),
     "varied128": DemoConfig(appearance="varied", crf=28, vocab_size=128),
-    # Seconds-scale run of every step, for tests: a 2-rate grid, one seed.
+    # Seconds-scale run of every step, for tests: a 2-rate grid, one seed, one label set (each run is a process).
     "smoke": DemoConfig(num_pool=24, num_train=8, num_val=8, num_test=8, size=32, seconds=1.5, vocab_size=32,
                         tokenizer_steps=6, layers=1, hid_dim=32, heads=2, mask_blocks=2, pretrain_epochs=1,
                         pretrain_batch=8, finetune_epochs=1, finetune_batch=4, finetune_lrs=(1e-3, 3e-3),
                         finetune_evals=1, probe_epochs=1, probe_lrs=(3e-2,), ceiling_epochs=1, test_clips=1,
-                        seeds=(1,)),
+                        seeds=(1,), tasks=("motion",)),
 }
 
 

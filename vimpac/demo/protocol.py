@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from vimpac.demo.layout import TASKS, DemoLayout, read_json
+from vimpac.demo.layout import DemoLayout, read_json
 
 
 def run_scores(run_dir: Path) -> tuple[float | None, float | None]:
@@ -87,4 +87,4 @@ def collect_arm(demo: DemoLayout, task: str, arm: str) -> ArmResult:
 
 def collect(demo: DemoLayout, arms: Sequence[str]) -> dict[tuple[str, str], ArmResult]:
     """(task, arm) -> its results, for every task and arm (scratch included by the caller)."""
-    return {(t, a): collect_arm(demo, t, a) for t in TASKS for a in arms}
+    return {(t, a): collect_arm(demo, t, a) for t in demo.cfg.tasks for a in arms}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from video2token.cli import HelpFormatter
-from vimpac.demo.layout import (MAIN_VARIANT, PROFILES, SCRATCH, TASKS, VARIANTS, DemoConfig, DemoLayout, read_json,
+from vimpac.demo.layout import (MAIN_VARIANT, PROFILES, SCRATCH, VARIANTS, DemoConfig, DemoLayout, read_json,
                                 variant_names)
 from vimpac.demo.protocol import ArmResult, collect, run_scores
 
@@ -53,7 +53,7 @@ def results_table(demo: DemoLayout, results: Results, arms: Sequence[str]) -> li
     seeds = demo.cfg.seeds
     rows = [f"| task | arm | lr (val) | test top-1 ({' / '.join(f's{s}' for s in seeds)}) | mean | min-max | gain | "
             "kNN | gain | probe (lr) | gain |", "|" + "---|" * 11]
-    for task in TASKS:
+    for task in demo.cfg.tasks:
         base = results[task, SCRATCH]
         for arm in [SCRATCH, *arms]:
             r = results[task, arm]
@@ -86,7 +86,7 @@ def pretrain_table(demo: DemoLayout, arms: Sequence[str]) -> list[str]:
 def ceiling_rows(demo: DemoLayout) -> list[str]:
     """--ablation's all-labels runs (test top-1 of the final model), or nothing."""
     cells = {task: [run_scores(demo.finetune_dir(n))[1] for n in (f"{task}_all_labels", f"{task}_all_labels_scratch")]
-             for task in TASKS}
+             for task in demo.cfg.tasks}
     if all(v is None for pair in cells.values() for v in pair):
         return []
     c = demo.cfg
@@ -138,7 +138,8 @@ def steps_table(steps: dict[str, dict]) -> tuple[list[str], float, float, float]
 
 def gains(results: Results) -> dict[str, float]:
     """Fine-tuning: the main arm's mean test top-1 minus scratch's, per task (missing runs count as 0)."""
-    return {t: (results[t, MAIN_VARIANT].mean or 0.0) - (results[t, SCRATCH].mean or 0.0) for t in TASKS}
+    tasks = dict.fromkeys(t for t, _ in results)
+    return {t: (results[t, MAIN_VARIANT].mean or 0.0) - (results[t, SCRATCH].mean or 0.0) for t in tasks}
 
 
 def target_checks(demo: DemoLayout, results: Results, total_s: float, peak_mb: float, extra_s: float = 0.0,
@@ -165,10 +166,10 @@ def plot_results(demo: DemoLayout, results: Results, arms: Sequence[str], path: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    order = [SCRATCH, *arms]
-    fig, axes = plt.subplots(1, len(TASKS), figsize=(max(4.2, 0.9 * len(order) + 1.5) * len(TASKS), 3.8),
+    order, tasks = [SCRATCH, *arms], demo.cfg.tasks
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(4.2, 0.9 * len(order) + 1.5) * len(tasks), 3.8),
                              squeeze=False)
-    for ax, task in zip(axes[0], TASKS):
+    for ax, task in zip(axes[0], tasks):
         for i, arm in enumerate(order):
             r = results[task, arm]
             vals = [v for v in r.test.values() if v is not None]
@@ -210,8 +211,8 @@ def plot_finetune_curves(demo: DemoLayout, results: Results, path: Path) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(TASKS), figsize=(4.2 * len(TASKS), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], TASKS):
+    fig, axes = plt.subplots(1, len(demo.cfg.tasks), figsize=(4.2 * len(demo.cfg.tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], demo.cfg.tasks):
         for arm, label, color in ((SCRATCH, "from scratch", "tab:gray"), (MAIN_VARIANT, "pre-trained", "tab:blue")):
             r = results[task, arm]
             for k, seed in enumerate(demo.cfg.seeds):
@@ -294,7 +295,7 @@ def write_report(demo: DemoLayout, arms: Sequence[str]) -> str:
             ("Masked-prediction examples (input with [MASK], prediction, target)", main_pre / "mask_examples.png"),
             ("Fine-tuning: val top-1 per epoch at the chosen rate, every seed", out / "finetune_curves.png"),
             ("Test top-1 per arm: fine-tuned seeds, kNN, linear probe", out / "results.png")]
-    for task in TASKS:
+    for task in demo.cfg.tasks:
         for arm, label in ((MAIN_VARIANT, "pre-trained"), (SCRATCH, "from scratch")):
             r, s = results[task, arm], demo.cfg.seeds[0]
             if r.lr is not None:
@@ -326,7 +327,7 @@ def summary_table(demos: Sequence[DemoLayout], results: Sequence[Results]) -> li
     rows = ["| regime | task | scratch | main | gain | kNN: scratch -> main | probe: scratch -> main |",
             "|---|---|---|---|---|---|---|"]
     for demo, res in zip(demos, results):
-        for task in TASKS:
+        for task in demo.cfg.tasks:
             s, m = res[task, SCRATCH], res[task, MAIN_VARIANT]
             rows.append(f"| {demo.profile} | {task} | {_fmt(s.mean)} | **{_fmt(m.mean)}** | {_gain(m.mean, s.mean)} | "
                         f"{_fmt(s.knn)} -> {_fmt(m.knn)} | {_fmt(s.probe_test)} -> {_fmt(m.probe_test)} |")
