@@ -146,7 +146,14 @@ def test_knn_cli_reads_frames_for_a_pixel_model_and_refuses_stores_that_do_not_f
     assert knn.main(["--load", pixel, "--train-tokens", codes_only, "--valid-tokens", frames[1]]) == 2
     err = capsys.readouterr().err
     assert f"--train-tokens: {codes_only} holds codes only" in err and "--keep-frames" in err
+    big_patches = _save(tmp_path / "patch8", vocab_size=16, input="pixels", patch_size=8)  # 4x4 patches of 32 px
+    assert knn.main(["--load", big_patches, "--train-tokens", frames[0], "--valid-tokens", frames[1]]) == 2
+    assert "--train-tokens: frames of shape (T=4, 16x16 px) do not fit" in capsys.readouterr().err
+    motion, shape = (make_prototype_store(str(tmp_path / n), num_videos=4, label_names=names) for n, names in
+                     (("m", ["left", "right", "up", "down"]), ("s", ["circle", "square", "triangle", "diamond"])))
     tokens = _save(tmp_path / "tokens")
+    assert knn.main(["--load", tokens, "--train-tokens", motion, "--valid-tokens", shape]) == 2
+    assert f"--valid-tokens: {shape}'s label map ['circle'" in capsys.readouterr().err
     other = make_store(str(tmp_path / "v16"), num_videos=4, vocab_size=16)
     assert knn.main(["--load", tokens, "--train-tokens", other, "--valid-tokens", other]) == 2
     err = capsys.readouterr().err
