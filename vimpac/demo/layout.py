@@ -27,11 +27,6 @@ class PretrainVariant:
     title: str
     stages: tuple[PretrainStage, ...] = (PretrainStage(),)
 
-    @property
-    def pixels(self) -> bool:
-        """Reads frames (BEVT, --input pixels): its stores must be extracted with --keep-frames."""
-        return any(list(s.args[i:i + 2]) == ["--input", "pixels"] for s in self.stages for i in range(len(s.args)))
-
 
 def one_stage(name: str, title: str, *args: str) -> PretrainVariant:
     return PretrainVariant(name, title, (PretrainStage(tuple(args)),))
