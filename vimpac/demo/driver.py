@@ -448,19 +448,19 @@ def _list_length(path: Path) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vimpac.demo", description=__doc__,
                                 formatter_class=HelpFormatter)
-    p.add_argument("--profile", "--profiles", dest="profiles", nargs="+", choices=tuple(PROFILES), default=["default"],
+    p.add_argument("--profile", "--profiles", dest="profiles", nargs="+", choices=tuple(PROFILES), default=None,
                    metavar="PROFILE",
                    help="one or more of: default (shared looks, 128 codes); varied (every video its own background "
                         "and colours, H.264 crf 28, 512 codes); varied128 (the same with 128 codes); long (4x the "
                         "unlabelled pool, not timed); smoke (seconds, for tests). Several: each in its own "
-                        "directories, then one combined report (--summary)")
+                        "directories, then one combined report (--summary). Default: default")
     p.add_argument("--data", type=Path, default=None,
                    help="video directory (default data/demo, data/demo_PROFILE; one profile only)")
     p.add_argument("--out", type=Path, default=None,
                    help="output directory (default snap/demo, snap/demo_PROFILE; one profile only)")
     p.add_argument("--summary", type=Path, default=Path("snap/demo_report.md"),
                    help="the combined report of several profiles")
-    p.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=(), metavar="VARIANT",
+    p.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=None, metavar="VARIANT",
                    help=f"pre-training variants to evaluate beside the main one ({MAIN_VARIANT}): "
                         + ", ".join(VARIANTS))
     p.add_argument("--ablation", action="store_true",
@@ -479,7 +479,7 @@ def default_dirs(profile: str) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
-    profiles = list(dict.fromkeys(a.profiles))
+    profiles = list(dict.fromkeys(a.profiles or ["default"]))
     if len(profiles) > 1 and (a.data or a.out):
         p.error("--data / --out name one profile's directories; with several profiles each uses its default "
                 "(data/demo_PROFILE, snap/demo_PROFILE)")
@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, seeds=tuple(a.seeds))
         data, out = default_dirs(profile)
         demos.append(Demo(cfg=cfg, data=a.data or data, out=a.out or out, jobs=max(1, a.jobs), ablation=a.ablation,
-                          variants=tuple(a.variants), profile=profile))
+                          variants=tuple(a.variants or ()), profile=profile))
     try:
         for demo in demos:
             if len(demos) > 1:
