@@ -32,11 +32,13 @@ def structured_codes(rng: np.random.Generator, num_frames: int, grid: int, vocab
 
 def make_store(path: str, *, num_videos: int = 16, frames: tuple[int, int] = (6, 12), grid: int = 4,
                vocab_size: int = 32, seed: int = 0, kind: str = "structured", name: str = "synthetic",
-               hflip: bool = False, shards: int = 1) -> str:
+               hflip: bool = False, shards: int = 1, label_names: list[str] | None = None) -> str:
     """Write a token store of `num_videos` videos with frame counts in [frames[0], frames[1]], in `shards`
-    shards (contiguous blocks of the videos, as extraction makes them)."""
+    shards (contiguous blocks of the videos, as extraction makes them); labels i % 3, named by `label_names`."""
     rng = np.random.default_rng(seed)
     meta = store_meta(vocab_size, grid * 8, name=name, hflip=hflip)
+    if label_names is not None:
+        meta["label_names"] = list(label_names)
     writers = [ShardWriter(path, meta, shard_id=k, num_shards=shards) for k in range(shards)]
     for i in range(num_videos):
         w = writers[i * shards // num_videos]
@@ -55,14 +57,17 @@ def make_store(path: str, *, num_videos: int = 16, frames: tuple[int, int] = (6,
 
 
 def make_prototype_store(path: str, *, num_videos: int, prototypes: int = 4, frames: int = 6, grid: int = 4,
-                         vocab_size: int = 32, prototype_seed: int = 0) -> str:
+                         vocab_size: int = 32, prototype_seed: int = 0, label_names: list[str] | None = None) -> str:
     """Videos that are exact copies of `prototypes` random videos, label = prototype id (video i: prototype i % P).
 
     Stores made with the same `prototype_seed` share the prototypes: any model that maps equal inputs to
-    equal features lets a 1-nearest-neighbour vote find every label.
+    equal features lets a 1-nearest-neighbour vote find every label. label_names: the store's label map.
     """
     protos = np.random.default_rng(prototype_seed).integers(0, vocab_size, size=(prototypes, frames, grid, grid))
-    w = ShardWriter(path, store_meta(vocab_size, grid * 8), shard_id=0, num_shards=1)
+    meta = store_meta(vocab_size, grid * 8)
+    if label_names is not None:
+        meta["label_names"] = list(label_names)
+    w = ShardWriter(path, meta, shard_id=0, num_shards=1)
     for i in range(num_videos):
         w.add(VideoRecord(source_index=i, video_id=f"vid_{i:04d}.mp4", label=i % prototypes,
                           codes=protos[i % prototypes].astype(np.int16),

@@ -149,3 +149,17 @@ def test_a_masked_patch_target_is_the_code_of_that_patch_at_that_frame(tmp_path)
             p = emb.patches(frames[:1])  # (1, T, 4, 4, 48)
             ref = frames[0, 1, 4:8, 8:12].reshape(-1).float() * (2 / 255) - 1
             torch.testing.assert_close(p[0, 1, 1, 2], ref)
+
+
+def test_progress_bar_shows_the_streams_that_ran():
+    from vimpac.train.pretrain_task import PretrainTask, pretrain_metrics
+
+    zero = dict(mp_loss=0.0, mask_correct=0.0, copy_correct=0.0, masked=0.0, cl_loss=0.0, cl_acc=0.0, micro=0,
+                valid=0.0, pad=0.0, tokens=0.0, image_mp_loss=0.0, image_mask_correct=0.0, image_masked=0.0,
+                image_micro=0)
+    image_only = pretrain_metrics({**zero, "image_mp_loss": 6.0, "image_mask_correct": 3.0, "image_masked": 4.0,
+                                   "image_micro": 2})  # --stream image: no video metrics at all
+    assert PretrainTask.progress_postfix(None, image_only) == {"img_mp": "3.000", "img_acc": "0.750"}
+    video = pretrain_metrics({**zero, "mp_loss": 2.0, "masked": 4.0, "mask_correct": 2.0, "micro": 1, "valid": 8.0,
+                              "tokens": 8.0})
+    assert set(PretrainTask.progress_postfix(None, video)) == {"mp", "acc", "copy", "cl"}

@@ -18,6 +18,7 @@ ENTRY_POINTS = {
     "video2token.tokenizers.dalle": "video2token/tokenizers/dalle.py",
     "vimpac.pretrain": "vimpac/pretrain.py",
     "vimpac.finetune": "vimpac/finetune.py",
+    "vimpac.knn": "vimpac/knn.py",
     "vimpac.predict": "vimpac/predict.py",
     "vimpac.export": "vimpac/export.py",
     "vimpac.convert_original": "vimpac/convert_original.py",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -63,6 +64,7 @@ def data(tmp_path_factory):
         "train": [make_store(str(d / "train_a"), num_videos=16, seed=0),
                   make_store(str(d / "train_b"), num_videos=16, seed=0, hflip=True)],
         "valid": [make_store(str(d / "valid"), num_videos=6, seed=1)],
+        "test": [make_store(str(d / "test"), num_videos=5, seed=4)],
         # 8x8 codes (twice the frame size of pre-training)
         "train8": [make_store(str(d / "train8"), num_videos=8, grid=8, seed=2)],
         "valid8": [make_store(str(d / "valid8"), num_videos=4, grid=8, seed=3)],
@@ -74,7 +76,8 @@ def data(tmp_path_factory):
 def finetuned(data):
     out = str(data["dir"] / "out")
     ok(run(["--load", data["pre"], "--train-tokens", *data["train"], "--valid-tokens", *data["valid"],
-            "--output", out, "--epochs", "2", "--num-test-clips", "2", "--last-test-clips", "1,3", *FAST]))
+            "--test-tokens", *data["test"], "--output", out, "--epochs", "2", "--num-test-clips", "2",
+            "--last-test-clips", "1,3", *FAST]))
     return out
 
 
@@ -235,6 +238,36 @@ def test_missing_stores_and_bad_architecture_flags_are_clear_errors(data, tmp_pa
     proc = run(["--load", data["pre"], "--dataset-name", "ucf101", "--frame-size", "32", "--data-root",
                 str(tmp_path / "nothing"), "--output", str(tmp_path / "y"), *FAST])
     assert proc.returncode == 2 and "train_split1" in proc.stderr and "--train-tokens" in proc.stderr
+
+
+def test_test_tokens_score_the_final_model_once_and_never_choose(finetuned, data, tmp_path):
+    out, test = finetuned, data["test"][0]  # (the fixture's run has --test-tokens)
+    res = json.load(open(os.path.join(out, "results.json")))
+    assert res["final"]["num_videos"] == 6 and res["best"]["num_test_clips"] == 2  # valid: what chooses
+    assert {k: res["test"][k] for k in ("num_test_clips", "num_crops", "num_videos")} == {
+        "num_test_clips": 2, "num_crops": 1, "num_videos": 5}
+    assert "test" not in {r["split"] for r in read_metrics(os.path.join(out, "metrics.jsonl"))}
+    # the final model's scores: the same as evaluating last/ on the test store by hand
+    again = str(tmp_path / "again")
+    ok(run(["--eval-only", "--load", os.path.join(out, "last"), "--valid-tokens", test, "--output", again,
+            "--num-test-clips", "2", *FAST]))
+    by_hand = json.load(open(os.path.join(again, "results.json")))["final"]
+    assert (by_hand["top1"], by_hand["top5"]) == pytest.approx((res["test"]["top1"], res["test"]["top5"]))
+
+
+def test_test_stores_of_another_code_map_or_label_map_are_refused_by_flag(data, tmp_path):
+    from vimpac.data.labelled import LabelledData, LabelledSource
+    from vimpac.data.stores import DataError
+
+    src = LabelledSource(train_tokens=tuple(data["train"]), valid_tokens=tuple(data["valid"]))
+    with pytest.raises(DataError, match=r"--test-tokens .*valid8: test stores have 32 codes on a \(8, 8\) map"):
+        LabelledData(dataclasses.replace(src, test_tokens=tuple(data["valid8"])))
+    named = [make_store(str(tmp_path / k), num_videos=4, seed=5, label_names=names)
+             for k, names in (("a", ["left", "right", "up"]), ("b", ["circle", "square", "triangle"]))]
+    wrong = r"--test-tokens .*b: its label map \['circle'.* differs from --valid-tokens .*a's \['left'"
+    with pytest.raises(DataError, match=wrong):
+        LabelledData(dataclasses.replace(src, valid_tokens=(named[0],), test_tokens=(named[1],)))
+    assert len(LabelledData(dataclasses.replace(src, test_tokens=tuple(data["valid"]))).test_stores) == 1
 
 
 def test_interval_then_resume_reproduces_the_uninterrupted_run(finetuned, data, tmp_path):

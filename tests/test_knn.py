@@ -90,3 +90,71 @@ def test_centre_clips_refuse_unlabelled_stores(tmp_path):
         centre_clips([path], ClipSpec(4), what="--knn-train-tokens")
     ok = centre_clips([make_store(str(tmp_path / "l"), num_videos=3)], ClipSpec(2), what="x")
     assert ok[0]["codes"].shape == (1, 2, 4, 4)  # one centre clip of one view
+
+
+def _save(path, **cfg) -> str:
+    from vimpac.model.checkpoint import save_checkpoint
+    from vimpac.model.config import ModelConfig
+    from vimpac.model.transformer import VimpacForPretraining
+
+    torch.manual_seed(0)
+    config = ModelConfig(**{**dict(vocab_size=32, clip_len=4, grid_h=4, grid_w=4, layers=1, hid_dim=32, heads=2,
+                                   head_dim=16, mlp_dim=64, nce_proj_hid_dim=16, nce_proj_out_dim=8), **cfg})
+    return save_checkpoint(str(path), model_state=VimpacForPretraining(config).state_dict(), model_config=config,
+                           train_config={}, step=1, epoch=1)
+
+
+def test_knn_cli_finds_every_copy_of_a_prototype_and_writes_its_json(tmp_path, capsys):
+    import json
+
+    from vimpac import knn
+
+    ckpt = _save(tmp_path / "pre" / "last")
+    bank = make_prototype_store(str(tmp_path / "bank"), num_videos=8)
+    queries = make_prototype_store(str(tmp_path / "q"), num_videos=12)
+    args = ["--load", ckpt, "--train-tokens", bank, "--valid-tokens", queries, "--precision", "fp32"]
+    assert knn.main(args + ["--json", "--output", str(tmp_path / "out")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    written = json.loads((tmp_path / "out" / "knn.json").read_text())
+    assert printed == written and (written["top1"], written["top5"]) == (100.0, 100.0)
+    assert (written["bank_videos"], written["query_videos"], written["k"], written["init"]) == (8, 12, 8, "pretrained")
+    assert knn.main(args + ["--from-scratch", "--seed", "3"]) == 0  # random weights: copies still coincide
+    assert capsys.readouterr().out.startswith("kNN top-1 100.00 top-5 100.00 (k=8, temperature 0.07; 8 bank videos, "
+                                              "12 queries; random weights in the architecture of")
+    # the backbone is the checkpoint's, or (--from-scratch) the same architecture with other weights
+    loaded, _ = knn.load_backbone(ckpt, from_scratch=False, seed=0)
+    fresh, _ = knn.load_backbone(ckpt, from_scratch=True, seed=3)
+    from vimpac.model.checkpoint import load_checkpoint
+
+    state = load_checkpoint(ckpt, weights_only=True).model_state
+    assert torch.equal(loaded.state_dict()["layers.0.mlp.fc1.weight"], state["backbone.layers.0.mlp.fc1.weight"])
+    assert fresh.cfg == loaded.cfg and not torch.equal(fresh.state_dict()["layers.0.mlp.fc1.weight"],
+                                                       loaded.state_dict()["layers.0.mlp.fc1.weight"])
+
+
+def test_knn_cli_reads_frames_for_a_pixel_model_and_refuses_stores_that_do_not_fit(tmp_path, capsys):
+    from store_factory import make_pixel_store
+
+    from vimpac import knn
+
+    pixel = _save(tmp_path / "pixel", vocab_size=16, input="pixels", patch_size=4)
+    frames = [make_pixel_store(str(tmp_path / name), num_videos=n, seed=s) for name, n, s in (("a", 6, 0), ("b", 4, 1))]
+    assert knn.main(["--load", pixel, "--train-tokens", frames[0], "--valid-tokens", frames[1], "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"input": "pixels"' in out and '"query_videos": 4' in out
+    codes_only = make_store(str(tmp_path / "codes"), num_videos=4, vocab_size=16)
+    assert knn.main(["--load", pixel, "--train-tokens", codes_only, "--valid-tokens", frames[1]]) == 2
+    err = capsys.readouterr().err
+    assert f"--train-tokens: {codes_only} holds codes only" in err and "--keep-frames" in err
+    big_patches = _save(tmp_path / "patch8", vocab_size=16, input="pixels", patch_size=8)  # 4x4 patches of 32 px
+    assert knn.main(["--load", big_patches, "--train-tokens", frames[0], "--valid-tokens", frames[1]]) == 2
+    assert "--train-tokens: frames of shape (T=4, 16x16 px) do not fit" in capsys.readouterr().err
+    motion, shape = (make_prototype_store(str(tmp_path / n), num_videos=4, label_names=names) for n, names in
+                     (("m", ["left", "right", "up", "down"]), ("s", ["circle", "square", "triangle", "diamond"])))
+    tokens = _save(tmp_path / "tokens")
+    assert knn.main(["--load", tokens, "--train-tokens", motion, "--valid-tokens", shape]) == 2
+    assert f"--valid-tokens: {shape}'s label map ['circle'" in capsys.readouterr().err
+    other = make_store(str(tmp_path / "v16"), num_videos=4, vocab_size=16)
+    assert knn.main(["--load", tokens, "--train-tokens", other, "--valid-tokens", other]) == 2
+    err = capsys.readouterr().err
+    assert f"--train-tokens: {other} holds 16 codes on 4x4 maps, the model takes 32 codes" in err

@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {"vimpac.pretrain", "vimpac.finetune", "vimpac.predict", "vimpac.export", "vimpac.modeling",
-                "vimpac.convert_original", "vimpac.demo.__main__"}
+                "vimpac.knn", "vimpac.convert_original", "vimpac.demo.__main__"}
 
 
 def module_name(path: Path) -> str:

@@ -26,7 +26,8 @@ def _parse(list_file, labelled: bool) -> list[tuple[str, int | None]]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    return make_dataset(root, num_pool=12, num_train=16, num_val=8, size=32, fps=8, seconds=1.5, seed=3, show_progress=False)
+    return make_dataset(root, num_pool=12, num_train=16, num_val=8, num_test=8, size=32, fps=8, seconds=1.5, seed=3,
+                        show_progress=False)
 
 
 def test_lists_parse_and_point_at_real_videos(dataset):
@@ -36,17 +37,27 @@ def test_lists_parse_and_point_at_real_videos(dataset):
         assert dataset.label_files[name].read_text().split() == list(classes)
         train = _parse(dataset.train_lists[name], labelled=True)
         val = _parse(dataset.val_lists[name], labelled=True)
-        assert len(train) == 16 and len(val) == 8
-        assert all(0 <= label < len(classes) for _, label in train + val)
+        test = _parse(dataset.test_lists[name], labelled=True)
+        assert len(train) == 16 and len(val) == 8 and len(test) == 8
+        assert all(0 <= label < len(classes) for _, label in train + val + test)
         # Balanced: every class within one of the mean.
         counts = Counter(label for _, label in train)
         assert set(counts) == set(range(len(classes))) and max(counts.values()) - min(counts.values()) <= 1
-    # Train / val / pool are disjoint files, and each opens as a 12-frame 32x32 video.
+    # Train / val / test / pool are disjoint files, and each opens as a 12-frame 32x32 video.
     rels = [r for r, _ in pool] + [r for r, _ in _parse(dataset.train_lists["motion"], True)]
     rels += [r for r, _ in _parse(dataset.val_lists["motion"], True)]
-    assert len(set(rels)) == len(rels)
+    rels += [r for r, _ in _parse(dataset.test_lists["motion"], True)]
+    assert len(set(rels)) == len(rels) and rels[-1] == "videos/test/test_000007.mp4"
     frames, times = read_video(dataset.root / rels[0], 8.0, None, None, "none")
     assert frames.shape == (12, 32, 32, 3) and len(times) == 12
+
+
+def test_test_split_is_its_own_videos_and_absent_unless_asked_for(dataset, tmp_path):
+    val = [video_spec(3, "val", i, size=32, seconds=1.5) for i in range(8)]
+    test = [video_spec(3, "test", i, size=32, seconds=1.5) for i in range(8)]
+    assert all(v.start != t.start for v, t in zip(val, test))  # not the val videos under another name
+    none = make_dataset(tmp_path, num_pool=1, num_train=0, num_val=0, size=32, seconds=1.0, show_progress=False)
+    assert none.test_lists == {} and not (tmp_path / "motion_test_videos.txt").exists()
 
 
 def test_same_seed_same_videos_other_seed_differs(dataset, tmp_path):

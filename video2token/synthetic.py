@@ -31,18 +31,21 @@ Layout written under `root` (MMAction2-style lists, `relpath label` or `relpath`
     root/
       videos/pool/pool_000000.mp4 ...       unlabelled pre-training pool
       videos/train/train_000000.mp4 ...
-      videos/val/val_000000.mp4 ...
+      videos/val/val_000000.mp4 ...         model selection (learning rates, epochs)
+      videos/test/test_000000.mp4 ...       reporting only (never looked at to choose anything)
       pretrain_videos.txt                   relpath
       motion_train_videos.txt               relpath label
       motion_val_videos.txt
       shape_train_videos.txt
       shape_val_videos.txt
+      motion_test_videos.txt                (written with --num-test > 0)
+      shape_test_videos.txt
       motion_pool_videos.txt                the pool's hidden labels (supervised ceiling only)
       shape_pool_videos.txt
       labels_motion.txt                     one class name per line, line i = label i
       labels_shape.txt
 
-CLI: python -m video2token.synthetic --out DIR [--num-pool N --num-train N --num-val N
+CLI: python -m video2token.synthetic --out DIR [--num-pool N --num-train N --num-val N --num-test N
      --size S --fps F --seconds D --seed S --appearance shared|varied --crf C]
 """
 
@@ -64,7 +67,8 @@ SHAPES = ("circle", "square", "triangle", "diamond")
 BACKGROUNDS = ("solid", "linear", "radial", "texture")
 # (dx, dy) per motion class, image coordinates (y grows downwards).
 _DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
-_SPLIT_IDS = {"pool": 0, "train": 1, "val": 2}
+# New splits get new ids: a video depends on (seed, split id, index), so existing splits never change.
+_SPLIT_IDS = {"pool": 0, "train": 1, "val": 2, "test": 3}
 # Muted backgrounds and bright objects: the outline survives tokenization; few colours keep the
 # codes about geometry (shape, position) rather than about one video's colours.
 BG_PALETTE = ((0.16, 0.2, 0.3), (0.35, 0.33, 0.18), (0.36, 0.22, 0.16), (0.12, 0.3, 0.3), (0.38, 0.38, 0.4),
@@ -104,6 +108,7 @@ class SyntheticDataset:
     pretrain_list: Path
     train_lists: dict[str, Path]  # label set -> list file
     val_lists: dict[str, Path]
+    test_lists: dict[str, Path]  # empty without test videos
     pool_lists: dict[str, Path]  # the pool's hidden labels: only for the all-labels supervised ceiling
     label_files: dict[str, Path]
 
@@ -253,6 +258,7 @@ def make_dataset(
     num_pool: int = 200,
     num_train: int = 80,
     num_val: int = 40,
+    num_test: int = 0,
     size: int = 64,
     fps: float = 8.0,
     seconds: float = 2.0,
@@ -275,15 +281,15 @@ def make_dataset(
         raise ValueError(f"size must be >= 16 pixels, got {size}")
     if fps <= 0 or seconds <= 0:
         raise ValueError(f"fps and seconds must be > 0, got fps={fps}, seconds={seconds}")
-    if min(num_pool, num_train, num_val) < 0:
+    if min(num_pool, num_train, num_val, num_test) < 0:
         raise ValueError("video counts must be >= 0")
     root = Path(root)
     t0 = time.perf_counter()
-    jobs = [(split, i) for split, count in (("pool", num_pool), ("train", num_train), ("val", num_val))
-            for i in range(count)]
+    counts = {"pool": num_pool, "train": num_train, "val": num_val, "test": num_test}
+    jobs = [(split, i) for split, count in counts.items() for i in range(count)]
     backgrounds = background_designs(seed)
-    rows: dict[str, list[str]] = {"pool": [], "train": [], "val": []}
-    labels: dict[str, list[tuple[int, int]]] = {"pool": [], "train": [], "val": []}
+    rows: dict[str, list[str]] = {split: [] for split in counts}
+    labels: dict[str, list[tuple[int, int]]] = {split: [] for split in counts}
     for split, i in tqdm(jobs, desc="synthetic videos", disable=not show_progress):
         spec = video_spec(seed, split, i, size=size, seconds=seconds, appearance=appearance, backgrounds=backgrounds)
         frames = render_video(spec, size=size, fps=fps, seconds=seconds)
@@ -295,20 +301,24 @@ def make_dataset(
 
     pretrain_list = root / "pretrain_videos.txt"
     pretrain_list.write_text("".join(f"{r}\n" for r in rows["pool"]))
-    train_lists, val_lists, pool_lists, label_files = {}, {}, {}, {}
+    train_lists, val_lists, test_lists, pool_lists, label_files = {}, {}, {}, {}, {}
     for set_index, (name, classes) in enumerate((("motion", MOTIONS), ("shape", SHAPES))):
         label_files[name] = root / f"labels_{name}.txt"
         label_files[name].write_text("".join(f"{c}\n" for c in classes))
-        for split, out in (("train", train_lists), ("val", val_lists), ("pool", pool_lists)):
+        for split, out in (("train", train_lists), ("val", val_lists), ("test", test_lists), ("pool", pool_lists)):
+            if split == "test" and not num_test:
+                continue
             out[name] = root / f"{name}_{split}_videos.txt"
             out[name].write_text("".join(f"{r} {lab[set_index]}\n" for r, lab in zip(rows[split], labels[split])))
     print(
-        f"synthetic: {len(jobs)} videos ({num_pool} pool, {num_train} train, {num_val} val), "
+        f"synthetic: {len(jobs)} videos ({num_pool} pool, {num_train} train, {num_val} val"
+        f"{f', {num_test} test' if num_test else ''}), "
         f"{size}x{size} px, {fps:g} fps, {seconds:g} s, seed {seed}, {appearance} appearance, crf {crf} -> {root} "
         f"in {time.perf_counter() - t0:.1f} s"
     )
     return SyntheticDataset(
-        root=root, pretrain_list=pretrain_list, train_lists=train_lists, val_lists=val_lists, pool_lists=pool_lists,
+        root=root, pretrain_list=pretrain_list, train_lists=train_lists, val_lists=val_lists, test_lists=test_lists,
+        pool_lists=pool_lists,
         label_files=label_files,
     )
 
@@ -321,7 +331,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--num-pool", type=int, default=200, help="unlabelled pre-training videos")
     parser.add_argument("--num-train", type=int, default=80, help="labelled training videos")
-    parser.add_argument("--num-val", type=int, default=40, help="labelled validation videos")
+    parser.add_argument("--num-val", type=int, default=40, help="labelled validation videos (for choosing settings)")
+    parser.add_argument("--num-test", type=int, default=0,
+                        help="labelled test videos (for reporting only; 0: no test split, no test lists)")
     parser.add_argument("--size", type=int, default=64, help="frame size in pixels (square)")
     parser.add_argument("--fps", type=float, default=8.0)
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of each video")
@@ -338,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         num_pool=args.num_pool,
         num_train=args.num_train,
         num_val=args.num_val,
+        num_test=args.num_test,
         size=args.size,
         fps=args.fps,
         seconds=args.seconds,

@@ -8,6 +8,7 @@ positional embeddings are interpolated when the input shape differs from pre-tra
         --frame-size 128 --output snap/finetune/ucf101
     python -m vimpac.finetune --load snap/pretrain/small/last --dataset-name custom \\
         --train-tokens STORE [VIEW ...] --valid-tokens STORE [CROP ...] --output O
+    python -m vimpac.finetune ... --valid-tokens VAL_STORE --test-tokens TEST_STORE   # choose on val, report test
     python -m vimpac.finetune ... --different-shape --clip-len 10 --frame-size 256 --frame-rate 4
     python -m vimpac.finetune --eval-only --output O [--load O/best] --num-test-clips 10
     # no --load: random weights, the architecture from the flags (the paper's "no pre-training" rows)
@@ -16,7 +17,10 @@ positional embeddings are interpolated when the input shape differs from pre-tra
 
 Outputs under --output: metrics.jsonl, tensorboard/, curves.png, last/ (resumable checkpoint),
 best/ (weights of the best valid top-1), results.json, per_class_accuracy.csv, predictions.csv,
-confusion_matrix.png. `best/` (or `last/`) is what `vimpac.predict` and `vimpac.export` read.
+confusion_matrix.png (the reports are of the final model on --valid-tokens). With --test-tokens,
+results.json's "test" holds the final model's scores on those stores, evaluated once after
+training: --valid-tokens stays what is logged per epoch and what picks best/. `best/` (or
+`last/`) is what `vimpac.predict` and `vimpac.export` read.
 """
 from __future__ import annotations
 
@@ -72,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                        clip_len_default=None,
                        clip_len_help=f"frames per clip (default: --load's T; without --load {DEFAULT_CLIP_LEN})")
     d.add_argument("--split-id", type=int, default=1, help="official split (1..3 for ucf101 and hmdb51)")
+    d.add_argument("--test-tokens", nargs="+", default=None, metavar="STORE",
+                   help="test store(s), one per crop: the final model is evaluated on them once after training, "
+                        "same clips x crops protocol, as results.json's \"test\" (never used to pick best/)")
     d.add_argument("--num-test-clips", type=int, default=10, help="uniform temporal clips per test crop")
     d.add_argument("--last-test-clips", default=None, help="e.g. 2,5,10: also evaluate these clip counts at the end")
 
@@ -113,14 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
 def labelled_data(a: argparse.Namespace) -> LabelledData:
     return LabelledData(LabelledSource(
         dataset_name=a.dataset_name, split_id=a.split_id, train_tokens=tuple(a.train_tokens or ()),
-        valid_tokens=tuple(a.valid_tokens or ()), data_root=a.data_root, tokenizer=a.tokenizer, fps=a.fps,
-        frame_size=a.frame_size, frame_rate=a.frame_rate, num_test_clips=a.num_test_clips,
-        need_train=not a.eval_only, verify=not a.no_verify_stores, verify_later=not a.eval_only))
+        valid_tokens=tuple(a.valid_tokens or ()), test_tokens=tuple(a.test_tokens or ()), data_root=a.data_root,
+        tokenizer=a.tokenizer, fps=a.fps, frame_size=a.frame_size, frame_rate=a.frame_rate,
+        num_test_clips=a.num_test_clips, need_train=not a.eval_only, verify=not a.no_verify_stores,
+        verify_later=not a.eval_only))
 
 
 #: data flags `--eval-only` takes from the evaluated run when the command line gives no test stores
-RUN_DATA_FLAGS = ("valid_tokens", "dataset_name", "split_id", "data_root", "tokenizer", "fps", "frame_size",
-                  "frame_rate")
+RUN_DATA_FLAGS = ("valid_tokens", "test_tokens", "dataset_name", "split_id", "data_root", "tokenizer", "fps",
+                  "frame_size", "frame_rate")
 
 
 def reuse_run_stores(a: argparse.Namespace, path: str) -> None:
@@ -193,8 +201,9 @@ def main(argv: list[str] | None = None, *, hooks: LoopHooks | None = None, envir
     if prints:
         fin, best = summary["final"], summary["best"]
         print(f"done: final top-1 {fin['top1']:.2f} top-5 {fin['top5']:.2f}, best top-1 {best['top1']:.2f} "
-              f"({fin['num_test_clips']} clips x {fin['num_crops']} crops, {fin['num_videos']} videos); "
-              f"results {os.path.join(a.output, RESULTS)}", flush=True)
+              f"({fin['num_test_clips']} clips x {fin['num_crops']} crops, {fin['num_videos']} videos)"
+              + (f"; test top-1 {summary['test']['top1']:.2f} ({summary['test']['num_videos']} videos)"
+                 if "test" in summary else "") + f"; results {os.path.join(a.output, RESULTS)}", flush=True)
     return 0
 
 

@@ -1,5 +1,8 @@
 """Labelled token stores of one fine-tuning split: located by dataset name or given by path, checked, turned into
-training views and multi-clip test sets, and described (`task()`) for checkpoints, predict and export."""
+training views and multi-clip test sets, and described (`task()`) for checkpoints, predict and export.
+
+Two held-out sets: the valid stores (evaluated during training; they pick `best/`) and, optionally, test stores
+evaluated once at the end (`--test-tokens`), so that the number reported was never used to choose anything."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ class LabelledSource:
     split_id: int = 1
     train_tokens: tuple[str, ...] = ()
     valid_tokens: tuple[str, ...] = ()
+    test_tokens: tuple[str, ...] = ()   # evaluated once, after training (--test-tokens); () : none
     data_root: str = registry.DEFAULT_ROOT
     tokenizer: str = "dalle"
     fps: float | None = None
@@ -51,13 +55,15 @@ class LabelledData:
         now = src.verify and not src.verify_later
         self.train_stores = open_stores(train_paths, "--train-tokens", verify=now) if train_paths else []
         self.valid_stores = open_stores(valid_paths, "--valid-tokens", verify=now)
-        check_frame_size(self.train_stores + self.valid_stores, src.frame_size, "stores")
+        self.test_stores = open_stores(list(src.test_tokens), "--test-tokens", verify=now) if src.test_tokens else []
+        check_frame_size(self.train_stores + self.valid_stores + self.test_stores, src.frame_size, "stores")
         vocab, grid = check_compatible_stores(self.valid_stores, "--valid-tokens")
-        if self.train_stores:
-            t_vocab, t_grid = check_compatible_stores(self.train_stores, "--train-tokens")
-            if (t_vocab, t_grid) != (vocab, grid):
-                raise DataError(f"train stores have {t_vocab} codes on a {t_grid} map, valid stores {vocab} "
-                                f"codes on a {grid} map")
+        for stores, what in ((self.train_stores, "train"), (self.test_stores, "test")):
+            if stores:
+                o_vocab, o_grid = check_compatible_stores(stores, f"--{what}-tokens")
+                if (o_vocab, o_grid) != (vocab, grid):
+                    raise DataError(f"--{what}-tokens {stores[0].path}: {what} stores have {o_vocab} codes on a "
+                                    f"{o_grid} map, valid stores {vocab} codes on a {grid} map")
         self.vocab_size, self.grid = vocab, grid
         first = (self.train_stores or self.valid_stores)[0]
         if src.dataset_name != "custom":
@@ -73,16 +79,22 @@ class LabelledData:
                             f"--dataset-name {src.dataset_name} has {num_classes} classes")
         self.num_classes = int(num_classes)
         self.label_names = class_names(first.label_names, self.num_classes)
-        for stores, what in ((self.train_stores, "--train-tokens"), (self.valid_stores, "--valid-tokens")):
+        for stores, what in ((self.train_stores, "--train-tokens"), (self.valid_stores, "--valid-tokens"),
+                             (self.test_stores, "--test-tokens")):
             if stores:
                 check_labels(stores, self.num_classes, what)
+        test, valid = (self.test_stores or [None])[0], self.valid_stores[0]
+        if test is not None and test.label_names and valid.label_names and test.label_names != valid.label_names:
+            raise DataError(f"--test-tokens {test.path}: its label map {test.label_names} differs from --valid-tokens "
+                            f"{valid.path}'s {valid.label_names}")
         self.first_store = first
 
     def shards_to_verify(self) -> dict[str, str]:
         """{shard: flag} of the shards opened without their SHA-256 check that must pass it before training reads them."""
         if not (self.src.verify and self.src.verify_later):
             return {}
-        return shard_flags([(self.train_stores, "--train-tokens"), (self.valid_stores, "--valid-tokens")])
+        return shard_flags([(self.train_stores, "--train-tokens"), (self.valid_stores, "--valid-tokens"),
+                            (self.test_stores, "--test-tokens")])
 
     def _locate(self) -> tuple[list[str], list[str]]:
         src = self.src
@@ -112,8 +124,16 @@ class LabelledData:
         return TrainClips(self.train_stores, clip, seed=seed, pixels=pixels) if self.train_stores else None
 
     def test_set(self, clip: ClipSpec, num_clips: int | None = None, *, pixels: bool = False) -> EvalClips:
+        """The valid stores' multi-clip x crop views (evaluated during training)."""
+        return self._eval_clips(self.valid_stores, clip, num_clips, pixels)
+
+    def held_out_set(self, clip: ClipSpec, num_clips: int | None = None, *, pixels: bool = False) -> EvalClips | None:
+        """The test stores' views, the same protocol as `test_set` (None without --test-tokens)."""
+        return self._eval_clips(self.test_stores, clip, num_clips, pixels) if self.test_stores else None
+
+    def _eval_clips(self, stores, clip: ClipSpec, num_clips: int | None, pixels: bool) -> EvalClips:
         try:
-            return EvalClips(self.valid_stores, clip, num_clips=num_clips or self.src.num_test_clips, pixels=pixels)
+            return EvalClips(stores, clip, num_clips=num_clips or self.src.num_test_clips, pixels=pixels)
         except ValueError as e:
             raise DataError(str(e)) from None
 

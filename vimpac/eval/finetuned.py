@@ -1,8 +1,8 @@
 """Evaluating a fine-tuned classifier and writing its results (what `finetune` does at the end and `--eval-only`).
 
 results.json holds the final evaluation, the best one seen during training, extra clip counts
-(`--last-test-clips`) and the run's facts; the reports (per-class CSV, predictions CSV,
-confusion PNG) come from `vimpac.eval.reports`.
+(`--last-test-clips`), the final model on the test stores (`--test-tokens`: "test") and the run's
+facts; the reports (per-class CSV, predictions CSV, confusion PNG) come from `vimpac.eval.reports`.
 """
 from __future__ import annotations
 
@@ -43,13 +43,18 @@ def evaluate_model(model: nn.Module, dataset, settings: EvalSettings) -> EvalRes
 
 def write_results(out_dir: str, final: EvalResult, *, label_names: Sequence[str], best: dict[str, Any] | None = None,
                   run: dict[str, Any] | None = None, clip_counts: Sequence[int] = (),
-                  evaluate_clips: Callable[[int], EvalResult] | None = None,
+                  evaluate_clips: Callable[[int], EvalResult] | None = None, test: EvalResult | None = None,
                   log: Callable[[str], None] = print, main: bool = True) -> dict[str, Any]:
     """Reports of the final model, extra clip counts, and results.json -> the results dict.
 
     best: the best evaluation seen in training (None: the evaluated checkpoint is the best we know).
+    test: the same model on the test stores (`--test-tokens`), results.json's "test".
     """
     results: dict[str, Any] = {"final": final.summary()}
+    if test is not None:
+        results["test"] = test.summary()
+        log(f"[finetune] test: top-1 {test.top1:.2f} top-5 {test.top5:.2f} ({test.num_clips} clips x "
+            f"{test.num_crops} crops, {len(test.labels)} videos)")
     if run is not None:
         results["run"] = run
     results["best"] = best if best is not None else dict(results["final"])
@@ -105,6 +110,8 @@ def evaluate_finetuned(path: str, data: LabelledData, settings: EvalSettings, *,
                             progress=settings.progress)
     pixels = cfg.input == "pixels"
     final = evaluate_model(model, data.test_set(clip, pixels=pixels), settings)
+    held_out = data.held_out_set(clip, pixels=pixels)
+    test = evaluate_model(model, held_out, settings) if held_out is not None else None
     os.makedirs(out, exist_ok=True)
-    return write_results(out, final, label_names=data.label_names, clip_counts=clip_counts,
+    return write_results(out, final, label_names=data.label_names, clip_counts=clip_counts, test=test,
                          evaluate_clips=lambda n: evaluate_model(model, data.test_set(clip, n, pixels=pixels), settings))

@@ -6,7 +6,7 @@ similar entries vote for their class with weight exp(similarity / temperature); 
 used k = 200 and temperature 0.07. Here: the pure scoring (`knn_scores`, `knn_accuracy`), the
 [CLS] features of a backbone on one centre clip per video (`extract_cls_features`) and the
 labelled datasets they read (`centre_clips`). Pre-training's monitor (`train/pretrain_task.py`)
-and any frozen-backbone evaluation use the same functions.
+and `python -m vimpac.knn` (`frozen_knn`: a frozen backbone on a bank and a query split) use the same functions.
 """
 from __future__ import annotations
 
@@ -129,3 +129,38 @@ def centre_clips(paths: Sequence[str], clip: ClipSpec, *, what: str, verify: boo
     names = stores[0].label_names
     check_labels(stores, len(names) if names else max(1, int(labels.max()) + 1), what)
     return EvalClips(stores, clip, num_clips=1, what=what, pixels=pixels)
+
+
+def frozen_knn(backbone: nn.Module, bank_paths: Sequence[str], query_paths: Sequence[str], *, clip: ClipSpec,
+               device: torch.device | str = "cpu", precision: str = "fp32", batch_size: int = 32, k: int = DEFAULT_K,
+               temperature: float = DEFAULT_TEMPERATURE, verify: bool = True,
+               what: tuple[str, str] = ("--train-tokens", "--valid-tokens")) -> dict[str, float | int]:
+    """Weighted kNN of a frozen backbone's [CLS]: the labelled stores `bank_paths` are the memory bank, `query_paths`
+    the queries (one centre clip per video each; a pixel model reads the stores' frames) -> top1, top5 (percent),
+    bank_videos, query_videos, num_classes. `what`: the flags the two sets came from, for error messages."""
+    cfg = backbone.cfg
+    pixels = cfg.input == "pixels"
+    sets = []
+    for paths, flag in zip((bank_paths, query_paths), what):
+        ds = centre_clips(paths, clip, what=flag, verify=verify, pixels=pixels)
+        if tuple(ds.grid) != (cfg.grid_h, cfg.grid_w) or (not pixels and ds.vocab_size != cfg.vocab_size):
+            raise DataError(f"{flag}: {paths[0]} holds {ds.vocab_size} codes on {ds.grid[0]}x{ds.grid[1]} maps, the "
+                            f"model takes {'' if pixels else f'{cfg.vocab_size} codes on '}{cfg.grid_h}x{cfg.grid_w} "
+                            f"{'patches' if pixels else 'maps'}; use stores of its tokenizer and --frame-size")
+        sets.append(ds)
+    names = [ds.stores[0].label_names for ds in sets]
+    if names[0] and names[1] and names[0] != names[1]:
+        raise DataError(f"{what[1]}: {query_paths[0]}'s label map {names[1]} differs from {what[0]} "
+                        f"{bank_paths[0]}'s {names[0]}")
+    feats = []
+    for ds in sets:
+        try:
+            feats.append(extract_cls_features(backbone, ds, device=device, precision=precision, batch_size=batch_size))
+        except ValueError as e:  # frames of another size than the model's patches x grid
+            raise DataError(f"{what[len(feats)]}: {e}") from None
+    (bank, bank_labels), (queries, labels) = feats
+    num_classes = len(names[0]) if names[0] else None
+    top1, top5 = knn_accuracy(bank, bank_labels, queries, labels, num_classes=num_classes, k=k,
+                              temperature=temperature)
+    return {"top1": top1, "top5": top5, "bank_videos": len(bank), "query_videos": len(queries),
+            "num_classes": num_classes or 1 + int(max(bank_labels.max(), labels.max()))}

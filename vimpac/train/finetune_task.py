@@ -2,7 +2,8 @@
 
 Trains on random extracted views (2 resizes x 3 crops x flip), evaluates every epoch on uniform
 temporal clips x test crops with averaged scores, keeps the best epoch's weights in `best/`, and
-ends with results.json and the reports. Positional tables are interpolated when the input shape
+ends with results.json and the reports; with test stores, the final model is evaluated on them
+once at the end (results.json's "test"), never during training. Positional tables are interpolated when the input shape
 differs from pre-training (`--different-shape`). Without a checkpoint to load, the model is built
 from the architecture flags with random weights (the paper's "no pre-training" baseline).
 """
@@ -248,8 +249,10 @@ class FinetuneTask:
         if st.task.get("best_epoch", -1) >= 0:
             best = {"top1": st.task["best_top1"], "top5": st.task["best_top5"], "epoch": st.task["best_epoch"],
                     "num_test_clips": final.num_clips, "num_crops": final.num_crops}
+        held_out = self.data.held_out_set(self.clip, pixels=self.pixels)  # --test-tokens: the final model, once
+        test = evaluate_model(loop.engine.module, held_out, self._settings(loop)) if held_out is not None else None
         results = write_results(self.out, final, label_names=self.data.label_names, best=best, run=run,
-                                clip_counts=self.clip_counts, log=loop.log, main=loop.main,
+                                clip_counts=self.clip_counts, log=loop.log, main=loop.main, test=test,
                                 evaluate_clips=lambda n: evaluate_model(loop.engine.module,
                                                                         self.data.test_set(self.clip, n, pixels=self.pixels),
                                                                         self._settings(loop)))

@@ -350,8 +350,15 @@ class PretrainTask:
     metrics = staticmethod(pretrain_metrics)
 
     def progress_postfix(self, m: dict[str, float]) -> dict[str, str]:
-        return {"mp": f"{m['mp_loss']:.3f}", "acc": f"{m['mask_acc']:.3f}", "copy": f"{m['copy_acc']:.3f}",
-                "cl": f"{m['cl_loss']:.3f}"}
+        """The progress bar's numbers: the video stream's, the image stream's (BEVT) when it ran; either may be absent
+        (`--stream image` has no video metrics)."""
+        out = {}
+        if "mp_loss" in m:
+            out.update(mp=f"{m['mp_loss']:.3f}", acc=f"{m['mask_acc']:.3f}", copy=f"{m['copy_acc']:.3f}",
+                       cl=f"{m['cl_loss']:.3f}")
+        if "image_mp_loss" in m:
+            out.update(img_mp=f"{m['image_mp_loss']:.3f}", img_acc=f"{m['image_mask_acc']:.3f}")
+        return out
 
     def describe(self, loop) -> str:
         return f"{len(self.train_set)} videos"
