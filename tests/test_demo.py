@@ -189,8 +189,8 @@ def test_combined_report_summarises_every_regime_and_counts_their_time_together(
 def test_variants_are_data_multi_stage_ones_chain_and_pixel_ones_are_known(tmp_path):
     assert {"fgbg", "erase", "change", "tube", "reverse", "robust", "pixels", "pixels_image"} <= set(VARIANTS)
     assert [v for v in VARIANTS if "pixels" in VARIANTS[v].stages[0].args] == ["pixels", "pixels_image"]
-    demo = dataclasses.replace(_demo(tmp_path, pretrain_epochs=6), variants=("reverse", "pixels_image", "fgbg"))
-    assert demo.arms == [MAIN_VARIANT, "fgbg", "reverse", "pixels_image"]  # the main first, then VARIANTS' order
+    demo = dataclasses.replace(_demo(tmp_path, pretrain_epochs=6), variants=("reverse", "pixels_image", "block_mp_cl"))
+    assert demo.arms == [MAIN_VARIANT, "block_mp_cl", "reverse", "pixels_image"]  # the main first, then VARIANTS' order
     two = VARIANTS["pixels_image"]
     s1, s2 = demo.pretrain_args(two, 1), demo.pretrain_args(two, 2)
     assert _flag(s1, "--stream") == "image" and _flag(s1, "--epochs") == "3" and "--load" not in s1

@@ -57,6 +57,21 @@ def test_custom_finetune_usage_and_missing_inputs(tmp_path):
     assert res.returncode == 2 and f"{tmp_path / 'nope/last'} does not exist" in res.stderr
 
 
+def test_custom_pretrain_is_the_measured_recipe_with_the_callers_paths(tmp_path):
+    log, cmd = dry(bash(REPO / "scripts/pretrain/custom.sh", "cpu:1", "a,b c", "val", "my run", "--epochs", "3",
+                        cwd=tmp_path, env=DRY))
+    assert cmd[:3] == [sys.executable, "-m", "vimpac.pretrain"]
+    assert values(cmd, "--train-tokens") == [str(tmp_path / "a"), str(tmp_path / "b c")]
+    assert values(cmd, "--valid-tokens") == [str(tmp_path / "val")]
+    assert values(cmd, "--fgbg-merge") == ["1"] and values(cmd, "--static-frac") == ["0.75"]
+    assert values(cmd, "--epochs") == ["3"] and log == str(tmp_path / "my run" / "log.log")
+    from vimpac.pretrain import build_parser  # the command parses
+    a = build_parser().parse_args(cmd[3:])
+    assert a.fgbg_merge == 1.0 and a.epochs == 3
+    res = bash(REPO / "scripts/pretrain/custom.sh", "cpu:1", "nope", "val", "out", cwd=tmp_path)
+    assert res.returncode == 2 and f"{tmp_path / 'nope'} does not exist" in res.stderr
+
+
 def test_logs_follow_an_extra_output(tmp_path):
     log, cmd = dry(bash(REPO / "scripts/pretrain/small.sh", "cpu:1", "--output", str(tmp_path / "run 1"), cwd=tmp_path,
                         env=DRY))

@@ -19,22 +19,10 @@ usage="usage: bash $0 DEVICES PRETRAINED TRAIN_STORES TEST_STORES OUTPUT [extra 
 [[ $# -ge 5 ]] || { echo "$usage   (e.g. cpu:1 or 0,1,2,3; stores comma-separated)" >&2; exit 2; }
 DEVICES=$1
 
-# comma-separated paths -> absolute paths (a path that exists as given is kept whole, commas and all)
-stores() {
-    local arg=$1 part
-    local -a parts
-    if [[ -e $arg ]]; then
-        parts=("$arg")
-    else
-        IFS=, read -r -a parts <<< "$arg"
-    fi
-    for part in "${parts[@]}"; do
-        [[ -n $part ]] && realpath -m -- "$part"
-    done
-}
+source "$(dirname "$0")/../lib/stores.sh"
 LOAD=$(realpath -m -- "$2")
-mapfile -t TRAIN < <(stores "$3")
-mapfile -t TEST < <(stores "$4")
+mapfile -t TRAIN < <(vimpac_stores "$3")
+mapfile -t TEST < <(vimpac_stores "$4")
 OUTPUT=$(realpath -m -- "$5")
 shift 5
 if [[ ${DRY_RUN:-0} != 1 ]]; then
