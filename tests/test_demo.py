@@ -140,9 +140,9 @@ def _finished_demo(tmp_path: Path, profile: str = "default") -> Demo:
     (demo.out / "steps.jsonl").write_text(
         json.dumps({"name": "data", "seconds": 100.0, "cpu_seconds": 90.0, "peak_rss_mb": 300.0,
                     "skipped": False}) + "\n"
-        + json.dumps({"name": "pretrain:block_mp_cl", "seconds": 200.0, "peak_rss_mb": 900.0, "skipped": False}) + "\n"
+        + json.dumps({"name": f"pretrain:{MAIN_VARIANT}", "seconds": 200.0, "peak_rss_mb": 900.0, "skipped": False}) + "\n"
         + json.dumps({"name": "data", "seconds": 0.0, "peak_rss_mb": 0.0, "skipped": True}) + "\n"  # a rerun
-        + json.dumps({"name": "pretrain:fgbg", "seconds": 240.0, "peak_rss_mb": 800.0, "skipped": False}) + "\n")
+        + json.dumps({"name": "pretrain:reverse", "seconds": 240.0, "peak_rss_mb": 800.0, "skipped": False}) + "\n")
     return demo
 
 
@@ -160,7 +160,7 @@ def test_report_tables_show_test_numbers_spread_gains_knn_probe_and_targets(tmp_
     assert "test top-1 of each seed's final model** (not the best epoch)" in md
     assert "`python -m vimpac.demo --profile varied`; every command" in md
     assert "| data | 100 s | 90 s | 300 MB |" in md and "| **9.0 min** | 1.5 min |" in md  # the rerun kept the timing
-    assert "| pretrain:block_mp_cl | 200 s | - |" in md  # (a record of before the CPU column)
+    assert f"| pretrain:{MAIN_VARIANT} | 200 s | - |" in md  # (a record of before the CPU column)
     # a variant's pre-training is listed but not held against `make demo`'s 15 minutes
     assert "- [x] whole demo 5.0 min (target <= 15 min); the ablation's extra 4.0 min are not counted" in text
     assert "- [x] pre-trained minus scratch, test top-1, mean of 2 seeds: motion +35.0, shape +4.0" in text
