@@ -4,7 +4,7 @@
 #   bash scripts/demo.sh --profile default varied   both regimes, one combined report (make demo)
 #   bash scripts/demo.sh                            the default regime only (shared looks, 128 codes)
 #   bash scripts/demo.sh --profile varied           every video its own looks, crf 28, 512 codes (make demo-varied)
-#   bash scripts/demo.sh --variants block_mp_cl reverse   those pre-training variants beside the main one
+#   bash scripts/demo.sh --variants fgbg reverse    those pre-training variants beside the main one
 #   bash scripts/demo.sh --ablation                 every variant + the all-labels ceiling (make demo-ablation)
 #   bash scripts/demo.sh --help                     every option (python -m vimpac.demo)
 # Each step skips work already done, so a rerun after an interruption continues.

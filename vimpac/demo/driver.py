@@ -3,7 +3,7 @@
     python -m vimpac.demo --profile default varied   # what `make demo` runs: both regimes, one combined report
     python -m vimpac.demo                            # the default regime only (shared looks, 128 codes)
     python -m vimpac.demo --profile varied           # every video its own looks, crf 28, 512 codes (varied128: 128)
-    python -m vimpac.demo --variants block_mp_cl reverse  # those pre-training variants beside the main one
+    python -m vimpac.demo --variants fgbg reverse    # those pre-training variants beside the main one
     python -m vimpac.demo --ablation                 # every variant of layout.VARIANTS, + the all-labels ceiling
 
 Steps (each skips work already done, so a rerun after an interruption continues):

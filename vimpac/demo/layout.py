@@ -50,10 +50,10 @@ VARIANTS = {v.name: v for v in (
         PretrainStage(("--input", "pixels", "--stream", "image", "--nce-weight", "0"), 0.5),
         PretrainStage(("--input", "pixels", "--stream", "joint", "--masking", "tube", "--mask-blocks", "4"), 0.5))),
 )}
-#: The recipe `make demo` compares with scratch (the first pre-trained arm of every table): VIMPAC plus
-#: foreground/background merging, the best of the variants across both regimes (README's ablation), and what
-#: scripts/pretrain/custom.sh uses for own data. block_mp_cl is the original recipe.
-MAIN_VARIANT = "fgbg"
+#: The recipe `make demo` compares with scratch (the first pre-trained arm of every table), and the one
+#: scripts/pretrain/custom.sh runs on own data: VIMPAC's. Across three regimes (README's ablation) no variant beat
+#: it by more than the seeds' spread (reverse and robust tied its mean gain; fgbg lost 8 points), so it stays.
+MAIN_VARIANT = "block_mp_cl"
 
 
 @dataclass(frozen=True)
