@@ -197,8 +197,10 @@ def test_stage2_script_continues_schedule_at_larger_grid(stores, reference, tmp_
     log = ok(script("large_frame256cont.sh", "cpu:1", [*BASE, *tiny, "--train-tokens", stores["train8"],
                                                         "--valid-tokens", stores["valid8"]], snap))
     assert "stage 2" in log and "4x4 to T=4, 8x8" in log and "ZeRO-1" in log
-    # bf16 is what the engine really computes in (DeepSpeed's forward keeps the trainer's autocast)
-    assert "the first Linear (backbone.layers.0.attn.0.qkv) computes in torch.bfloat16" in log
+    # the policy's dtype (bf16 where the CPU computes it natively) is what the engine really computes in
+    # (DeepSpeed's forward keeps the trainer's autocast)
+    dtype = resolve_precision("auto", "cpu", cpu_bf16=cpu_bf16_override(os.environ)).dtype
+    assert f"the first Linear (backbone.layers.0.attn.0.qkv) computes in {dtype}" in log
     after = load_checkpoint(os.path.join(out, "last"))
     assert (after.model_config.grid_h, after.model_config.grid_w) == (8, 8)
     assert after.trainer_state["step"] == 3 * STEPS_PER_EPOCH and after.trainer_state["epoch"] == 3
