@@ -25,11 +25,7 @@ mapfile -t TRAIN < <(vimpac_stores "$3")
 mapfile -t TEST < <(vimpac_stores "$4")
 OUTPUT=$(realpath -m -- "$5")
 shift 5
-if [[ ${DRY_RUN:-0} != 1 ]]; then
-    for path in "$LOAD" "${TRAIN[@]}" "${TEST[@]}"; do
-        [[ -e $path ]] || { echo "custom.sh: error: $path does not exist" >&2; echo "$usage" >&2; exit 2; }
-    done
-fi
+vimpac_require "$usage" "$LOAD" "${TRAIN[@]}" "${TEST[@]}"
 
 source "$(dirname "$0")/../lib/launch.sh"
 vimpac_launcher "$DEVICES" vimpac.finetune

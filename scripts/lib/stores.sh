@@ -16,3 +16,14 @@ vimpac_stores() {
         [[ -n $part ]] && realpath -m -- "$part"
     done
 }
+
+#   vimpac_require USAGE PATH...   exits 2 naming the first PATH that does not exist, then USAGE
+#                                  (nothing is checked under DRY_RUN=1)
+vimpac_require() {
+    local usage=$1 path
+    shift
+    [[ ${DRY_RUN:-0} == 1 ]] && return 0
+    for path in "$@"; do
+        [[ -e $path ]] || { echo "custom.sh: error: $path does not exist" >&2; echo "$usage" >&2; exit 2; }
+    done
+}

@@ -26,11 +26,7 @@ mapfile -t TRAIN < <(vimpac_stores "$2")
 mapfile -t VALID < <(vimpac_stores "$3")
 OUTPUT=$(realpath -m -- "$4")
 shift 4
-if [[ ${DRY_RUN:-0} != 1 ]]; then
-    for path in "${TRAIN[@]}" "${VALID[@]}"; do
-        [[ -e $path ]] || { echo "custom.sh: error: $path does not exist" >&2; echo "$usage" >&2; exit 2; }
-    done
-fi
+vimpac_require "$usage" "${TRAIN[@]}" "${VALID[@]}"
 
 source "$(dirname "$0")/../lib/launch.sh"
 vimpac_launcher "$DEVICES" vimpac.pretrain
